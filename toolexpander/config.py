@@ -1,0 +1,241 @@
+"""The pydantic config tree: the only place defaults live.
+
+Loaded from YAML with dotted command-line overrides (`--learner.lr 1e-6`); a wrong type or unknown
+key raises ConfigError naming the key. The resolved tree is dumped as JSON into every run directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from toolexpander.types import REWARD_DIMS
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """The policy: a local transformers directory (never downloaded)."""
+
+    path: str = Field("models/smollm2-135m", description="model directory (safetensors + tokenizer)")
+    prepare: Literal["smollm2-135m", "tiny"] | None = Field(
+        "smollm2-135m", description="build the directory with `prepare-model` when it is missing")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="rollout and learner dtype")
+
+
+class DataConfig(Section):
+    """Training and evaluation data (JSONL or Parquet, schema in data/README.md)."""
+
+    train_path: str = "data/tool_calls_train.jsonl"
+    max_prompt_tokens: int = Field(1536, ge=64, description="longer prompts are left out, counted")
+    limit: int | None = Field(None, ge=1, description="use only the first N rows (debugging)")
+
+
+class RolloutConfig(Section):
+    """vLLM rollout workers."""
+
+    num_workers: int = Field(1, ge=1, le=512)
+    n: int = Field(10, ge=2, le=256, description="completions per prompt (the GRPO group)")
+    temperature: float = Field(1.0, gt=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1, le=32768, description="completion length cap")
+    max_model_len: int = Field(4096, ge=128)
+    seed: int = 0
+    prompt_format: Literal["toolrl", "native"] = "toolrl"
+    tensor_parallel_size: int = Field(1, ge=1, le=8)
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=0.95)
+    cpu_kvcache_gb: float = Field(1.0, gt=0.0, le=256, description="VLLM_CPU_KVCACHE_SPACE")
+    cpus_per_worker: float = Field(1.0, gt=0.0, description="Ray CPUs reserved per worker")
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+    enforce_eager: bool = True
+    logprob_check_every: int = Field(0, ge=0, description="log vLLM vs learner logprob gap every K steps (0 = off)")
+
+
+class RewardConfig(Section):
+    """Weights of each reward dimension in `total` (the GRPO return)."""
+
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"format": 1.0, "tool_name": 1.0, "param_name": 1.0,
+                                 "param_value": 1.0, "exemplar": 1.0, "correct": 1.0})
+    exemplar_bonus: float = Field(0.01, ge=0.0, le=1.0, description="value of the exemplar reward")
+    max_completion_chars: int = Field(65536, ge=256, description="longer completions score 0")
+
+    @model_validator(mode="after")
+    def _known_dims(self) -> "RewardConfig":
+        unknown = set(self.weights) - set(REWARD_DIMS)
+        if unknown:
+            raise ValueError(f"unknown reward dimension(s) {sorted(unknown)}; known: {list(REWARD_DIMS)}")
+        return self
+
+
+class SamplerConfig(Section):
+    """Hard-sample rounds, reward-statistics priority, sub-task curriculum, dynamic filling."""
+
+    batch_prompts: int = Field(8, ge=1, description="B: informative groups per training step")
+    max_draw_rounds: int = Field(3, ge=1, description="draw budget: generate rounds per step")
+    signal_tol: float = Field(1e-3, ge=0.0, description="groups whose reward std is below carry no signal")
+    demo_schedule: list[int] = Field(default_factory=lambda: [1, 2, 3],
+                                     description="demos carried at round 1, 2, ...")
+    all_fail_min_n: int = Field(10, ge=1, description="completions needed to call a group all-fail")
+    cooldown: int = Field(20, ge=0, description="steps a prompt is parked after the last round")
+    stats: Literal["welford", "ema"] = "welford"
+    ema_decay: float = Field(0.8, gt=0.0, lt=1.0)
+    eps: float = Field(0.05, gt=0.0, description="priority floor: solved prompts never reach 0")
+    alpha: float = Field(1.0, ge=0.0, description="weight of reward std in the priority")
+    beta: float = Field(1.0, ge=0.0, description="weight of (1 - mean reward) in the priority")
+    prior_mean: float = Field(0.0, ge=0.0, le=1.0, description="optimistic prior for unseen prompts")
+    prior_std: float = Field(0.5, ge=0.0, le=1.0)
+    mastery_ema: float = Field(0.9, gt=0.0, lt=1.0, description="decay of the sub-task mastery EMA")
+    tau: float = Field(0.5, gt=0.0, description="curriculum temperature")
+    q_min: float = Field(0.05, ge=0.0, le=0.25, description="minimum sub-task share")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _schedule(self) -> "SamplerConfig":
+        if not self.demo_schedule or any(k < 1 for k in self.demo_schedule):
+            raise ValueError("demo_schedule must be a non-empty list of positive demo counts")
+        return self
+
+
+class LearnerConfig(Section):
+    """DeepSpeed learner and the modified GRPO update (no KL, asymmetric clip)."""
+
+    lr: float = Field(1e-6, gt=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    lr_gamma: float = Field(0.99, gt=0.0, le=1.0, description="exponential decay per step")
+    lr_min: float = Field(1e-7, ge=0.0)
+    eps_low: float = Field(0.2, ge=0.0, le=1.0)
+    eps_high: float = Field(0.28, ge=0.0, le=10.0)
+    dual_clip: float | None = Field(None, gt=1.0, description="dual-clip c for negative advantages")
+    adv_std_norm: bool = True
+    ppo_epochs: int = Field(1, ge=1)
+    mini_batches: int = Field(1, ge=1, description="optimizer steps per epoch")
+    micro_batch_groups: int = Field(1, ge=1, description="groups per forward pass")
+    grad_clip: float = Field(1.0, gt=0.0)
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    world_size: int = Field(1, ge=1)
+    share_prompt: bool = Field(True, description="forward each group's prompt once, reuse its KV")
+    gradient_checkpointing: bool = False
+    max_nonfinite_in_row: int = Field(3, ge=1)
+    weight_sync: Literal["auto", "gloo", "object_store", "nccl"] = "auto"
+    weight_sync_bucket_mb: int = Field(64, ge=1)
+    cpus_per_rank: float = Field(1.0, gt=0.0)
+    gpus_per_rank: float = Field(0.0, ge=0.0)
+
+
+class TrainConfig(Section):
+    steps: int = Field(20, ge=1)
+    save_every: int = Field(10, ge=0, description="checkpoint every K steps (0 = only at the end)")
+    keep_last: int = Field(2, ge=1)
+    hf_export_every: int = Field(0, ge=0, description="HF export every K steps (0 = only at the end)")
+    seed: int = 0
+
+
+class ClusterConfig(Section):
+    address: str | None = Field(None, description="None: local mode; 'auto' under `ray job submit`")
+    num_cpus: int | None = Field(None, ge=1, description="local mode: CPUs Ray may use")
+    namespace: str = "toolexpander"
+    dashboard_host: str = "127.0.0.1"
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+
+class LoggingConfig(Section):
+    output_dir: str = "runs/latest"
+    tensorboard: bool = True
+    wandb_project: str | None = None
+    progress: Literal["auto", "bar", "plain"] = "auto"
+
+
+class EvalConfig(Section):
+    every: int = Field(0, ge=0, description="evaluate every K steps (0 = off)")
+    suites: list[Literal["toolrl", "acebench", "bfcl"]] = Field(default_factory=lambda: ["toolrl"])
+    limit: int = Field(16, ge=1, description="questions per suite during training")
+    max_tokens: int = Field(256, ge=1)
+
+
+class Config(Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    learner: LearnerConfig = LearnerConfig()
+    train: TrainConfig = TrainConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    logging: LoggingConfig = LoggingConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+class ConfigError(ValueError):
+    """A bad config file or override; the message names the key."""
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override --{key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`--a.b value` pairs -> {"a.b": parsed value}; values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg:
+            raise ConfigError(f"unexpected argument {arg!r}: overrides look like --section.field value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override --{key} has no value")
+            value = args[i + 1]
+            i += 1
+        out[key] = yaml.safe_load(value) if value != "" else ""
+        i += 1
+    return out
+
+
+def _format_error(err: ValidationError, where: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{where}: {key}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" and "input" in e and not isinstance(e["input"], dict) else ""))
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    tree: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for key, value in (overrides or {}).items():
+        _set_dotted(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, where + (" + overrides" if overrides else ""))) from None
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
