@@ -1,0 +1,185 @@
+"""Exact numbers for the pure GRPO pieces: advantages, clipped surrogate (loss, gradient, metrics), LR schedule."""
+
+import math
+import pickle
+
+import pytest
+import torch
+
+from toolexpander.learner.grpo import all_finite, clipped_surrogate, group_advantages, lr_lambda, token_entropy
+
+torch.set_num_threads(1)
+EPS = 1e-6
+
+
+def test_group_advantages_standardised_with_population_std():
+    adv = group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]]))
+    # group 0: mean 0.5, population std 0.5; group 1: no signal
+    expected = torch.tensor([[1.0, -1.0, -1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]) * 0.5 / (0.5 + EPS)
+    torch.testing.assert_close(adv, expected, rtol=0, atol=0)
+
+
+def test_group_advantages_two_completions_are_plus_minus_one():
+    # the unbiased std (0.707) would give +-0.707 here; the population std gives +-1
+    adv = group_advantages(torch.tensor([[0.0, 1.0]]))
+    assert adv.tolist()[0] == pytest.approx([-1.0, 1.0], abs=1e-5)
+
+
+def test_group_advantages_centred_only():
+    adv = group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]]), std_norm=False)
+    assert adv.tolist() == [[0.5, -0.5, -0.5, 0.5], [0.0, 0.0, 0.0, 0.0]]
+
+
+def _toy(ratios, old=-1.0):
+    """(B, T) ratios -> new logprobs (leaf, float64) and old logprobs with exp(new - old) = ratio."""
+    old_BT = torch.full((len(ratios), len(ratios[0])), old, dtype=torch.float64)
+    new_BT = (old_BT + torch.tensor(ratios, dtype=torch.float64).log()).requires_grad_(True)
+    return new_BT, old_BT
+
+
+# Row 0: A = +2, r = 1.25 (inside 1 + 0.28: loss -rA = -2.5, grad -rA = -2.5) and r = 1.3 (clipped: loss -1.28 * 2
+# = -2.56, grad 0). Row 1: A = -1, r = 0.75 (clipped at 0.8: loss 0.8, grad 0) and r = 0.9 (inside: loss 0.9,
+# grad -rA = 0.9). Four tokens.
+RATIOS = [[1.25, 1.3], [0.75, 0.9]]
+ADV = torch.tensor([2.0, -1.0], dtype=torch.float64)
+MASK = torch.ones(2, 2, dtype=torch.bool)
+
+
+def test_clipped_surrogate_loss_and_gradient_by_hand():
+    new, old = _toy(RATIOS)
+    out = clipped_surrogate(new, old, ADV, MASK)
+    assert out.loss.item() == pytest.approx((-2.5 - 2.56 + 0.8 + 0.9) / 4, abs=1e-12)
+    out.loss.backward()
+    expected_grad = torch.tensor([[-2.5, 0.0], [0.0, 0.9]], dtype=torch.float64) / 4
+    torch.testing.assert_close(new.grad, expected_grad, rtol=0, atol=1e-12)
+
+
+def test_clipped_surrogate_metrics_by_hand():
+    new, old = _toy(RATIOS)
+    m = clipped_surrogate(new, old, ADV, MASK).metrics
+    assert m["learner/clip_frac_high"] == pytest.approx(0.25)   # r = 1.3 with A > 0
+    assert m["learner/clip_frac_low"] == pytest.approx(0.25)    # r = 0.75 with A < 0
+    assert m["learner/clip_frac"] == pytest.approx(0.5)
+    k3 = sum((r - 1) - math.log(r) for r in (1.25, 1.3, 0.75, 0.9)) / 4
+    assert m["learner/approx_kl"] == pytest.approx(k3, rel=1e-5)
+    assert m["learner/ratio_mean"] == pytest.approx(1.05, rel=1e-6)
+    assert m["learner/adv_mean"] == pytest.approx(0.5)
+    assert m["learner/adv_std"] == pytest.approx(1.5)           # population std of (2, -1)
+    assert m["learner/adv_max"] == 2.0 and m["learner/adv_min"] == -1.0
+    assert "learner/clip_frac_dual" not in m
+
+
+def test_clip_is_one_sided():
+    # A > 0 with r below 1 - eps_low and A < 0 with r above 1 + eps_high: the unclipped term is the
+    # pessimistic one, so neither is clipped and both keep gradient -rA.
+    new, old = _toy([[0.5], [1.5]])
+    out = clipped_surrogate(new, old, torch.tensor([1.0, -1.0], dtype=torch.float64), torch.ones(2, 1, dtype=torch.bool))
+    assert out.loss.item() == pytest.approx((-0.5 + 1.5) / 2, abs=1e-12)
+    out.loss.backward()
+    torch.testing.assert_close(new.grad, torch.tensor([[-0.5], [1.5]], dtype=torch.float64) / 2, rtol=0, atol=1e-12)
+    assert out.metrics["learner/clip_frac"] == 0.0
+
+
+def test_symmetric_bounds_follow_eps_arguments():
+    new, old = _toy([[1.25]])
+    out = clipped_surrogate(new, old, torch.tensor([1.0], dtype=torch.float64), torch.ones(1, 1, dtype=torch.bool),
+                            eps_low=0.2, eps_high=0.2)
+    assert out.loss.item() == pytest.approx(-1.2, abs=1e-12)   # r = 1.25 is clipped at 1.2 here
+    assert out.metrics["learner/clip_frac_high"] == 1.0
+
+
+def test_token_count_normalisation_and_micro_batch_accumulation():
+    new, old = _toy(RATIOS)
+    total = (-2.5 - 2.56 + 0.8 + 0.9)
+    assert clipped_surrogate(new, old, ADV, MASK, token_count=10).loss.item() == pytest.approx(total / 10, abs=1e-12)
+    # two micro-batches of one row each, normalised by the mini-batch's 4 tokens, sum to the full loss
+    parts = [clipped_surrogate(new[i:i + 1], old[i:i + 1], ADV[i:i + 1], MASK[i:i + 1], token_count=4).loss
+             for i in range(2)]
+    assert sum(p.item() for p in parts) == pytest.approx(total / 4, abs=1e-12)
+
+
+def test_masked_tokens_are_ignored_even_when_garbage():
+    new, old = _toy(RATIOS)
+    pad_new = torch.tensor([[float("nan")], [50.0]], dtype=torch.float64)
+    pad_old = torch.tensor([[0.0], [-float("inf")]], dtype=torch.float64)
+    new3 = torch.cat([new.detach(), pad_new], dim=1).requires_grad_(True)
+    old3 = torch.cat([old, pad_old], dim=1)
+    mask3 = torch.tensor([[True, True, False], [True, True, False]])
+    out = clipped_surrogate(new3, old3, ADV, mask3)
+    assert out.loss.item() == pytest.approx((-2.5 - 2.56 + 0.8 + 0.9) / 4, abs=1e-12)
+    out.loss.backward()
+    expected = torch.tensor([[-2.5, 0.0, 0.0], [0.0, 0.9, 0.0]], dtype=torch.float64) / 4
+    torch.testing.assert_close(new3.grad, expected, rtol=0, atol=1e-12)
+    assert all(math.isfinite(v) for v in out.metrics.values())
+    assert out.metrics["learner/ratio_mean"] == pytest.approx(1.05, rel=1e-6)
+
+
+def test_float_mask_and_empty_mask():
+    new, old = _toy(RATIOS)
+    out = clipped_surrogate(new, old, ADV, MASK.float())
+    assert out.loss.item() == pytest.approx((-2.5 - 2.56 + 0.8 + 0.9) / 4, abs=1e-12)
+    empty = clipped_surrogate(new, old, ADV, torch.zeros(2, 2))
+    assert empty.loss.item() == 0.0 and empty.metrics["learner/clip_frac"] == 0.0
+
+
+def test_dual_clip_caps_negative_advantage_loss():
+    # A = -1: r = 4 gives pg loss 4 > c = 3, so the loss is capped at -cA = 3 with zero gradient;
+    # r = 1.5 stays at 1.5 (gradient 1.5). A = +1 with r = 4: the ordinary upper clip, dual clip irrelevant.
+    new, old = _toy([[4.0, 1.5], [4.0, 1.0]])
+    adv = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    out = clipped_surrogate(new, old, adv, mask, dual_clip=3.0)
+    assert out.loss.item() == pytest.approx((3.0 + 1.5 - 1.28 - 1.0) / 4, abs=1e-12)
+    out.loss.backward()
+    torch.testing.assert_close(new.grad, torch.tensor([[0.0, 1.5], [0.0, -1.0]], dtype=torch.float64) / 4,
+                               rtol=0, atol=1e-12)
+    assert out.metrics["learner/clip_frac_dual"] == pytest.approx(0.25)
+    assert out.metrics["learner/clip_frac_high"] == pytest.approx(0.25)
+    assert out.metrics["learner/clip_frac"] == pytest.approx(0.5)
+    without = clipped_surrogate(new, old, adv, mask)
+    assert without.loss.item() == pytest.approx((4.0 + 1.5 - 1.28 - 1.0) / 4, abs=1e-12)
+    with pytest.raises(ValueError, match="dual_clip"):
+        clipped_surrogate(new, old, adv, mask, dual_clip=1.0)
+
+
+def test_shape_errors_name_the_shapes():
+    new, old = _toy(RATIOS)
+    with pytest.raises(ValueError, match="advantages"):
+        clipped_surrogate(new, old, torch.zeros(3), MASK)
+    with pytest.raises(ValueError, match="mask"):
+        clipped_surrogate(new, old, ADV, torch.ones(2, 3))
+
+
+def test_token_entropy_by_hand():
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1e9, -1e9], [9.0, 0.0, 0.0, 0.0]]])  # (1, 3, 4)
+    mask = torch.tensor([[True, True, False]])
+    assert token_entropy(logits, mask) == pytest.approx((math.log(4) + math.log(2)) / 2, rel=1e-6)
+
+
+def test_lr_lambda_warmup_decay_floor():
+    lam = lr_lambda(warmup_steps=2, gamma=0.5, lr0=1e-3, lr_min=1e-4)
+    assert [lam(s) for s in range(8)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.25, 0.125, 0.1, 0.1])
+    no_warmup = lr_lambda(warmup_steps=0, gamma=0.9, lr0=1.0, lr_min=0.0)
+    assert [no_warmup(s) for s in range(3)] == pytest.approx([1.0, 0.9, 0.81])
+
+
+def test_lr_lambda_pickles_and_drives_lambdalr():
+    lam = pickle.loads(pickle.dumps(lr_lambda(2, 0.5, 1e-3, 1e-4)))
+    assert [lam(s) for s in range(8)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.25, 0.125, 0.1, 0.1])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 5e-4, 2.5e-4])
+    state = pickle.loads(pickle.dumps(sched.state_dict()))        # what a checkpoint stores
+    assert state["last_epoch"] == 5
+
+
+def test_all_finite():
+    assert all_finite(torch.ones(3), torch.zeros(2, 2), None, 1.5)
+    assert not all_finite(torch.ones(3), torch.tensor([1.0, float("nan")]))
+    assert not all_finite(torch.tensor(float("inf")))
+    assert all_finite()
