@@ -1,0 +1,198 @@
+"""SamplerCore end to end on hand-made histories: rounds, parking, curriculum, seeds, checkpoints."""
+
+import io
+
+import numpy as np
+import pytest
+
+from toolexpander.config import SamplerConfig
+from toolexpander.sampling.core import SamplerCore
+from toolexpander.types import REWARD_DIMS, SUBTASKS
+
+D = len(REWARD_DIMS)
+EXEMPLAR = REWARD_DIMS.index("exemplar")
+
+
+def make_core(P=8, codes=None, **cfg):
+    """P prompts; by default 0..4 are `single` (so prompt 0 has 4 possible demos), the rest spread."""
+    codes = np.array(codes if codes is not None else [1] * 5 + [0, 2, 3][: P - 5] + [1] * max(0, P - 8))
+    tools = [[p % 3, 10 + p % 2] for p in range(P)]
+    indptr = np.concatenate([[0], np.cumsum([len(t) for t in tools])])
+    return SamplerCore(SamplerConfig(**cfg), codes, indptr, np.concatenate(tools), np.arange(P) + 100)
+
+
+def rewards(n_correct_G, n=10):
+    """(G, n, D): every dim at its maximum (exemplar 0.01) for the first n_correct completions, 0 after."""
+    r = np.zeros((len(n_correct_G), n, D))
+    for g, k in enumerate(n_correct_G):
+        r[g, :k] = 1.0
+    r[:, :, EXEMPLAR] *= 0.01
+    return r
+
+
+def step(core, B, fails=(), n=10):
+    """Draw B, record (prompts in `fails` get 0/n correct, others 5/n), end the step; return the draws."""
+    draws = core.next_batch(B)
+    prompts = np.array([d.prompt for d in draws])
+    core.record(prompts, np.array([d.demo_round for d in draws]),
+                rewards([0 if p in fails else n // 2 for p in prompts], n))
+    core.end_step()
+    return {d.prompt: d for d in draws}
+
+
+def test_failing_prompt_climbs_rounds_then_parks_for_exactly_cooldown_steps():
+    core = make_core(cooldown=3)
+    seen = []
+    for _ in range(4):                                         # rounds 0, 1, 2, 3 (1, 2, 3 demos)
+        d = step(core, 8, fails={0})[0]
+        assert len(d.demo_prompts) == (0, 1, 2, 3)[d.demo_round]
+        assert 0 not in d.demo_prompts and all(q in range(1, 5) for q in d.demo_prompts)  # same sub-task
+        seen.append(d.demo_round)
+    assert seen == [0, 1, 2, 3]
+    assert core.metrics()["sampler/parked"] == 1.0
+    for _ in range(3):                                         # parked: never drawn, others still are
+        assert sorted(step(core, 8, fails={0})) == list(range(1, 8))
+    back = step(core, 8, fails=set())
+    assert back[0].demo_round == 0 and back[0].demo_prompts == ()
+    assert core.metrics()["sampler/parked"] == 0.0
+
+
+def test_parked_prompt_is_not_redrawn_in_the_same_step():
+    core = make_core(demo_schedule=[1], cooldown=0)
+    step(core, 8, fails={0})
+    draws = core.next_batch(8)
+    core.record(np.array([d.prompt for d in draws]), np.array([d.demo_round for d in draws]),
+                rewards([0 if d.prompt == 0 else 5 for d in draws]))
+    assert 0 not in {d.prompt for d in core.next_batch(8)}     # refill in the same step
+    core.end_step()
+    assert 0 in {d.prompt for d in core.next_batch(8)}         # cooldown 0: back the next step
+
+
+def test_solved_demo_prompt_steps_back_toward_bare():
+    core = make_core()
+    step(core, 8, fails={0})
+    step(core, 8, fails={0})
+    assert step(core, 8)[0].demo_round == 2                    # solved at round 2 -> 1
+    d = step(core, 8)[0]                                       # solved at round 1 -> 0
+    assert d.demo_round == 1 and len(d.demo_prompts) == 1
+    assert step(core, 8)[0].demo_round == 0
+
+
+def test_small_groups_never_change_rounds():
+    core = make_core()
+    step(core, 8, fails={0}, n=5)
+    assert core.state_dict()["demo_round"][0] == 0
+    step(core, 8, fails={0})
+    step(core, 8, fails={0})                                   # now at round 2
+    step(core, 8, fails={0}, n=5)
+    step(core, 8, fails=set(), n=5)
+    assert core.state_dict()["demo_round"][0] == 2
+
+
+def test_transition_uses_the_round_the_group_was_generated_with():
+    core = make_core()
+    core.record(np.array([0]), np.array([2]), rewards([0]))    # generated at round 2, state was 0
+    assert core.state_dict()["demo_round"][0] == 3
+    core.record(np.array([0]), np.array([1]), rewards([3]))
+    assert core.state_dict()["demo_round"][0] == 0
+
+
+def test_record_result_and_metrics():
+    core = make_core()
+    assert core.metrics()["sampler/priority_entropy"] == pytest.approx(1.0)   # all unseen: uniform
+    r = rewards([0, 10, 4])
+    res = core.record(np.array([0, 1, 2]), np.array([0, 1, 0]), r)
+    assert res.all_fail.tolist() == [True, False, False]
+    assert res.informative.tolist() == [False, False, True]
+    assert res.metrics == pytest.approx({"sampler/all_fail_share": 1 / 3, "sampler/zero_signal_share": 2 / 3,
+                                         "sampler/demo_rate": 1 / 3})
+    core.end_step()
+    m = core.metrics()
+    assert m["sampler/seen_prompts"] == 3.0
+    assert [m[f"sampler/demo_round/{k}"] for k in range(4)] == [7.0, 1.0, 0.0, 0.0]
+    # `single` groups had mean correct 0, 1 and 0.4 -> M = 0.1 * 1.4 / 3
+    assert m["sampler/mastery/single"] == pytest.approx(0.1 * 1.4 / 3, abs=1e-15)
+    assert sum(m[f"sampler/share/{s}"] for s in SUBTASKS) == pytest.approx(1.0)
+    assert 0.0 < m["sampler/priority_entropy"] < 1.0
+
+
+def test_exemplar_only_spread_is_signal_under_reward_weights():
+    core = make_core()
+    r = np.zeros((1, 10, D))
+    r[0, :5, EXEMPLAR] = 0.01
+    assert core.record(np.array([1]), np.array([0]), r).informative.tolist() == [True]
+    P = 8
+    w = np.ones(D)
+    w[EXEMPLAR] = 0.0
+    core = SamplerCore(SamplerConfig(), np.ones(P, np.int8), np.arange(P + 1), np.arange(P), np.arange(P),
+                       reward_weights=w)
+    assert core.record(np.array([1]), np.array([0]), r).informative.tolist() == [False]
+
+
+def test_shares_move_toward_the_least_mastered_subtask():
+    core = make_core(P=40, codes=np.arange(40) % 4)
+    for _ in range(5):                                         # `single` always solved, others never
+        core.record(np.array([1, 5, 0, 2, 3]), np.zeros(5, np.int64), rewards([10, 10, 0, 0, 0]))
+        core.end_step()
+    m = core.metrics()
+    assert m["sampler/mastery/single"] == pytest.approx(1 - 0.9 ** 5)
+    assert m["sampler/share/single"] < m["sampler/share/no_call"] == m["sampler/share/parallel"]
+    assert m["sampler/share/single"] >= 0.05
+
+
+def test_identical_seeds_give_identical_batches():
+    a, b = make_core(P=30, seed=3), make_core(P=30, seed=3)
+    for _ in range(4):
+        assert step(a, 6, fails={0, 1, 2}) == step(b, 6, fails={0, 1, 2})
+    assert step(make_core(P=30, seed=4), 6) != step(make_core(P=30, seed=3), 6)
+
+
+def test_next_batch_respects_exclude_and_draws_distinct_prompts():
+    core = make_core(P=20, codes=np.arange(20) % 4)
+    first = [d.prompt for d in core.next_batch(12)]
+    assert len(set(first)) == 12
+    rest = [d.prompt for d in core.next_batch(12, exclude=np.array(first))]
+    assert len(rest) == 8 and not set(rest) & set(first)       # only 8 prompts are left eligible
+
+
+def test_unseen_prompts_are_drawn_before_solved_ones_mostly():
+    core = make_core(P=200, codes=np.zeros(200, np.int8), seed=0)
+    core.record(np.arange(100), np.zeros(100, np.int64), rewards([10] * 100))   # 0..99 solved
+    core.end_step()
+    drawn = np.array([d.prompt for _ in range(20) for d in core.next_batch(10)])
+    assert (drawn >= 100).mean() > 0.9                          # weights 1.55 vs 0.05
+
+
+def test_state_dict_round_trip_is_exact():
+    ref = make_core(P=30, seed=7, cooldown=2)
+    for _ in range(6):
+        step(ref, 6, fails={0, 1, 2, 3})
+    state = ref.state_dict()
+    assert all(isinstance(v, np.ndarray) and v.dtype != object for v in state.values())
+    buf = io.BytesIO()
+    np.savez(buf, **state)                                      # no pickle needed
+    buf.seek(0)
+    loaded = dict(np.load(buf, allow_pickle=False))
+    other = make_core(P=30, seed=999, cooldown=2)
+    other.load_state_dict(loaded)
+    assert other.step == ref.step and other.metrics() == ref.metrics()
+    for _ in range(5):
+        assert step(other, 6, fails={0, 1, 2, 3}) == step(ref, 6, fails={0, 1, 2, 3})
+    after = other.state_dict()
+    assert all(np.array_equal(v, ref.state_dict()[k]) for k, v in after.items())
+
+
+def test_ema_mode_saves_variance_and_rejects_a_welford_checkpoint():
+    core = make_core(stats="ema")
+    step(core, 8)
+    assert "reward_var" in core.state_dict() and "reward_m2" not in core.state_dict()
+    with pytest.raises(ValueError, match="reward_var"):
+        core.load_state_dict(make_core().state_dict())
+
+
+def test_bad_record_input_is_rejected_with_a_message():
+    core = make_core()
+    with pytest.raises(ValueError, match="demo_round"):
+        core.record(np.array([0]), np.array([4]), rewards([0]))
+    with pytest.raises(ValueError, match="rewards"):
+        core.record(np.array([0, 1]), np.array([0, 0]), rewards([0]))
