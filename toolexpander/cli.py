@@ -1,2 +1,146 @@
-def main(argv=None) -> int:
+"""Command-line entry points: train, prepare-model, data check, report, eval.
+
+Bad input (config, data, model directory, Ray address) ends with one line naming the file, row,
+field or setting and a non-zero exit code, never a traceback wall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXPECTED = ("ConfigError", "DataError", "TrainError", "ModelError", "ClusterError", "EvalError",
+            "ReportError", "WorkerDied")
+
+
+def _offline_env() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.cwd() / ".cache" / "torch_extensions"))
+
+
+def cmd_train(args, overrides: list[str]) -> int:
+    from toolexpander.config import load_config, parse_overrides
+    from toolexpander.train import train
+
+    pairs = parse_overrides(overrides)
+    config = args.config
+    if args.output_dir:
+        pairs["logging.output_dir"] = args.output_dir
+    if args.resume and config is None:
+        run_dir = Path(pairs.get("logging.output_dir") or "runs/latest")
+        config = run_dir / "config.json"
+    if config is None:
+        raise SystemExit("toolexpander train: --config FILE is required (or --resume with --output-dir)")
+    cfg = load_config(config, pairs)
+    if args.replay_rollouts:
+        from toolexpander.replay import replay
+
+        print(replay(cfg, args.replay_rollouts))
+        return 0
+    run_dir = train(cfg, resume=args.resume, save_rollouts=args.save_rollouts)
+    print(f"run directory: {run_dir}")
+    if args.report:
+        from toolexpander.report import write_report
+
+        print(f"report: {write_report(run_dir)}")
     return 0
+
+
+def cmd_prepare(args, _) -> int:
+    from toolexpander.models import prepare_model
+
+    print(prepare_model(args.kind, args.out, seed=args.seed, force=args.force))
+    return 0
+
+
+def cmd_data_check(args, _) -> int:
+    from toolexpander.data import DataError, load_tasks, summarize
+
+    try:
+        tasks = load_tasks(args.path)
+    except DataError as e:
+        print(f"{args.path}: {len(e.problems)} problem(s)", file=sys.stderr)
+        for line in e.problems:
+            print(line, file=sys.stderr)
+        return 1
+    counts = summarize(tasks)
+    print(f"{args.path}: {len(tasks)} rows OK")
+    for group, values in counts.items():
+        print(f"  by {group}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    return 0
+
+
+def cmd_report(args, _) -> int:
+    from toolexpander.report import write_report
+
+    print(write_report(Path(args.run_dir)))
+    return 0
+
+
+def cmd_eval(args, _) -> int:
+    from toolexpander.eval.runner import run_eval
+
+    run_eval(model=args.model, suite=args.suite, categories=args.categories, limit=args.limit,
+             out=args.out, max_tokens=args.max_tokens)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="toolexpander", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train with GRPO (local mode unless cluster.address / RAY_ADDRESS)")
+    t.add_argument("--config", help="YAML config (configs/*.yaml)")
+    t.add_argument("--output-dir", help="run directory (logging.output_dir)")
+    t.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
+    t.add_argument("--save-rollouts", metavar="DIR", help="dump every step's scored groups as Parquet")
+    t.add_argument("--replay-rollouts", metavar="DIR", help="run the learner alone on dumped rollouts")
+    t.add_argument("--report", action="store_true", help="write the PNG report at the end")
+    t.set_defaults(fn=cmd_train)
+
+    m = sub.add_parser("prepare-model", help="write a local model directory (no hub)")
+    m.add_argument("kind", choices=["smollm2-135m", "tiny"])
+    m.add_argument("--out", required=True)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--force", action="store_true")
+    m.set_defaults(fn=cmd_prepare)
+
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    c = dsub.add_parser("check", help="validate a JSONL/Parquet task file")
+    c.add_argument("path")
+    c.set_defaults(fn=cmd_data_check)
+
+    r = sub.add_parser("report", help="PNG plots of a run directory")
+    r.add_argument("run_dir")
+    r.set_defaults(fn=cmd_report)
+
+    e = sub.add_parser("eval", help="evaluate a model directory on BFCL / ToolRL / ACEBench")
+    e.add_argument("--model", required=True)
+    e.add_argument("--suite", required=True, choices=["bfcl", "toolrl", "acebench"])
+    e.add_argument("--categories", nargs="*")
+    e.add_argument("--limit", type=int)
+    e.add_argument("--max-tokens", type=int, default=256)
+    e.add_argument("--out", required=True)
+    e.set_defaults(fn=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _offline_env()
+    args, rest = build_parser().parse_known_args(argv)
+    if rest and args.command != "train":
+        print(f"toolexpander {args.command}: unexpected arguments {' '.join(rest)}", file=sys.stderr)
+        return 2
+    try:
+        return args.fn(args, rest)
+    except Exception as e:  # expected user-facing errors become one clear line
+        if type(e).__name__ not in EXPECTED:
+            raise
+        print(f"toolexpander {args.command}: error: {e}", file=sys.stderr)
+        return 1

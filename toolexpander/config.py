@@ -47,10 +47,9 @@ class RolloutConfig(Section):
     max_tokens: int = Field(256, ge=1, le=32768, description="completion length cap")
     max_model_len: int = Field(4096, ge=128)
     seed: int = 0
-    prompt_format: Literal["toolrl", "native"] = "toolrl"
     tensor_parallel_size: int = Field(1, ge=1, le=8)
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=0.95)
-    cpu_kvcache_gb: float = Field(1.0, gt=0.0, le=256, description="VLLM_CPU_KVCACHE_SPACE")
+    cpu_kvcache_gb: int = Field(1, ge=1, le=1024, description="VLLM_CPU_KVCACHE_SPACE (GiB)")
     cpus_per_worker: float = Field(1.0, gt=0.0, description="Ray CPUs reserved per worker")
     gpus_per_worker: float = Field(0.0, ge=0.0)
     enforce_eager: bool = True
@@ -80,6 +79,8 @@ class SamplerConfig(Section):
     batch_prompts: int = Field(8, ge=1, description="B: informative groups per training step")
     max_draw_rounds: int = Field(3, ge=1, description="draw budget: generate rounds per step")
     signal_tol: float = Field(1e-3, ge=0.0, description="groups whose reward std is below carry no signal")
+    filter_zero_signal: bool = Field(True, description="refill past zero-signal groups (DAPO); "
+                                     "false trains on every group, as plain GRPO does")
     demo_schedule: list[int] = Field(default_factory=lambda: [1, 2, 3],
                                      description="demos carried at round 1, 2, ...")
     all_fail_min_n: int = Field(10, ge=1, description="completions needed to call a group all-fail")

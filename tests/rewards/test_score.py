@@ -96,8 +96,9 @@ def test_no_call_task():
     # answered with a call: the <tool_call> block breaks the format, and a call was not expected
     r = score(completion(PARIS, response="Where?"), t)
     assert dims(r) == (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    # a bare think block is no answer at all
-    assert dims(score("<think>hm</think>", t)) == (0.0, 1.0, 1.0, 1.0, 0.0, 0.0)
+    # a bare think block is no answer at all: silence earns nothing on a no-call task
+    assert dims(score("<think>hm</think>", t)) == (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    assert dims(score("garbage", t)) == (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def test_call_task_answered_with_text():

@@ -160,7 +160,10 @@ def _dims(completion: str, exp: _Expected, exemplar_bonus: float) -> dict[str, f
     pred = [_normalise_call(name, args) for name, args in parsed.calls or []]
     n = max(len(pred), len(exp.calls))
     if n == 0:
-        tool_name = param_name = param_value = 1.0
+        # No call expected and none made: full marks only for answering in words; silence or
+        # garbage earns nothing, so a no-call task cannot be farmed by emitting nothing.
+        answered = parsed.has_response_block and not parsed.has_tool_call_block
+        tool_name = param_name = param_value = float(answered)
     else:
         overlap = Counter(p.name for p in pred) & Counter(e.name for e in exp.calls)
         pairs = _match(pred, exp.calls)

@@ -1,0 +1,155 @@
+"""Groups of Ray actors: N rollout workers and the learner's ranks, each in a placement group.
+
+RolloutGroup splits a prompt batch evenly over its workers and concatenates the results in order;
+LearnerGroup runs the same call on every rank. A dead actor raises WorkerDied naming it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from toolexpander.actors.rollout import RolloutWorker
+from toolexpander.config import Config
+from toolexpander.learner.dist import free_port
+from toolexpander.types import PromptRequest, RolloutStats
+
+
+class WorkerDied(RuntimeError):
+    def __init__(self, role: str, index: int, cause: Exception):
+        self.role, self.index = role, index
+        super().__init__(f"{role} {index} died: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+
+
+def _bundles(n: int, cpus: float, gpus: float) -> list[dict[str, float]]:
+    bundle = {"CPU": cpus} | ({"GPU": gpus} if gpus > 0 else {})
+    return [dict(bundle) for _ in range(n)]
+
+
+def _placed(pg, index: int):
+    return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)
+
+
+def _get(refs: list, role: str) -> list:
+    """ray.get that names the actor that died."""
+    out = []
+    for i, ref in enumerate(refs):
+        try:
+            out.append(ray.get(ref))
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as e:
+            raise WorkerDied(role, i, e) from e
+    return out
+
+
+class RolloutGroup:
+    def __init__(self, cfg: Config, model_path: str):
+        r = cfg.rollout
+        self.cfg, self.model_path = cfg, model_path
+        gpus = r.gpus_per_worker * r.tensor_parallel_size
+        self.pg = placement_group(_bundles(r.num_workers, r.cpus_per_worker, gpus),
+                                  strategy=cfg.cluster.placement_strategy)
+        ray.get(self.pg.ready())
+        self.workers = [self._spawn(i) for i in range(r.num_workers)]
+        self.ready()
+
+    def _spawn(self, index: int):
+        r = self.cfg.rollout
+        actor = ray.remote(RolloutWorker).options(
+            num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker * r.tensor_parallel_size,
+            scheduling_strategy=_placed(self.pg, index), name=None, max_concurrency=1)
+        return actor.remote(index, self.model_path, r.model_dump(), self.cfg.reward.model_dump(),
+                            self.cfg.model.dtype)
+
+    def ready(self) -> list[dict]:
+        return _get([w.info.remote() for w in self.workers], "rollout worker")
+
+    def restart(self, index: int) -> None:
+        """Replace a dead worker with a fresh one in the same bundle (weights: call push after)."""
+        try:
+            ray.kill(self.workers[index], no_restart=True)
+        except Exception:
+            pass  # already gone
+        self.workers[index] = self._spawn(index)
+        _get([self.workers[index].info.remote()], "rollout worker")
+
+    def generate(self, requests: list[PromptRequest], step_seed: int, **kwargs
+                 ) -> tuple[pa.Table, list[RolloutStats], list[tuple[int, list[PromptRequest]]]]:
+        """All workers in parallel; returns the rows in request order and per-worker stats.
+        On a dead worker, the rows of the live ones come back and `lost` lists (worker, requests)."""
+        shards = [requests[i::len(self.workers)] for i in range(len(self.workers))]
+        refs = [(i, w.generate.remote(shard, step_seed, **kwargs))
+                for i, (w, shard) in enumerate(zip(self.workers, shards)) if shard]
+        batches, stats, lost = [], [], []
+        for i, ref in refs:
+            try:
+                batch, stat = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError):
+                lost.append((i, shards[i]))
+                continue
+            batches.append(batch)
+            stats.append(stat)
+        table = pa.Table.from_batches(batches) if batches else None
+        if table is not None:
+            rank = {r.group_id: k for k, r in enumerate(requests)}
+            keys = pa.array([rank[g] for g in table.column("group_id").to_pylist()])
+            table = table.take(pa.compute.sort_indices(keys))  # stable: completions keep their order
+        return table, stats, lost
+
+    def push(self, version: int, weights_ref) -> float:
+        """Load `weights_ref` (an ObjectRef of [(name, array)]) into every worker; slowest worker's seconds."""
+        seconds = _get([w.update_weights.remote(version, weights_ref) for w in self.workers], "rollout worker")
+        return max(seconds)
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+        remove_placement_group(self.pg)
+
+
+class LearnerGroup:
+    def __init__(self, cfg: Config, model_path: str, pad_id: int):
+        from toolexpander.learner.learner import Learner
+
+        lc = cfg.learner
+        self.pg = placement_group(_bundles(lc.world_size, lc.cpus_per_rank, lc.gpus_per_rank),
+                                  strategy=cfg.cluster.placement_strategy)
+        ray.get(self.pg.ready())
+        cls = ray.remote(Learner)
+        # Rank 0's node hosts the rendezvous; in local mode that is this node.
+        master_addr = ray.get(ray.remote(num_cpus=0)(_node_ip).options(
+            scheduling_strategy=_placed(self.pg, 0)).remote())
+        port = free_port()
+        self.ranks = [cls.options(num_cpus=lc.cpus_per_rank, num_gpus=lc.gpus_per_rank,
+                                  scheduling_strategy=_placed(self.pg, r)).remote(
+            r, lc.world_size, master_addr, port, model_path, lc.model_dump(), cfg.model.dtype,
+            cfg.train.seed, pad_id) for r in range(lc.world_size)]
+        self.call("lr")
+
+    def call(self, method: str, *args, **kwargs) -> list:
+        """The same method on every rank (collectives need them all); one result per rank."""
+        return _get([getattr(r, method).remote(*args, **kwargs) for r in self.ranks], "learner rank")
+
+    def weights_ref(self):
+        """Rank 0's full weights, left in the object store; every rank joins the gather."""
+        refs = [r.named_weights.remote() for r in self.ranks]
+        _get(refs[1:], "learner rank")
+        return refs[0]
+
+    def shutdown(self) -> None:
+        for r in self.ranks:
+            ray.kill(r, no_restart=True)
+        remove_placement_group(self.pg)
+
+
+def _node_ip() -> str:
+    return ray.util.get_node_ip_address()
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start

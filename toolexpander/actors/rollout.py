@@ -1,0 +1,138 @@
+"""RolloutWorker: owns one vLLM engine; renders prompts, samples n completions, scores them.
+
+In: PromptRequests (from the sampler). Out: one Arrow record batch, one row per completion
+(types.ROLLOUT_SCHEMA), plus RolloutStats. The only module that imports vLLM.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterable
+
+import pyarrow as pa
+
+from toolexpander.config import RewardConfig, RolloutConfig
+from toolexpander.prompt import prompt_ids
+from toolexpander.rewards import score_batch
+from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, PromptRequest, RolloutStats
+
+
+def engine_env(worker_index: int, cfg: RolloutConfig, on_gpu: bool) -> dict[str, str]:
+    """Environment for an in-process vLLM engine; set before vllm is imported."""
+    env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
+    if not on_gpu:
+        # One OpenMP thread per engine, each engine bound to its own core: N workers share N cores.
+        env.update(OMP_NUM_THREADS="1", VLLM_CPU_KVCACHE_SPACE=str(cfg.cpu_kvcache_gb),
+                   VLLM_CPU_OMP_THREADS_BIND=str(worker_index % (os.cpu_count() or 1)))
+    return env
+
+
+class RolloutWorker:
+    """Wrapped with ray.remote by actors.group.RolloutGroup; usable in-process for tests and evals."""
+
+    def __init__(self, worker_index: int, model_path: str, rollout: dict, reward: dict,
+                 dtype: str = "float32"):
+        self.index = worker_index
+        self.cfg = RolloutConfig.model_validate(rollout)
+        self.reward = RewardConfig.model_validate(reward)
+        import torch
+
+        on_gpu = torch.cuda.is_available()
+        os.environ.update(engine_env(worker_index, self.cfg, on_gpu))
+        from vllm import LLM
+
+        self.llm = LLM(model=model_path, dtype=dtype, enforce_eager=self.cfg.enforce_eager,
+                       max_model_len=self.cfg.max_model_len, seed=self.cfg.seed + worker_index,
+                       tensor_parallel_size=self.cfg.tensor_parallel_size,
+                       gpu_memory_utilization=self.cfg.gpu_memory_utilization,
+                       enable_prefix_caching=True)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.version = 0
+
+    def info(self) -> dict:
+        return {"worker": self.index, "pid": os.getpid(), "policy_version": self.version}
+
+    def _sampling_params(self, n: int, seed: int | None, greedy: bool, max_tokens: int | None):
+        from vllm import SamplingParams
+
+        if greedy:
+            return SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens or self.cfg.max_tokens,
+                                  logprobs=0)
+        # logprobs=0: the sampled token's logprob, raw (before temperature), as the learner computes it.
+        return SamplingParams(n=n, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                              max_tokens=max_tokens or self.cfg.max_tokens, logprobs=0, seed=seed)
+
+    def _fit(self, request: PromptRequest, max_tokens: int) -> tuple[list[int], int]:
+        """Prompt ids, dropping trailing demos until prompt + completion fit the context."""
+        demos = list(request.demos)
+        while True:
+            ids = prompt_ids(self.tokenizer, request.task, demos)
+            if len(ids) + max_tokens <= self.cfg.max_model_len or not demos:
+                return ids, len(demos)
+            demos.pop()
+
+    def generate(self, requests: list[PromptRequest], step_seed: int = 0, greedy: bool = False,
+                 n: int | None = None, max_tokens: int | None = None) -> tuple[pa.RecordBatch, RolloutStats]:
+        """n completions per request, scored; one row per completion in ROLLOUT_SCHEMA."""
+        start = time.perf_counter()
+        n = 1 if greedy else (n or self.cfg.n)
+        max_tokens = max_tokens or self.cfg.max_tokens
+        fitted = [self._fit(r, max_tokens) for r in requests]
+        prompts = [{"prompt_token_ids": ids} for ids, _ in fitted]
+        params = [self._sampling_params(n, step_seed * 1_000_003 + r.group_id, greedy, max_tokens)
+                  for r in requests]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
+        columns: dict[str, list] = {f.name: [] for f in ROLLOUT_SCHEMA}
+        completion_tokens = 0
+        for request, (ids, n_demos), out in zip(requests, fitted, outputs):
+            texts = [c.text for c in out.outputs]
+            rewards = score_batch(texts, request.task, weights=self.reward.weights,
+                                  exemplar_bonus=self.reward.exemplar_bonus,
+                                  max_chars=self.reward.max_completion_chars)
+            for c, text, r in zip(out.outputs, texts, rewards):
+                tokens = list(c.token_ids)
+                completion_tokens += len(tokens)
+                columns["group_id"].append(request.group_id)
+                columns["task_id"].append(request.task.id)
+                columns["subtask"].append(request.task.subtask)
+                columns["demo_round"].append(request.demo_round if n_demos else 0)
+                columns["policy_version"].append(self.version)
+                columns["prompt_ids"].append(ids)
+                columns["completion_ids"].append(tokens)
+                columns["logprobs"].append(_sampled_logprobs(c.logprobs, tokens))
+                columns["finish_reason"].append(c.finish_reason or "")
+                columns["text"].append(text)
+                values = r.as_dict()
+                for d in (*REWARD_DIMS, "total"):
+                    columns[f"reward_{d}"].append(values[d])
+        batch = pa.RecordBatch.from_pydict(columns, schema=ROLLOUT_SCHEMA)
+        stats = RolloutStats(worker=self.index, prompts=len(requests), completions=batch.num_rows,
+                             prompt_tokens=sum(len(ids) for ids, _ in fitted),
+                             completion_tokens=completion_tokens,
+                             seconds=time.perf_counter() - start)
+        return batch, stats
+
+    def update_weights(self, version: int, named_tensors: Iterable[tuple[str, "object"]]) -> float:
+        """Load new parameters into the running engine (no restart); returns seconds taken."""
+        import warnings
+
+        import torch
+
+        start = time.perf_counter()
+        with warnings.catch_warnings():  # arrays from the object store are read-only; vLLM copies them
+            warnings.simplefilter("ignore", UserWarning)
+            tensors = [(name, torch.from_numpy(w) if not isinstance(w, torch.Tensor) else w)
+                       for name, w in named_tensors]
+        # reload_weights, not load_weights: on CPU, oneDNN repacks weights at load time.
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(tensors)})
+        self.llm.reset_prefix_cache()  # cached KV was computed by the old weights
+        self.version = version
+        return time.perf_counter() - start
+
+
+def _sampled_logprobs(logprobs, tokens: list[int]) -> list[float]:
+    if logprobs is None:
+        return [0.0] * len(tokens)
+    return [float(step[t].logprob) for step, t in zip(logprobs, tokens)]

@@ -1,0 +1,55 @@
+"""Connecting the driver to Ray: local single-node mode, or an existing cluster (`ray job submit`).
+
+Local mode binds every port and the dashboard to 127.0.0.1 and gives actors the offline env vars.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from toolexpander.config import Config
+
+# What every actor process needs, wherever it runs.
+ACTOR_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+             "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def needed_cpus(cfg: Config) -> float:
+    return (cfg.rollout.num_workers * cfg.rollout.cpus_per_worker
+            + cfg.learner.world_size * cfg.learner.cpus_per_rank)
+
+
+def actor_env() -> dict[str, str]:
+    env = dict(ACTOR_ENV)
+    # DeepSpeed JIT-compiles an op on first use: keep the build in a cached place.
+    env["TORCH_EXTENSIONS_DIR"] = os.environ.get(
+        "TORCH_EXTENSIONS_DIR", str(Path.cwd() / ".cache" / "torch_extensions"))
+    return env
+
+
+def connect(cfg: Config) -> str:
+    """ray.init for this run; returns 'local' or the address it attached to."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": actor_env()}
+    if address:
+        try:
+            ray.init(address=address, namespace=cfg.cluster.namespace, runtime_env=runtime_env,
+                     log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ClusterError(f"cluster.address: cannot reach Ray at {address!r}: "
+                               f"{str(e).splitlines()[0]}") from None
+        return address
+    cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, math.ceil(needed_cpus(cfg)))
+    ray.init(num_cpus=cpus, namespace=cfg.cluster.namespace, runtime_env=runtime_env,
+             include_dashboard=False, dashboard_host=cfg.cluster.dashboard_host,
+             _node_ip_address="127.0.0.1", log_to_driver=True)
+    return "local"

@@ -1,0 +1,239 @@
+"""Learner: a DeepSpeed engine running the modified GRPO update on scored rollout groups.
+
+In: an Arrow table of rollouts (types.ROLLOUT_SCHEMA). Out: metrics; full weights for the push;
+DeepSpeed checkpoints and HF exports. One instance per rank (actors.group.LearnerGroup wraps it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from toolexpander.config import LearnerConfig
+from toolexpander.learner.dist import init_distributed
+from toolexpander.learner.grpo import all_finite, clipped_surrogate, group_advantages, lr_lambda
+from toolexpander.learner.shared_prompt import completion_logprobs_plain, completion_logprobs_shared
+
+
+@dataclass
+class Group:
+    """The n completions of one prompt, as the learner trains on them."""
+
+    prompt: list[int]                  # (T_p,) shared prompt tokens
+    completions: list[list[int]]       # n x (T_c,) sampled tokens
+    rollout_logprobs: list[list[float]]  # n x (T_c,) log pi as vLLM sampled them
+    rewards_n: np.ndarray              # (n,) reward_total
+    advantages_n: torch.Tensor = field(default=None)   # (n,)
+    old_logprobs_nT: torch.Tensor = field(default=None)  # (n, T_c max) recomputed by the learner
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(c) for c in self.completions)
+
+
+def groups_from_table(table: pa.Table) -> list[Group]:
+    """Split a rollout table into groups by group_id (rows of a group share their prompt)."""
+    cols = table.select(["group_id", "prompt_ids", "completion_ids", "logprobs", "reward_total"]).to_pydict()
+    order: dict[int, list[int]] = {}
+    for row, gid in enumerate(cols["group_id"]):
+        order.setdefault(gid, []).append(row)
+    groups = []
+    for gid, rows in order.items():
+        prompt = cols["prompt_ids"][rows[0]]
+        if any(cols["prompt_ids"][r] != prompt for r in rows):
+            raise ValueError(f"group {gid}: rows do not share one prompt")
+        groups.append(Group(prompt=prompt, completions=[cols["completion_ids"][r] for r in rows],
+                            rollout_logprobs=[cols["logprobs"][r] for r in rows],
+                            rewards_n=np.asarray([cols["reward_total"][r] for r in rows], dtype=np.float32)))
+    return groups
+
+
+def ds_config(cfg: LearnerConfig, dtype: str) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        # We own the accumulation boundary: one engine.step() per mini-batch, however many groups.
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "betas": [0.9, 0.999], "eps": 1e-8,
+                                                  "weight_decay": 0.0, "torch_adam": True}},
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+class Learner:
+    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int,
+                 model_path: str, learner: dict, dtype: str = "float32", seed: int = 0,
+                 pad_id: int = 0):
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        self.rank, self.world_size = rank, world_size
+        self.cfg = LearnerConfig.model_validate(learner)
+        self.backend = init_distributed(rank, world_size, master_addr, master_port)
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        if self.cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.config.use_cache = True
+        schedule = lr_lambda(self.cfg.warmup_steps, self.cfg.lr_gamma, self.cfg.lr, self.cfg.lr_min)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=ds_config(self.cfg, dtype),
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+        self.pad_id = pad_id
+        self.updates = 0
+        self.nonfinite_in_row = 0
+        # transformers drops the KV cache under gradient checkpointing, so sharing needs it off.
+        shared = self.cfg.share_prompt and not self.cfg.gradient_checkpointing
+        self._logprobs = completion_logprobs_shared if shared else completion_logprobs_plain
+
+    # ---- the GRPO step -------------------------------------------------------------------------
+    def _my_groups(self, groups: list[Group]) -> list[Group]:
+        """This rank's share; shorter shares repeat a group with zero advantage so collectives match."""
+        mine = groups[self.rank::self.world_size]
+        longest = math.ceil(len(groups) / self.world_size)
+        while len(mine) < longest:
+            g = groups[-1]
+            mine.append(Group(g.prompt, g.completions, g.rollout_logprobs, np.zeros_like(g.rewards_n)))
+        return mine
+
+    def logprobs(self, group: Group, grad: bool):
+        with torch.set_grad_enabled(grad):
+            return self._logprobs(self.engine.module, group.prompt, group.completions,
+                                  pad_id=self.pad_id, return_entropy=grad)
+
+    def step(self, table: pa.Table, step_seed: int = 0) -> dict[str, float]:
+        """ppo_epochs x mini_batches updates on one batch of groups; returns learner metrics."""
+        start = time.perf_counter()
+        groups = self._my_groups(groups_from_table(table))
+        self.engine.module.eval()  # no dropout: ratios must be 1 on the first pass
+        gaps, gap_tokens = 0.0, 0
+        for g in groups:
+            rewards = torch.as_tensor(g.rewards_n).unsqueeze(0)  # (1, n)
+            g.advantages_n = group_advantages(rewards, std_norm=self.cfg.adv_std_norm)[0]
+            lp, mask = self.logprobs(g, grad=False)
+            g.old_logprobs_nT = lp.detach()
+            vllm = torch.zeros_like(lp)
+            for i, row in enumerate(g.rollout_logprobs):
+                vllm[i, :len(row)] = torch.tensor(row, dtype=lp.dtype)
+            gaps += float(((lp - vllm).abs() * mask).sum())
+            gap_tokens += int(mask.sum())
+        rng = np.random.default_rng(step_seed)
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        skipped = 0
+        for _ in range(self.cfg.ppo_epochs):
+            order = rng.permutation(len(groups)) if self.world_size == 1 else np.arange(len(groups))
+            for mb in np.array_split(order, min(self.cfg.mini_batches, len(groups))):
+                metrics, ok = self._update([groups[i] for i in mb])
+                skipped += 0 if ok else 1
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                    counts[k] = counts.get(k, 0) + 1
+        out = {k: sums[k] / counts[k] for k in sums}
+        out.update({"learner/skipped": float(skipped), "learner/lr": self.lr(),
+                    "learner/updates": float(self.updates),
+                    "rollout/logprob_gap": gaps / max(gap_tokens, 1),
+                    "time/learner_compute_s": time.perf_counter() - start})
+        return out
+
+    def _update(self, groups: list[Group]) -> tuple[dict[str, float], bool]:
+        token_count = sum(g.tokens for g in groups)
+        finite = True
+        merged: dict[str, float] = {}
+        for g in groups:
+            lp, mask, entropy = self.logprobs(g, grad=True)
+            out = clipped_surrogate(lp, g.old_logprobs_nT, g.advantages_n, mask,
+                                    eps_low=self.cfg.eps_low, eps_high=self.cfg.eps_high,
+                                    dual_clip=self.cfg.dual_clip, token_count=token_count)
+            if not all_finite(out.loss):
+                finite = False
+                continue
+            self.engine.backward(out.loss)
+            weight = g.tokens / max(token_count, 1)
+            merged["learner/loss"] = merged.get("learner/loss", 0.0) + float(out.loss)
+            merged["learner/entropy"] = merged.get("learner/entropy", 0.0) + weight * float(entropy)
+            for k, v in out.metrics.items():
+                merged[k] = merged.get(k, 0.0) + weight * v
+        local_norm = self._local_grad_norm()
+        finite = self._all_ranks(finite and math.isfinite(local_norm))
+        if not finite:
+            self.engine.zero_grad()
+            self.optimizer.zero_grad()
+            self.nonfinite_in_row += 1
+            return {"learner/nonfinite": 1.0}, False
+        self.engine.step()
+        self.updates += 1
+        self.nonfinite_in_row = 0
+        norm = self.engine.get_global_grad_norm()  # None/unset on some ZeRO stages
+        norm = float(norm) if norm is not None and math.isfinite(float(norm)) else local_norm
+        merged["learner/grad_norm"] = norm
+        return merged, True
+
+    def _local_grad_norm(self) -> float:
+        """L2 norm of this rank's gradients before clipping (NaN/inf when any is non-finite)."""
+        squares = [p.grad.detach().float().pow(2).sum() for p in self.engine.module.parameters()
+                   if p.grad is not None]
+        return math.sqrt(float(sum(squares))) if squares else 0.0
+
+    def _all_ranks(self, flag: bool) -> bool:
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor([0.0 if flag else 1.0])
+        torch.distributed.all_reduce(t)
+        return float(t) == 0.0
+
+    # ---- state ---------------------------------------------------------------------------------
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def nonfinite_streak(self) -> int:
+        return self.nonfinite_in_row
+
+    def named_weights(self) -> list[tuple[str, np.ndarray]] | None:
+        """Full weights (HF names, float32 numpy copies) on rank 0; None on other ranks.
+        Every rank must call it (ZeRO-3 gathers the partitions)."""
+        import deepspeed
+
+        params = list(self.engine.module.named_parameters())
+        with deepspeed.zero.GatheredParameters([p for _, p in params], enabled=self.cfg.zero_stage == 3):
+            if self.rank != 0:
+                return None
+            # Clone: ZeRO parameters are views into flat buffers that would pickle whole.
+            return [(name, p.detach().to(torch.float32).cpu().numpy().copy()) for name, p in params]
+
+    def checksum(self) -> float:
+        weights = self.named_weights()
+        return None if weights is None else float(sum(np.abs(w).sum(dtype=np.float64) for _, w in weights))
+
+    def save(self, directory: str, client_state: dict) -> None:
+        self.engine.save_checkpoint(directory, tag="state",
+                                    client_state={**client_state, "updates": self.updates})
+
+    def load(self, directory: str) -> dict:
+        _, client_state = self.engine.load_checkpoint(directory, tag="state", load_optimizer_states=True,
+                                                      load_lr_scheduler_states=True)
+        if client_state is None:
+            raise RuntimeError(f"{directory}: DeepSpeed found no checkpoint to load")
+        self.updates = int(client_state.get("updates", self.updates))
+        return client_state
+
+    def export_hf(self, directory: str, tokenizer_dir: str) -> None:
+        """save_pretrained (safetensors) + tokenizer; rank 0 writes, every rank must call (ZeRO-3)."""
+        from transformers import AutoTokenizer
+
+        weights = self.named_weights()
+        if weights is None:
+            return
+        state = {name: torch.from_numpy(w) for name, w in weights}
+        self.engine.module.save_pretrained(directory, state_dict=state, safe_serialization=True)
+        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(directory)

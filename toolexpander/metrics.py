@@ -1,0 +1,89 @@
+"""Per-step metrics: metrics.jsonl (the contract in DESIGN.md), TensorBoard, optional wandb, and a
+progress display (a bar on a terminal, plain log lines otherwise)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+PROGRESS_KEYS = (("reward", "reward/total_mean"), ("correct", "reward/correct_mean"),
+                 ("demo", "sampler/demo_rate"), ("tok/s", "rollout/tokens_per_s"))
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: Path, tensorboard: bool, wandb_project: str | None, config: dict,
+                 resume: bool):
+        self.path = run_dir / "metrics.jsonl"
+        self.file = self.path.open("a" if resume else "w")
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        self.wandb = None
+        if wandb_project:
+            import wandb  # optional; only imported when configured
+
+            self.wandb = wandb.init(project=wandb_project, config=config, dir=str(run_dir))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        # Non-finite numbers become null (JSON has no NaN); counters stay integers.
+        record = {**{k: (v if _finite(v) else None if isinstance(v, float) else v)
+                     for k, v in sorted(metrics.items())}, "step": step}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if _finite(v):
+                    self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in metrics.items() if _finite(v)}, step=step)
+
+    def event(self, step: int, kind: str, message: str) -> None:
+        """Out-of-band events (worker restarts, skipped steps) go to events.jsonl beside the metrics."""
+        with (self.path.parent / "events.jsonl").open("a") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), "event": kind, "message": message}) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+class Progress:
+    """A tqdm bar with the key numbers on a terminal; one plain line per step otherwise."""
+
+    def __init__(self, total: int, start: int, mode: str):
+        self.bar_mode = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+        self.total, self.start_step, self.t0 = total, start, time.time()
+        self.bar = None
+        if self.bar_mode:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        shown = {name: metrics.get(key) for name, key in PROGRESS_KEYS}
+        text = " ".join(f"{k}={v:.3g}" for k, v in shown.items() if _finite(v))
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.update(1)
+            return
+        done = step + 1 - self.start_step
+        eta = (time.time() - self.t0) / max(done, 1) * (self.total - step - 1)
+        print(f"step {step + 1}/{self.total} {text} step_s={metrics.get('time/step_s', 0):.1f} "
+              f"eta={eta:.0f}s", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

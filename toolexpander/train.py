@@ -1,0 +1,270 @@
+"""The training driver, top to bottom: config -> Ray -> actors -> loop.
+
+Each step: sampler.next_batch -> rollout.generate (all workers in parallel) -> sampler.record
+(refill until B informative groups or the draw budget) -> learner.step -> push weights -> metrics
+-> eval every K steps -> checkpoint every K steps. SIGTERM/Ctrl-C finish the step, checkpoint, exit 0.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from toolexpander.config import Config, dump_config
+from toolexpander.data import DataError, load_tasks
+from toolexpander.learner import checkpoint
+from toolexpander.metrics import MetricsWriter, Progress
+from toolexpander.models import ensure_model
+from toolexpander.types import REWARD_DIMS, Task
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+def fitting_tasks(tasks: list[Task], model_path: Path, cfg: Config) -> tuple[list[Task], int]:
+    """Tasks whose bare prompt fits data.max_prompt_tokens (and the context with max_tokens)."""
+    from transformers import AutoTokenizer
+
+    from toolexpander.prompt import prompt_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    limit = min(cfg.data.max_prompt_tokens, cfg.rollout.max_model_len - cfg.rollout.max_tokens)
+    kept = [t for t in tasks if len(prompt_ids(tokenizer, t)) <= limit]
+    return kept, len(tasks) - len(kept)
+
+
+class StopFlag:
+    """SIGTERM / SIGINT ask the loop to stop after the current step."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C abandons the step
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\nreceived {signal.Signals(signum).name}: finishing this step, then saving a checkpoint",
+              flush=True)
+
+
+def reward_metrics(table: pa.Table) -> dict[str, float]:
+    out = {f"reward/{d}_mean": float(pc.mean(table.column(f"reward_{d}")).as_py() or 0.0)
+           for d in (*REWARD_DIMS, "total")}
+    lengths = pc.list_value_length(table.column("completion_ids"))
+    out["rollout/completion_len_mean"] = float(pc.mean(lengths).as_py() or 0.0)
+    out["rollout/truncated_share"] = float(pc.mean(pc.equal(table.column("finish_reason"), "length")
+                                                   .cast(pa.float32())).as_py() or 0.0)
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool, save_rollouts: str | None):
+        import ray
+
+        from toolexpander.actors.group import LearnerGroup, RolloutGroup
+        from toolexpander.cluster.local import connect
+        from toolexpander.sampling.sampler import Sampler
+
+        self.cfg, self.run_dir = cfg, run_dir
+        self.save_rollouts = Path(save_rollouts) if save_rollouts else None
+        self.model_path = ensure_model(cfg.model.path, cfg.model.prepare)
+        tasks = load_tasks(cfg.data.train_path)[: cfg.data.limit]
+        tasks, too_long = fitting_tasks(tasks, self.model_path, cfg)
+        if not tasks:
+            raise TrainError(f"data.train_path: no task fits data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
+        self.too_long = too_long
+        self.mode = connect(cfg)
+        from transformers import AutoTokenizer
+
+        pad_id = AutoTokenizer.from_pretrained(self.model_path).pad_token_id or 0
+        self.sampler = ray.remote(Sampler).options(num_cpus=0).remote(
+            cfg.sampler.model_dump(), tasks, cfg.reward.exemplar_bonus, cfg.reward.weights)
+        self.rollout = RolloutGroup(cfg, str(self.model_path))
+        self.learner = LearnerGroup(cfg, str(self.model_path), pad_id)
+        self.ckpt_root = run_dir / "checkpoints"
+        self.step, self.version = 0, 0
+        if resume:
+            self._restore()
+        self.metrics = MetricsWriter(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project,
+                                     cfg.model_dump(mode="json"), resume)
+        self.metrics.event(self.step, "start", f"mode={self.mode} tasks={len(tasks)} too_long={too_long}")
+
+    # ---- one step ------------------------------------------------------------------------------
+    def _generate(self, requests, step_seed: int):
+        """Rollouts for `requests`; a dead worker is restarted, given the weights, and its prompts
+        re-issued (the sampler has not recorded them yet, so nothing is lost or counted twice)."""
+        table, stats, lost = self.rollout.generate(requests, step_seed)
+        tables = [table] if table is not None else []
+        for worker, shard in lost:
+            self.metrics.event(self.step, "worker_restart", f"rollout worker {worker} died; restarting it")
+            self.rollout.restart(worker)
+            if self.version > 0:
+                self.rollout.push(self.version, self.learner.weights_ref())
+            again, more, still_lost = self.rollout.generate(shard, step_seed)
+            if still_lost:
+                raise TrainError(f"rollout worker {worker} died twice in one step; giving up")
+            tables.append(again)
+            stats += more
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        return table, stats
+
+    def train_step(self) -> dict[str, float]:
+        import ray
+
+        cfg, t0 = self.cfg, time.perf_counter()
+        step_seed = cfg.train.seed * 1_000_003 + self.step
+        kept, generated, records, stats = [], [], [], []
+        rollout_s = 0.0
+        for _ in range(cfg.sampler.max_draw_rounds):
+            need = cfg.sampler.batch_prompts - sum(len(k) for k in kept)
+            requests = ray.get(self.sampler.next_batch.remote(need))
+            if not requests:
+                break
+            t = time.perf_counter()
+            table, more = self._generate(requests, step_seed)
+            rollout_s += time.perf_counter() - t
+            record = ray.get(self.sampler.record.remote(table))
+            informative = [g for g, ok in zip(record["group_ids"], record["informative"])
+                           if ok or not cfg.sampler.filter_zero_signal]
+            kept.append(informative)
+            generated.append(table)
+            records.append(record)
+            stats += more
+            if sum(len(k) for k in kept) >= cfg.sampler.batch_prompts:
+                break
+        table = pa.concat_tables(generated)
+        keep_ids = pa.array([g for k in kept for g in k][: cfg.sampler.batch_prompts], pa.int64())
+        batch = table.filter(pc.is_in(table.column("group_id"), keep_ids))
+        if self.save_rollouts is not None:
+            self.save_rollouts.mkdir(parents=True, exist_ok=True)
+            pq.write_table(batch, self.save_rollouts / f"step_{self.step:06d}.parquet")
+        m = reward_metrics(table)
+        m.update(self._sampler_metrics(records))
+        t = time.perf_counter()
+        if batch.num_rows:
+            m.update(self.learner.call("step", batch, step_seed)[0])
+        else:  # no informative group: nothing to learn from this step
+            m.update({"learner/skipped": 1, "learner/loss": 0.0, "learner/grad_norm": 0.0,
+                      "learner/clip_frac": 0.0, "learner/lr": self.learner.call("lr")[0]})
+        learner_s = time.perf_counter() - t
+        t = time.perf_counter()
+        self.version += 1
+        m["time/weight_push_s"] = self.rollout.push(self.version, self.learner.weights_ref())
+        push_s = time.perf_counter() - t
+        m.update(ray.get(self.sampler.end_step.remote()))
+        tokens = sum(s.completion_tokens for s in stats)
+        m.update({"policy_version": self.version, "time/rollout_s": rollout_s,
+                  "time/learner_s": learner_s, "time/weight_push_total_s": push_s,
+                  "rollout/tokens_per_s": tokens / max(rollout_s, 1e-9),
+                  "rollout/completion_tokens": tokens, "rollout/groups": table.num_rows / cfg.rollout.n,
+                  "rollout/draw_rounds": len(generated), "learner/groups": batch.num_rows / cfg.rollout.n,
+                  "time/step_s": time.perf_counter() - t0})
+        return m
+
+    @staticmethod
+    def _sampler_metrics(records: list[dict]) -> dict[str, float]:
+        """Shares over every group generated in the step (all draw rounds)."""
+        informative = np.concatenate([r["informative"] for r in records]).astype(float)
+        all_fail = np.concatenate([r["all_fail"] for r in records]).astype(float)
+        rounds = np.concatenate([r["demo_round"] for r in records])
+        out = {"sampler/zero_signal_share": 1.0 - informative.mean(), "sampler/all_fail_share": all_fail.mean(),
+               "sampler/demo_rate": float((rounds > 0).mean())}
+        for k in range(int(rounds.max()) + 1):
+            out[f"sampler/groups_at_round/{k}"] = float((rounds == k).sum())
+        return out
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save(self) -> Path:
+        import ray
+
+        tmp = checkpoint.begin(self.ckpt_root, self.step)
+        client = {"step": self.step, "policy_version": self.version}
+        self.learner.call("save", str(tmp / "learner"), client)
+        ray.get(self.sampler.save.remote(str(tmp / "sampler.npz")))
+        (tmp / "driver.json").write_text(json.dumps({"step": self.step, "policy_version": self.version}))
+        return checkpoint.commit(tmp, self.ckpt_root, self.step, self.cfg.train.keep_last)
+
+    def _restore(self) -> None:
+        import ray
+
+        directory = checkpoint.latest(self.ckpt_root)
+        if directory is None:
+            raise TrainError(f"--resume: no complete checkpoint under {self.ckpt_root}")
+        self.learner.call("load", str(directory / "learner"))
+        ray.get(self.sampler.load.remote(str(directory / "sampler.npz")))
+        state = json.loads((directory / "driver.json").read_text())
+        self.step, self.version = state["step"], state["policy_version"]
+        self.rollout.push(self.version, self.learner.weights_ref())
+        print(f"resumed from {directory} at step {self.step} (policy version {self.version})", flush=True)
+
+    def export(self) -> Path:
+        out = self.run_dir / "hf"
+        self.learner.call("export_hf", str(out), str(self.model_path))
+        return out
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self) -> int:
+        cfg, stop = self.cfg, StopFlag()
+        progress = Progress(cfg.train.steps, self.step, cfg.logging.progress)
+        try:
+            while self.step < cfg.train.steps and not stop.requested:
+                m = self.train_step()
+                self.metrics.log(self.step, m)
+                progress.update(self.step, m)
+                self.step += 1
+                if m.get("learner/nonfinite"):
+                    streak = self.learner.call("nonfinite_streak")[0]
+                    self.metrics.event(self.step, "nonfinite", f"non-finite loss/gradient, {streak} in a row")
+                    if streak >= cfg.learner.max_nonfinite_in_row:
+                        path = self.save()
+                        print(f"stopping: {streak} non-finite updates in a row; checkpoint {path}", flush=True)
+                        return 2
+                if cfg.train.save_every and self.step % cfg.train.save_every == 0:
+                    self.save()
+                if cfg.train.hf_export_every and self.step % cfg.train.hf_export_every == 0:
+                    self.export()
+        finally:
+            progress.close()
+        path = self.save()
+        if stop.requested:
+            print(f"stopped at step {self.step}; checkpoint {path}\nresume with: toolexpander train "
+                  f"--config {self.run_dir / 'config.json'} --resume", flush=True)
+            return 0
+        self.export()
+        return 0
+
+    def close(self) -> None:
+        import ray
+
+        self.metrics.close()
+        ray.shutdown()
+
+
+def train(cfg: Config, resume: bool = False, save_rollouts: str | None = None) -> Path:
+    run_dir = Path(cfg.logging.output_dir)
+    if run_dir.exists() and (run_dir / "metrics.jsonl").exists() and not resume:
+        raise TrainError(f"logging.output_dir: {run_dir} already holds a run; pass --resume or "
+                         f"choose another --output-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.json")
+    try:
+        trainer = Trainer(cfg, run_dir, resume, save_rollouts)
+    except DataError as e:
+        raise TrainError(f"data.train_path: refusing to start, bad rows:\n{e}") from None
+    try:
+        code = trainer.run()
+    finally:
+        trainer.close()
+    if code:
+        raise SystemExit(code)
+    return run_dir
