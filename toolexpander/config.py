@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from toolexpander.types import REWARD_DIMS
 
@@ -35,6 +35,7 @@ class DataConfig(Section):
     train_path: str = "data/tool_calls_train.jsonl"
     max_prompt_tokens: int = Field(1536, ge=64, description="longer prompts are left out, counted")
     limit: int | None = Field(None, ge=1, description="use only the first N rows (debugging)")
+    subset: int | None = Field(None, ge=1, description="train on a random subset of N rows (seed: train.seed)")
 
 
 class RolloutConfig(Section):
@@ -65,12 +66,13 @@ class RewardConfig(Section):
     exemplar_bonus: float = Field(0.01, ge=0.0, le=1.0, description="value of the exemplar reward")
     max_completion_chars: int = Field(65536, ge=256, description="longer completions score 0")
 
-    @model_validator(mode="after")
-    def _known_dims(self) -> "RewardConfig":
-        unknown = set(self.weights) - set(REWARD_DIMS)
+    @field_validator("weights")
+    @classmethod
+    def _known_dims(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = set(weights) - set(REWARD_DIMS)
         if unknown:
             raise ValueError(f"unknown reward dimension(s) {sorted(unknown)}; known: {list(REWARD_DIMS)}")
-        return self
+        return weights
 
 
 class SamplerConfig(Section):

@@ -79,6 +79,9 @@ class Trainer:
         self.save_rollouts = Path(save_rollouts) if save_rollouts else None
         self.model_path = ensure_model(cfg.model.path, cfg.model.prepare)
         tasks = load_tasks(cfg.data.train_path)[: cfg.data.limit]
+        if cfg.data.subset and cfg.data.subset < len(tasks):
+            pick = np.random.default_rng(cfg.train.seed).choice(len(tasks), cfg.data.subset, replace=False)
+            tasks = [tasks[i] for i in sorted(pick)]
         tasks, too_long = fitting_tasks(tasks, self.model_path, cfg)
         if not tasks:
             raise TrainError(f"data.train_path: no task fits data.max_prompt_tokens={cfg.data.max_prompt_tokens}")

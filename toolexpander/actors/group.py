@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -96,7 +97,7 @@ class RolloutGroup:
         if table is not None:
             rank = {r.group_id: k for k, r in enumerate(requests)}
             keys = pa.array([rank[g] for g in table.column("group_id").to_pylist()])
-            table = table.take(pa.compute.sort_indices(keys))  # stable: completions keep their order
+            table = table.take(pc.sort_indices(keys))  # stable: completions keep their order
         return table, stats, lost
 
     def push(self, version: int, weights_ref) -> float:

@@ -47,7 +47,10 @@ class RolloutWorker:
                        max_model_len=self.cfg.max_model_len, seed=self.cfg.seed + worker_index,
                        tensor_parallel_size=self.cfg.tensor_parallel_size,
                        gpu_memory_utilization=self.cfg.gpu_memory_utilization,
-                       enable_prefix_caching=True)
+                       enable_prefix_caching=True,
+                       # Seeded requests + chunked prefill crash on the CPU generator ("does not use
+                       # offset"): prefill each prompt whole instead.
+                       enable_chunked_prefill=on_gpu)
         self.tokenizer = self.llm.get_tokenizer()
         self.version = 0
 

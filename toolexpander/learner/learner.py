@@ -131,15 +131,20 @@ class Learner:
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         skipped = 0
+        losses = []  # per update, to show the surrogate falling within a batch
         for _ in range(self.cfg.ppo_epochs):
             order = rng.permutation(len(groups)) if self.world_size == 1 else np.arange(len(groups))
             for mb in np.array_split(order, min(self.cfg.mini_batches, len(groups))):
                 metrics, ok = self._update([groups[i] for i in mb])
                 skipped += 0 if ok else 1
+                if ok:
+                    losses.append(metrics["learner/loss"])
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
                     counts[k] = counts.get(k, 0) + 1
         out = {k: sums[k] / counts[k] for k in sums}
+        if losses:
+            out["learner/loss_first_update"], out["learner/loss_last_update"] = losses[0], losses[-1]
         out.update({"learner/skipped": float(skipped), "learner/lr": self.lr(),
                     "learner/updates": float(self.updates),
                     "rollout/logprob_gap": gaps / max(gap_tokens, 1),
@@ -211,9 +216,18 @@ class Learner:
             # Clone: ZeRO parameters are views into flat buffers that would pickle whole.
             return [(name, p.detach().to(torch.float32).cpu().numpy().copy()) for name, p in params]
 
-    def checksum(self) -> float:
-        weights = self.named_weights()
-        return None if weights is None else float(sum(np.abs(w).sum(dtype=np.float64) for _, w in weights))
+    def param_digest(self) -> str:
+        """A hash of this rank's full parameters (ranks of a data-parallel group must agree)."""
+        import hashlib
+
+        import deepspeed
+
+        params = list(self.engine.module.parameters())
+        digest = hashlib.sha256()
+        with deepspeed.zero.GatheredParameters(params, enabled=self.cfg.zero_stage == 3):
+            for p in params:
+                digest.update(p.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()
 
     def save(self, directory: str, client_state: dict) -> None:
         self.engine.save_checkpoint(directory, tag="state",

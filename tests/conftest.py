@@ -1,0 +1,52 @@
+"""Shared fixtures: the repository root, the tiny model (prepared once, cached under models/), and
+a private local Ray instance with its own temp dir (never `ray stop`: that kills every Ray on the box)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    from toolexpander.models import prepare_model
+
+    return prepare_model("tiny", REPO / "models" / "tiny")
+
+
+@pytest.fixture(scope="session")
+def train_tasks():
+    from toolexpander.data import load_tasks
+
+    return load_tasks(REPO / "data" / "tool_calls_train.jsonl")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private Ray for one test module: its own temp dir, loopback only, stopped by shutdown()."""
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    ray.init(num_cpus=4, include_dashboard=False, _temp_dir=temp, _node_ip_address="127.0.0.1",
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+                                       "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}},
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)

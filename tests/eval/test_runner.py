@@ -1,0 +1,140 @@
+"""The eval runner: selection, scoring and summaries on hand-made outputs, then small real runs of
+the tiny model on vLLM (the CLI path and the worker-passing path used during training)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pytest
+
+from toolexpander.eval import EvalError, runner
+from toolexpander.rewards import render_answer, score
+from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA
+
+
+def oracle(texts_for):
+    """A generate_fn answering each request with texts_for(task), scored by our reward."""
+    def generate(requests):
+        cols = {f.name: [] for f in ROLLOUT_SCHEMA}
+        for r in reversed(requests):   # out of order on purpose: rows are matched by group_id
+            text = texts_for(r.task)
+            values = score(text, r.task).as_dict()
+            for name, value in (("group_id", r.group_id), ("task_id", r.task.id),
+                                ("subtask", r.task.subtask), ("demo_round", 0), ("policy_version", 0),
+                                ("prompt_ids", [1]), ("completion_ids", [2]), ("logprobs", [0.0]),
+                                ("finish_reason", "stop"), ("text", text)):
+                cols[name].append(value)
+            for d in (*REWARD_DIMS, "total"):
+                cols[f"reward_{d}"].append(values[d])
+        return pa.RecordBatch.from_pydict(cols, schema=ROLLOUT_SCHEMA)
+    return generate
+
+
+def test_load_items_limit_and_categories():
+    items = runner.load_items("toolrl", None, 3)   # the ToolRL test set has only 2 no-call rows
+    assert [i.category for i in items] == ["no_call"] * 2 + ["single"] * 3 + ["parallel"] * 3 + ["multi_turn"] * 3
+    assert [i.id for i in items[2:5]] == [i.id for i in runner.load_items("toolrl", ["single"], None)][:3]
+    ace = runner.load_items("acebench", ["special_irrelevant", "normal_atom_bool"], 2)
+    assert [i.category for i in ace] == ["normal_atom_bool"] * 2 + ["special_irrelevant"] * 2
+    assert len(runner.load_items("acebench", None, None)) == 972
+    with pytest.raises(EvalError, match="unknown category nope; choose from no_call"):
+        runner.load_items("toolrl", ["nope"], None)
+    with pytest.raises(EvalError, match="unknown suite"):
+        runner.load_items("mmlu", None, None)
+
+
+def test_ground_truth_scores_full_marks_and_too_long_prompts_fail():
+    items = runner.load_items("toolrl", None, 2)
+    fits = lambda task: task.id != items[0].id   # noqa: E731
+    report = runner.evaluate_with(oracle(lambda t: render_answer(t.answer)), items, "toolrl",
+                                  fits=fits, batch=3, log=lambda _: None)
+    entries, summary = report["entries"], report["summary"]
+    assert [e["id"] for e in entries] == [i.id for i in items]
+    assert entries[0]["error_type"] == "prompt_too_long" and not entries[0]["valid"]
+    assert all(e["valid"] and e["error_type"] is None for e in entries[1:])
+    assert summary["categories"]["no_call"] == pytest.approx(
+        {"n": 2, "correct": 1, "accuracy": 0.5, "format": 0.5, "tool_name": 0.5, "param_name": 0.5,
+         "param_value": 0.5, "exemplar_rate": 0.0})
+    assert summary["overall"] == pytest.approx(7 / 8) and summary["prompt_too_long"] == 1
+    single = next(e for e in entries if e["category"] == "single")
+    assert single["decoded"] == [{c.name: c.arguments} for c in items[2].task.answer.tool_calls]
+
+
+def test_bfcl_summary_and_metrics_from_ground_truth():
+    items = runner.load_items("bfcl", ["simple_python", "irrelevance"], 4)
+    report = runner.evaluate_with(oracle(lambda t: render_answer(t.answer)), items, "bfcl",
+                                  log=lambda _: None)
+    s = report["summary"]
+    assert s["categories"]["simple_python"] == {"n": 4, "correct": 4, "accuracy": 1.0}
+    assert s["categories"]["irrelevance"]["accuracy"] == 1.0   # the rendered answer is a reply
+    assert s["groups"] == {"non_live_simple": 1.0, "non_live": 1.0, "irrelevance_total": 1.0, "overall": 1.0}
+    assert "live_simple" in s["missing"] and "simple_python" not in s["missing"]
+    metrics = runner.eval_metrics(s, "bfcl")
+    assert metrics["eval/bfcl/simple_python"] == 1.0 and metrics["eval/bfcl/overall"] == 1.0
+    assert metrics["eval/bfcl/non_live"] == 1.0 and all(isinstance(v, float) for v in metrics.values())
+    table = runner.format_table(s)
+    assert "simple_python" in table and "100.00%" in table
+
+
+def test_reward_error_names_the_first_failing_dimension():
+    full = dict.fromkeys(("format", "tool_name", "param_name", "param_value", "exemplar", "correct"), 1.0)
+    assert runner._reward_error(full) is None
+    assert runner._reward_error({**full, "correct": 0.0, "param_name": 0.5, "param_value": 0.0}) \
+        == "reward:param_name"
+    assert runner._reward_error({**full, "correct": 0.0, "format": 0.0}) == "reward:format"
+
+
+def test_cli_reports_bad_input_in_one_line(tiny_model, tmp_path, capsys):
+    from toolexpander.cli import main
+
+    out = str(tmp_path / "x.json")
+    assert main(["eval", "--model", str(tiny_model), "--suite", "toolrl", "--categories", "nope",
+                 "--out", out]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown category nope" in err
+    assert main(["eval", "--model", str(tmp_path), "--suite", "bfcl", "--out", out]) == 1
+    assert "not a model directory" in capsys.readouterr().err
+    assert not os.path.exists(out)
+
+
+def _check_report(path, n, categories):
+    report = json.loads(path.read_text())
+    summary, entries = report["summary"], report["entries"]
+    assert summary["n"] == len(entries) == n
+    assert list(summary["categories"]) == categories
+    for row in summary["categories"].values():
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["n"] == 2
+    assert 0.0 <= summary["overall"] <= 1.0
+    for e in entries:
+        assert {"id", "category", "raw", "decoded", "valid", "error_type"} <= set(e)
+        assert isinstance(e["raw"], str) and isinstance(e["valid"], bool)
+        assert e["valid"] or e["error_type"]
+    return summary
+
+
+def test_cli_eval_toolrl_on_tiny_model(tiny_model, tmp_path, repo):
+    out = tmp_path / "toolrl.json"
+    proc = subprocess.run([sys.executable, "-m", "toolexpander", "eval", "--model", str(tiny_model),
+                           "--suite", "toolrl", "--limit", "2", "--max-tokens", "16", "--out", str(out)],
+                          cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "toolrl overall" in proc.stdout
+    summary = _check_report(out, 8, ["no_call", "single", "parallel", "multi_turn"])
+    assert set(summary["means"]) == {"format", "tool_name", "param_name", "param_value", "exemplar_rate"}
+
+
+def test_run_eval_bfcl_with_a_given_worker(tiny_model, tmp_path):
+    from toolexpander.actors.rollout import RolloutWorker
+    from toolexpander.config import RewardConfig, RolloutConfig
+
+    rollout = RolloutConfig(max_tokens=16, max_model_len=2048).model_dump()
+    worker = RolloutWorker(0, str(tiny_model), rollout, RewardConfig().model_dump())
+    out = tmp_path / "bfcl.json"
+    summary = runner.run_eval(model=str(tiny_model), suite="bfcl", categories=["simple_python"],
+                              limit=2, out=str(out), max_tokens=16, worker=worker)
+    assert summary == json.loads(out.read_text())["summary"]
+    _check_report(out, 2, ["simple_python"])
+    assert set(runner.eval_metrics(summary, "bfcl")) == {
+        "eval/bfcl/simple_python", "eval/bfcl/non_live_simple", "eval/bfcl/non_live", "eval/bfcl/overall"}
