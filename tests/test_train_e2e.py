@@ -27,10 +27,12 @@ def run_train(repo, *args, timeout=600):
 
 def test_three_steps_end_to_end(repo, tiny_model, tmp_path):
     run_dir, dumps = tmp_path / "run", tmp_path / "rollouts"
-    # 4 prompts, 2 per step: prompts come back, so hard-sample rounds are visible.
+    # A pessimistic prior for unseen prompts makes failed prompts come back at once, so the
+    # hard-sample rounds show within 3 steps.
     out = run_train(repo, "--output-dir", str(run_dir), "--save-rollouts", str(dumps),
                     "--train.steps", "3", "--rollout.n", "4", "--rollout.max_tokens", "8",
-                    "--data.limit", "4", "--sampler.cooldown", "5")
+                    "--data.limit", "24", "--sampler.prior_mean", "1", "--sampler.prior_std", "0",
+                    "--sampler.cooldown", "5")
     assert out.returncode == 0, out.stderr[-3000:]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["steps"] == 3 and config["rollout"]["n"] == 4 and config["rollout"]["max_tokens"] == 8
@@ -57,6 +59,9 @@ def test_three_steps_end_to_end(repo, tiny_model, tmp_path):
                 rounds_on_return.append((seen[task_id], demo_round))
             seen[task_id] = demo_round
     assert rounds_on_return and all(after == before + 1 for before, after in rounds_on_return)
+    carried = [r["num_demos"] for step in (1, 2)
+               for r in pq.read_table(dumps / f"step_{step:06d}.parquet").to_pylist() if r["demo_round"] > 0]
+    assert carried and all(k == 1 for k in carried)  # round 1 carries demo_schedule[0] = 1 demo
     assert max(r["sampler/demo_rate"] for r in rows) > 0
 
 

@@ -153,6 +153,8 @@ class Trainer:
             pq.write_table(batch, self.save_rollouts / f"step_{self.step:06d}.parquet")
         m = reward_metrics(table)
         m.update(self._sampler_metrics(records))
+        carried = pc.greater(table.column("num_demos"), 0).cast(pa.float32())
+        m["sampler/demo_rate"] = float(pc.mean(carried).as_py() or 0.0)  # prompts that carried demos
         t = time.perf_counter()
         if batch.num_rows:
             m.update(self.learner.call("step", batch, step_seed)[0])
@@ -180,8 +182,7 @@ class Trainer:
         informative = np.concatenate([r["informative"] for r in records]).astype(float)
         all_fail = np.concatenate([r["all_fail"] for r in records]).astype(float)
         rounds = np.concatenate([r["demo_round"] for r in records])
-        out = {"sampler/zero_signal_share": 1.0 - informative.mean(), "sampler/all_fail_share": all_fail.mean(),
-               "sampler/demo_rate": float((rounds > 0).mean())}
+        out = {"sampler/zero_signal_share": 1.0 - informative.mean(), "sampler/all_fail_share": all_fail.mean()}
         for k in range(int(rounds.max()) + 1):
             out[f"sampler/groups_at_round/{k}"] = float((rounds == k).sum())
         return out

@@ -126,7 +126,8 @@ ROLLOUT_SCHEMA = pa.schema([
     pa.field("group_id", pa.int64()),            # () prompt group within the step; n rows share it
     pa.field("task_id", pa.string()),            # () Task.id
     pa.field("subtask", pa.string()),            # () no_call | single | parallel | multi_turn
-    pa.field("demo_round", pa.int8()),           # () demos carried by the prompt (0 = bare)
+    pa.field("demo_round", pa.int8()),           # () hard-sampling round the sampler assigned (0 = bare)
+    pa.field("num_demos", pa.int8()),            # () demonstrations the prompt really carried
     pa.field("policy_version", pa.int64()),      # () weights version that generated it
     pa.field("prompt_ids", pa.list_(pa.int32())),       # (T_p,) chat-templated prompt tokens
     pa.field("completion_ids", pa.list_(pa.int32())),   # (T_c,) sampled tokens

@@ -25,7 +25,7 @@ def batch(seed=0, groups=2, n=4, prompt_len=12, completion_len=6, nan=False):
         for i in range(n):
             length = int(rng.integers(2, completion_len + 1))
             reward = float("nan") if nan else float(i % 2)
-            values = dict(group_id=g, task_id=f"t{g}", subtask="single", demo_round=0, policy_version=0,
+            values = dict(group_id=g, task_id=f"t{g}", subtask="single", demo_round=0, num_demos=0, policy_version=0,
                           prompt_ids=prompt, completion_ids=rng.integers(10, 2000, length).tolist(),
                           logprobs=[-1.0] * length, finish_reason="stop", text="",
                           reward_total=reward, **{f"reward_{d}": 0.0 for d in REWARD_DIMS})
