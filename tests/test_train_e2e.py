@@ -71,3 +71,15 @@ def test_existing_run_is_not_overwritten(repo, tiny_model, tmp_path):
     (run_dir / "metrics.jsonl").write_text("{}\n")
     out = run_train(repo, "--output-dir", str(run_dir), "--train.steps", "1")
     assert out.returncode == 1 and "already holds a run" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_replay_runs_the_learner_alone_on_dumped_rollouts(repo, tiny_model, tmp_path):
+    dumps = tmp_path / "rollouts"
+    out = run_train(repo, "--output-dir", str(tmp_path / "run"), "--save-rollouts", str(dumps),
+                    "--train.steps", "2", "--rollout.n", "4", "--rollout.max_tokens", "8")
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_train(repo, "--output-dir", str(tmp_path / "replay"), "--replay-rollouts", str(dumps))
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = (tmp_path / "replay" / "replay_metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["file"] for line in lines] == ["step_000000.parquet", "step_000001.parquet"]
+    assert all(math.isfinite(json.loads(line)["learner/loss"]) for line in lines)

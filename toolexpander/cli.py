@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-EXPECTED = ("ConfigError", "DataError", "TrainError", "ModelError", "ClusterError", "EvalError",
+EXPECTED = ("ConfigError", "DataError", "TrainError", "ModelError", "ClusterError", "EvalError", "ReplayError",
             "ReportError", "WorkerDied")
 
 

@@ -33,6 +33,22 @@ def actor_env() -> dict[str, str]:
     return env
 
 
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on an address nothing listens on (ray.init would retry for minutes)."""
+    import socket
+
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ClusterError(f"cluster.address: cannot reach Ray at {address!r}: {e.strerror or e}") from None
+
+
 def connect(cfg: Config) -> str:
     """ray.init for this run; returns 'local' or the address it attached to."""
     import ray
@@ -41,6 +57,7 @@ def connect(cfg: Config) -> str:
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": actor_env()}
     if address:
+        _probe(address)
         try:
             ray.init(address=address, namespace=cfg.cluster.namespace, runtime_env=runtime_env,
                      log_to_driver=True)

@@ -1,0 +1,131 @@
+"""Faults injected for real: torn checkpoints, garbage model output, bad input, exposure."""
+
+import ast
+import json
+import random
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from toolexpander.learner import checkpoint
+from toolexpander.rewards import ZERO, score_batch
+
+PACKAGE = Path(__file__).resolve().parent.parent / "toolexpander"
+
+
+def fake_checkpoint(root, step, keep_last=5):
+    tmp = checkpoint.begin(root, step)
+    (tmp / "learner").mkdir()
+    (tmp / "learner" / "model.pt").write_bytes(b"x" * 1000)
+    (tmp / "sampler.npz").write_bytes(b"y" * 100)
+    return checkpoint.commit(tmp, root, step, keep_last)
+
+
+def test_torn_checkpoint_is_never_loaded(tmp_path):
+    first = fake_checkpoint(tmp_path, 2)
+    second = fake_checkpoint(tmp_path, 4)
+    assert checkpoint.latest(tmp_path) == second
+    with open(second / "learner" / "model.pt", "r+b") as f:  # truncated by a crash mid-write
+        f.truncate(10)
+    with pytest.warns(UserWarning, match="step_00000004 skipped: learner/model.pt has 10 bytes, expected 1000"):
+        assert checkpoint.latest(tmp_path) == first
+    (first / checkpoint.MARKER).unlink()  # marker never written
+    with pytest.warns(UserWarning, match="no COMPLETE marker"):
+        assert checkpoint.latest(tmp_path) is None
+
+
+def test_unfinished_temp_dirs_and_pruning(tmp_path):
+    checkpoint.begin(tmp_path, 9)  # a write that never committed
+    for step in (1, 2, 3):
+        fake_checkpoint(tmp_path, step, keep_last=2)
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00000002", "step_00000003"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert checkpoint.latest(tmp_path).name == "step_00000003"
+
+
+def test_ten_thousand_fuzzed_completions_never_raise(train_tasks):
+    rng = random.Random(0)
+    pieces = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<response>", "</response>",
+              "<example>", "</example>", "{", "}", "[", "]", '"name"', '"arguments"', ":", ",", "\n",
+              "\\u0000", "\ud800", "NaN", "1e999", "9" * 5000, "{" * 500, "null", "\x00"]
+    tasks = rng.sample(train_tasks, 50)
+    scored = 0
+    for i in range(200):
+        texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 60))) for _ in range(50)]
+        for vector in score_batch(texts, tasks[i % 50]):
+            assert 0.0 <= vector.format <= 1.0 and 0.0 <= vector.correct <= 1.0
+            scored += 1
+    assert scored == 10_000
+    assert score_batch(["x" * 10_000_000], tasks[0]) == [ZERO]
+
+
+def cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "toolexpander", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "configs/smoke.yaml", "--learner.zero_stage", "5"], "learner.zero_stage: Input should be 0, 1, 2 or 3"),
+    (["--config", "configs/smoke.yaml", "--rollout.nn", "4"], "rollout.nn: unknown key"),
+    (["--config", "configs/nope.yaml"], "config file not found: configs/nope.yaml"),
+    (["--config", "configs/smoke.yaml", "--model.path", "/nonexistent/model", "--model.prepare", "null"],
+     "model.path: /nonexistent/model is not a model directory"),
+    (["--config", "configs/smoke.yaml", "--data.train_path", "data/missing.jsonl"],
+     "data/missing.jsonl: file not found"),
+])
+def test_bad_config_and_paths_give_one_line(repo, tmp_path, args, message):
+    out = subprocess.run([sys.executable, "-m", "toolexpander", "train", *args, "--output-dir",
+                          str(tmp_path / "run")], capture_output=True, text=True, cwd=repo, timeout=300)
+    assert out.returncode == 1
+    assert message in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def test_malformed_training_rows_refuse_to_start(repo, tmp_path):
+    rows = (repo / "data" / "tool_calls_eval.jsonl").read_text().splitlines()[:3]
+    rows[1] = rows[1].replace('"messages"', '"messagez"', 1)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(rows) + "\n")
+    out = subprocess.run([sys.executable, "-m", "toolexpander", "train", "--config", "configs/smoke.yaml",
+                          "--data.train_path", str(bad), "--output-dir", str(tmp_path / "run")],
+                         capture_output=True, text=True, cwd=repo, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"{bad}:2: messages: Field required" in out.stderr
+
+
+def test_unreachable_ray_address_is_named(repo, tiny_model, tmp_path):
+    start = time.time()
+    out = subprocess.run([sys.executable, "-m", "toolexpander", "train", "--config", "configs/smoke.yaml",
+                          "--cluster.address", "127.0.0.1:1", "--output-dir", str(tmp_path / "run")],
+                         capture_output=True, text=True, cwd=repo, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "cluster.address: cannot reach Ray at '127.0.0.1:1'" in out.stderr
+    assert time.time() - start < 120
+
+
+def calls_in_package():
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                yield path, node
+
+
+def test_no_eval_exec_or_unsafe_unpickling_in_the_package():
+    for path, node in calls_in_package():
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        assert name not in ("eval", "exec"), f"{path}:{node.lineno} calls {name}"
+        if name == "load" and isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            module = func.value.id
+            assert module != "pickle", f"{path}:{node.lineno} unpickles"
+            if module == "torch":
+                kw = {k.arg: k.value for k in node.keywords}
+                assert "weights_only" in kw and getattr(kw["weights_only"], "value", None) is True, \
+                    f"{path}:{node.lineno}: torch.load without weights_only=True"
+            if module == "np":
+                kw = {k.arg: k.value for k in node.keywords}
+                assert getattr(kw.get("allow_pickle"), "value", None) is False, f"{path}:{node.lineno}"
