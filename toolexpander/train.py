@@ -71,7 +71,7 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool, save_rollouts: str | None):
         import ray
 
-        from toolexpander.actors.group import LearnerGroup, RolloutGroup
+        from toolexpander.actors.group import LearnerGroup, RolloutGroup, WeightSync
         from toolexpander.cluster.local import connect
         from toolexpander.sampling.sampler import Sampler
 
@@ -94,6 +94,7 @@ class Trainer:
             cfg.sampler.model_dump(), tasks, cfg.reward.exemplar_bonus, cfg.reward.weights)
         self.rollout = RolloutGroup(cfg, str(self.model_path))
         self.learner = LearnerGroup(cfg, str(self.model_path), pad_id)
+        self.sync = WeightSync(self.learner, self.rollout, cfg)
         self.ckpt_root = run_dir / "checkpoints"
         self.step, self.version = 0, 0
         if resume:
@@ -111,8 +112,9 @@ class Trainer:
         for worker, shard in lost:
             self.metrics.event(self.step, "worker_restart", f"rollout worker {worker} died; restarting it")
             self.rollout.restart(worker)
+            self.sync.connect()
             if self.version > 0:
-                self.rollout.push(self.version, self.learner.weights_ref())
+                self.sync.push(self.version)
             again, more, still_lost = self.rollout.generate(shard, step_seed)
             if still_lost:
                 raise TrainError(f"rollout worker {worker} died twice in one step; giving up")
@@ -164,7 +166,7 @@ class Trainer:
         learner_s = time.perf_counter() - t
         t = time.perf_counter()
         self.version += 1
-        m["time/weight_push_s"] = self.rollout.push(self.version, self.learner.weights_ref())
+        m["time/weight_push_s"] = self.sync.push(self.version)
         push_s = time.perf_counter() - t
         m.update(ray.get(self.sampler.end_step.remote()))
         tokens = sum(s.completion_tokens for s in stats)
@@ -208,7 +210,7 @@ class Trainer:
         ray.get(self.sampler.load.remote(str(directory / "sampler.npz")))
         state = json.loads((directory / "driver.json").read_text())
         self.step, self.version = state["step"], state["policy_version"]
-        self.rollout.push(self.version, self.learner.weights_ref())
+        self.sync.push(self.version)
         print(f"resumed from {directory} at step {self.step} (policy version {self.version})", flush=True)
 
     def export(self) -> Path:

@@ -146,6 +146,48 @@ class LearnerGroup:
         remove_placement_group(self.pg)
 
 
+class WeightSync:
+    """Learner -> every rollout worker, with a policy version: a broadcast group (gloo on CPU, NCCL
+    on GPUs) or, as the fallback, Ray's object store."""
+
+    def __init__(self, learner: LearnerGroup, rollout: RolloutGroup, cfg: Config):
+        import torch
+
+        mode = cfg.learner.weight_sync
+        if mode == "auto":
+            mode = "nccl" if cfg.rollout.gpus_per_worker > 0 and torch.cuda.is_available() else "gloo"
+        self.mode, self.learner, self.rollout = mode, learner, rollout
+        self.tp = cfg.rollout.tensor_parallel_size
+        self.bucket_bytes = cfg.learner.weight_sync_bucket_mb << 20
+        if mode != "object_store":
+            self.connect()
+
+    def connect(self) -> None:
+        """(Re)build the broadcast group; needed again after a worker is replaced."""
+        if self.mode == "object_store":
+            return
+        meta = self.learner.call("weight_meta")[0]
+        host, port = _get([self.learner.ranks[0].sync_endpoint.remote()], "learner rank")[0]
+        world = 1 + len(self.rollout.workers) * self.tp
+        refs = [r.init_weight_group.remote(self.mode, host, port, world, self.bucket_bytes)
+                for r in self.learner.ranks]
+        refs += [w.init_weight_group.remote(self.mode, host, port, 1 + i * self.tp, world, meta,
+                                            self.bucket_bytes)
+                 for i, w in enumerate(self.rollout.workers)]
+        _get(refs, "weight-sync member")
+
+    def push(self, version: int) -> float:
+        """Seconds until every worker holds `version` (gather, transfer, load, cache reset)."""
+        if self.mode == "object_store":
+            return self.rollout.push(version, self.learner.weights_ref())
+        start = time.perf_counter()
+        senders = [r.broadcast_weights.remote() for r in self.learner.ranks]
+        receivers = [w.receive_weights.remote(version) for w in self.rollout.workers]
+        _get(receivers, "rollout worker")
+        _get(senders, "learner rank")
+        return time.perf_counter() - start
+
+
 def _node_ip() -> str:
     return ray.util.get_node_ip_address()
 

@@ -50,7 +50,8 @@ class RolloutWorker:
                        enable_prefix_caching=True,
                        # Seeded requests + chunked prefill crash on the CPU generator ("does not use
                        # offset"): prefill each prompt whole instead.
-                       enable_chunked_prefill=on_gpu)
+                       enable_chunked_prefill=on_gpu,
+                       worker_extension_cls="toolexpander.actors.vllm_ext.WeightReceiver")
         self.tokenizer = self.llm.get_tokenizer()
         self.version = 0
 
@@ -132,6 +133,21 @@ class RolloutWorker:
         # reload_weights, not load_weights: on CPU, oneDNN repacks weights at load time.
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(tensors)})
         self.llm.reset_prefix_cache()  # cached KV was computed by the old weights
+        self.version = version
+        return time.perf_counter() - start
+
+
+    def init_weight_group(self, backend: str, host: str, port: int, rank_offset: int, world_size: int,
+                          meta: list, bucket_bytes: int) -> None:
+        """Join the learner's broadcast group (every vLLM worker of this engine takes a rank)."""
+        self.llm.collective_rpc("init_weight_group",
+                                args=(backend, host, port, rank_offset, world_size, meta, bucket_bytes))
+
+    def receive_weights(self, version: int) -> float:
+        """Receive one broadcast push into the running engine; returns seconds taken."""
+        start = time.perf_counter()
+        self.llm.collective_rpc("receive_weights")
+        self.llm.reset_prefix_cache()
         self.version = version
         return time.perf_counter() - start
 

@@ -216,6 +216,39 @@ class Learner:
             # Clone: ZeRO parameters are views into flat buffers that would pickle whole.
             return [(name, p.detach().to(torch.float32).cpu().numpy().copy()) for name, p in params]
 
+    # ---- weight push over a broadcast group (learner/sync.py) -----------------------------------
+    def weight_meta(self) -> list[tuple[str, tuple[int, ...]]]:
+        return [(name, tuple(getattr(p, "ds_shape", p.shape)))
+                for name, p in self.engine.module.named_parameters()]
+
+    def sync_endpoint(self) -> tuple[str, int]:
+        """Where this rank can host the weight group's rendezvous (its node's address, a free port)."""
+        from toolexpander.learner.dist import free_port, node_ip
+
+        return node_ip(), free_port()
+
+    def init_weight_group(self, backend: str, host: str, port: int, world_size: int, bucket_bytes: int) -> None:
+        if self.rank != 0:
+            return
+        from toolexpander.learner.sync import open_group, plan_buckets
+
+        self._sync_device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        self._sync_buckets = plan_buckets(self.weight_meta(), bucket_bytes)
+        self._sync_broadcast = open_group(backend, host, port, 0, world_size, self._sync_device)
+
+    def broadcast_weights(self) -> float:
+        """Every rank calls it (ZeRO-3 gathers); rank 0 sends the buckets. Returns seconds."""
+        import deepspeed
+
+        from toolexpander.learner.sync import send
+
+        start = time.perf_counter()
+        params = [p for _, p in self.engine.module.named_parameters()]
+        with deepspeed.zero.GatheredParameters(params, enabled=self.cfg.zero_stage == 3):
+            if self.rank == 0:
+                send(self._sync_broadcast, params, self._sync_buckets, self._sync_device)
+        return time.perf_counter() - start
+
     def param_digest(self) -> str:
         """A hash of this rank's full parameters (ranks of a data-parallel group must agree)."""
         import hashlib

@@ -1,0 +1,80 @@
+"""Weights learner -> rollout workers: one interface, three transports.
+
+gloo (CPU) / nccl (GPU): learner rank 0 and every vLLM worker form a private broadcast group (its own
+TCPStore, apart from DeepSpeed's group) and the weights go over it in fixed-size flat buckets.
+object_store: rank 0 puts the weights in Ray's object store and every worker reads them.
+Both sides plan the same buckets from the same metadata (plan_buckets), so nothing but raw bytes
+crosses the wire on a push. Every push carries a policy version.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import torch
+
+Meta = list[tuple[str, tuple[int, ...]]]   # (parameter name, shape), in broadcast order
+
+
+def plan_buckets(meta: Meta, bucket_bytes: int) -> list[list[int]]:
+    """Split parameter indices into consecutive buckets of at most bucket_bytes float32 bytes
+    (a parameter larger than a bucket gets a bucket of its own)."""
+    buckets, current, size = [], [], 0
+    for i, (_, shape) in enumerate(meta):
+        nbytes = 4 * int(torch.Size(shape).numel())
+        if current and size + nbytes > bucket_bytes:
+            buckets.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += nbytes
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def open_group(backend: str, host: str, port: int, rank: int, world_size: int, device=None):
+    """A broadcast group of its own (rank 0 = the learner). Returns a callable broadcast(tensor)."""
+    if backend == "gloo":
+        store = torch.distributed.TCPStore(host, port, world_size, is_master=rank == 0,
+                                           timeout=timedelta(seconds=300))
+        group = torch.distributed.ProcessGroupGloo(store, rank, world_size, timedelta(seconds=300))
+
+        def broadcast(tensor: torch.Tensor) -> None:
+            opts = torch.distributed.BroadcastOptions()
+            opts.rootRank = 0
+            group.broadcast([tensor], opts).wait()
+
+        return broadcast
+    if backend == "nccl":
+        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+        from vllm.distributed.utils import StatelessProcessGroup
+
+        pg = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size)
+        comm = PyNcclCommunicator(pg, device=device)
+
+        def broadcast(tensor: torch.Tensor) -> None:
+            comm.broadcast(tensor, src=0, stream=torch.cuda.current_stream())
+            torch.cuda.current_stream().synchronize()
+
+        return broadcast
+    raise ValueError(f"learner.weight_sync: unknown broadcast backend {backend!r}")
+
+
+def send(broadcast, params: list[torch.Tensor], buckets: list[list[int]], device) -> None:
+    """Rank 0: flatten each bucket (as float32) and broadcast it."""
+    for bucket in buckets:
+        flat = torch.cat([params[i].detach().to(device=device, dtype=torch.float32).reshape(-1)
+                          for i in bucket])
+        broadcast(flat)
+
+
+def receive(broadcast, meta: Meta, buckets: list[list[int]], device) -> list[tuple[str, torch.Tensor]]:
+    """Other ranks: receive each bucket and cut it back into named tensors (views, no copy)."""
+    out = []
+    for bucket in buckets:
+        sizes = [int(torch.Size(meta[i][1]).numel()) for i in bucket]
+        flat = torch.empty(sum(sizes), dtype=torch.float32, device=device)
+        broadcast(flat)
+        for i, piece in zip(bucket, flat.split(sizes)):
+            out.append((meta[i][0], piece.view(meta[i][1])))
+    return out
