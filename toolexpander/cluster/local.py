@@ -58,11 +58,14 @@ def connect(cfg: Config) -> str:
     runtime_env = {"env_vars": actor_env()}
     if address:
         _probe(address)
+        # Under `ray job submit` the job's runtime env already sets most of these; Ray refuses to
+        # merge two values of one key, so pass only what the job left unset.
+        env = {k: v for k, v in runtime_env["env_vars"].items() if k not in os.environ}
         try:
-            ray.init(address=address, namespace=cfg.cluster.namespace, runtime_env=runtime_env,
-                     log_to_driver=True)
+            ray.init(address=address, namespace=cfg.cluster.namespace,
+                     runtime_env={"env_vars": env} if env else None, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ClusterError(f"cluster.address: cannot reach Ray at {address!r}: "
+            raise ClusterError(f"cluster.address: cannot attach to Ray at {address!r}: "
                                f"{str(e).splitlines()[0]}") from None
         return address
     cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, math.ceil(needed_cpus(cfg)))
