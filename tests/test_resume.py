@@ -78,3 +78,58 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(repo, tiny_model, tmp_pa
     assert "--resume" in stdout and "stopped at step" in stdout
     steps = sorted(losses(run_dir))
     assert (run_dir / "checkpoints" / f"step_{steps[-1] + 1:08d}" / "COMPLETE").is_file()
+
+
+def descendants(pid: int) -> list[int]:
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="ignore")
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+def test_a_killed_rollout_worker_is_replaced_and_nothing_is_lost(repo, tiny_model, tmp_path):
+    run_dir, dumps = tmp_path / "run", tmp_path / "rollouts"
+    proc = subprocess.Popen(train_cmd(repo, run_dir, dumps, 5, "--rollout.num_workers", "2",
+                                      "--sampler.batch_prompts", "4"),
+                            cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_for(run_dir / "metrics.jsonl", proc)
+        while not (run_dir / "metrics.jsonl").read_text().strip():
+            time.sleep(0.2)
+        workers = [p for p in descendants(proc.pid) if "RolloutWorker" in cmdline(p)]
+        assert len(workers) == 2, [cmdline(p) for p in descendants(proc.pid)]
+        os.kill(workers[0], signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr[-3000:]
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "worker_restart" for e in events)
+    assert sorted(losses(run_dir)) == [0, 1, 2, 3, 4]
+    rows = [r for path in sorted(dumps.glob("*.parquet")) for r in pq.read_table(path).to_pylist()]
+    per_group = {}
+    for r in rows:
+        per_group[r["group_id"]] = per_group.get(r["group_id"], 0) + 1
+    assert set(per_group.values()) == {4}  # every group once, with all n completions

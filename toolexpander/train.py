@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from toolexpander.actors.group import WorkerDied
 from toolexpander.config import Config, dump_config
 from toolexpander.data import DataError, load_tasks
 from toolexpander.learner import checkpoint
@@ -123,6 +124,21 @@ class Trainer:
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         return table, stats
 
+    def _push(self) -> float:
+        """Push the current weights; a worker that died meanwhile is replaced and the push redone."""
+        import ray
+
+        try:
+            return self.sync.push(self.version)
+        except (WorkerDied, ray.exceptions.RayTaskError) as e:
+            dead = self.rollout.heal()
+            if not dead:
+                raise
+            self.metrics.event(self.step, "worker_restart", f"rollout worker(s) {dead} died during a "
+                               f"weight push ({type(e).__name__}); restarted")
+            self.sync.connect()
+            return self.sync.push(self.version)
+
     def train_step(self) -> dict[str, float]:
         import ray
 
@@ -166,7 +182,7 @@ class Trainer:
         learner_s = time.perf_counter() - t
         t = time.perf_counter()
         self.version += 1
-        m["time/weight_push_s"] = self.sync.push(self.version)
+        m["time/weight_push_s"] = self._push()
         push_s = time.perf_counter() - t
         m.update(ray.get(self.sampler.end_step.remote()))
         tokens = sum(s.completion_tokens for s in stats)
@@ -210,7 +226,7 @@ class Trainer:
         ray.get(self.sampler.load.remote(str(directory / "sampler.npz")))
         state = json.loads((directory / "driver.json").read_text())
         self.step, self.version = state["step"], state["policy_version"]
-        self.sync.push(self.version)
+        self._push()
         print(f"resumed from {directory} at step {self.step} (policy version {self.version})", flush=True)
 
     def export(self) -> Path:

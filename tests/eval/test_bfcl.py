@@ -73,7 +73,8 @@ def test_parallel_is_order_free_and_counts_calls(entry):
     assert bfcl.score_entry(e, answer([m5, ts]))["valid"]
     assert bfcl.score_entry(e, answer([ts]))["error_type"] == "parallel_function_checker_no_order:wrong_count"
     # BFCL's string check ignores case, spaces and ",./-_*^"
-    assert bfcl.score_entry(e, answer([("spotify.play", {"artist": "taylor swift", "duration": 20}), m5]))["valid"]
+    lower = ("spotify.play", {"artist": "taylor swift", "duration": 20})
+    assert bfcl.score_entry(e, answer([lower, m5]))["valid"]
 
 
 def test_java_values_are_strings(entry):
@@ -132,7 +133,8 @@ def test_types_become_json_schema_keeping_the_original():
     assert props["a"] == {"type": "number", "x-original-type": "float", "description": "x"}
     assert props["b"] == {"type": "array", "x-original-type": "tuple",
                           "items": {"type": "number", "x-original-type": "float"}}
-    assert props["c"]["type"] == "object" and props["c"]["properties"]["k"] == {"type": "string", "x-original-type": "any"}
+    assert props["c"]["type"] == "object"
+    assert props["c"]["properties"]["k"] == {"type": "string", "x-original-type": "any"}
     assert props["d"] == {"type": "string", "enum": ["u", "v"], "default": "u"}
     assert props["e"]["type"] == "string"
 

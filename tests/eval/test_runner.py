@@ -11,30 +11,29 @@ import pytest
 
 from toolexpander.eval import EvalError, runner
 from toolexpander.rewards import render_answer, score
-from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA
+from toolexpander.types import ROLLOUT_SCHEMA
 
 
 def oracle(texts_for):
     """A generate_fn answering each request with texts_for(task), scored by our reward."""
     def generate(requests):
-        cols = {f.name: [] for f in ROLLOUT_SCHEMA}
+        rows = []
         for r in reversed(requests):   # out of order on purpose: rows are matched by group_id
             text = texts_for(r.task)
-            values = score(text, r.task).as_dict()
-            for name, value in (("group_id", r.group_id), ("task_id", r.task.id),
-                                ("subtask", r.task.subtask), ("demo_round", 0), ("policy_version", 0),
-                                ("prompt_ids", [1]), ("completion_ids", [2]), ("logprobs", [0.0]),
-                                ("finish_reason", "stop"), ("text", text)):
-                cols[name].append(value)
-            for d in (*REWARD_DIMS, "total"):
-                cols[f"reward_{d}"].append(values[d])
-        return pa.RecordBatch.from_pydict(cols, schema=ROLLOUT_SCHEMA)
+            row = {f.name: [] if pa.types.is_list(f.type) else "" if pa.types.is_string(f.type) else 0
+                   for f in ROLLOUT_SCHEMA}
+            row.update(group_id=r.group_id, task_id=r.task.id, subtask=r.task.subtask,
+                       finish_reason="stop", text=text)
+            row.update({f"reward_{d}": v for d, v in score(text, r.task).as_dict().items()})
+            rows.append(row)
+        return pa.RecordBatch.from_pylist(rows, schema=ROLLOUT_SCHEMA)
     return generate
 
 
 def test_load_items_limit_and_categories():
     items = runner.load_items("toolrl", None, 3)   # the ToolRL test set has only 2 no-call rows
-    assert [i.category for i in items] == ["no_call"] * 2 + ["single"] * 3 + ["parallel"] * 3 + ["multi_turn"] * 3
+    assert [i.category for i in items] == (["no_call"] * 2 + ["single"] * 3 + ["parallel"] * 3
+                                           + ["multi_turn"] * 3)
     assert [i.id for i in items[2:5]] == [i.id for i in runner.load_items("toolrl", ["single"], None)][:3]
     ace = runner.load_items("acebench", ["special_irrelevant", "normal_atom_bool"], 2)
     assert [i.category for i in ace] == ["normal_atom_bool"] * 2 + ["special_irrelevant"] * 2
@@ -138,3 +137,39 @@ def test_run_eval_bfcl_with_a_given_worker(tiny_model, tmp_path):
     _check_report(out, 2, ["simple_python"])
     assert set(runner.eval_metrics(summary, "bfcl")) == {
         "eval/bfcl/simple_python", "eval/bfcl/non_live_simple", "eval/bfcl/non_live", "eval/bfcl/overall"}
+
+
+def test_run_eval_through_ray_the_training_path(ray_local, tiny_model, tmp_path):
+    """During training the driver hands over its RolloutGroup (or one worker's actor handle)."""
+    from toolexpander.actors.group import RolloutGroup
+    from toolexpander.config import Config
+
+    cfg = Config.model_validate({"model": {"path": str(tiny_model), "prepare": None},
+                                 "rollout": {"num_workers": 1, "max_model_len": 512, "cpus_per_worker": 1}})
+    group = RolloutGroup(cfg, str(tiny_model))
+    try:
+        kwargs = dict(model=str(tiny_model), suite="bfcl", categories=["simple_python", "live_multiple"],
+                      limit=2, max_tokens=8)
+        by_group = runner.run_eval(**kwargs, out=str(tmp_path / "g.json"), worker=group)
+        by_handle = runner.run_eval(**kwargs, out=str(tmp_path / "h.json"), worker=group.workers[0],
+                                    max_model_len=512)
+    finally:
+        group.shutdown()
+    entries = [json.loads((tmp_path / f).read_text())["entries"] for f in ("g.json", "h.json")]
+    assert [e["raw"] for e in entries[0]] == [e["raw"] for e in entries[1]]   # greedy: same text
+    # live_multiple_0 and _1 carry over 512 - 8 prompt tokens (simple_python < 350): not sent,
+    # counted as failures
+    assert [e["error_type"] for e in entries[0][2:]] == ["prompt_too_long"] * 2
+    assert by_group["prompt_too_long"] == by_handle["prompt_too_long"] == 2
+
+
+def test_missing_completions_raise_instead_of_scoring_zero():
+    items = runner.load_items("toolrl", ["single"], 3)
+    full = oracle(lambda t: render_answer(t.answer))
+
+    def drop_one(requests):
+        batch = full(requests)
+        return batch.filter(pa.array([g != requests[1].group_id
+                                      for g in batch.column("group_id").to_pylist()]))
+    with pytest.raises(EvalError, match="no completion came back for 1 question"):
+        runner.evaluate_with(drop_one, items, "toolrl", log=lambda _: None)

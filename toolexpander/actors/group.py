@@ -77,6 +77,18 @@ class RolloutGroup:
         self.workers[index] = self._spawn(index)
         _get([self.workers[index].info.remote()], "rollout worker")
 
+    def heal(self) -> list[int]:
+        """Restart every worker that no longer answers; returns their indices."""
+        dead = []
+        for i, w in enumerate(self.workers):
+            try:
+                ray.get(w.info.remote(), timeout=600)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError, ray.exceptions.GetTimeoutError):
+                dead.append(i)
+        for i in dead:
+            self.restart(i)
+        return dead
+
     def generate(self, requests: list[PromptRequest], step_seed: int, **kwargs
                  ) -> tuple[pa.Table, list[RolloutStats], list[tuple[int, list[PromptRequest]]]]:
         """All workers in parallel; returns the rows in request order and per-worker stats.

@@ -1,5 +1,5 @@
 """Evaluate a model on BFCL, the ToolRL test set or ACEBench: greedy completions from a RolloutWorker
-(in-process, or a Ray actor handle during training), scored, printed as a BFCL-style table and
+(in-process; during training its Ray actor handle or the RolloutGroup), scored, printed as a BFCL-style table and
 written as JSON `{"summary": {...}, "entries": [...]}`.
 
     toolexpander eval --model models/smollm2-135m --suite bfcl --categories non_live --limit 50 --out /tmp/eval.json
@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,7 +29,7 @@ REWARD_MEANS = ("format", "tool_name", "param_name", "param_value")  # reported 
 BATCH = 128               # prompts per generate call: big enough for vLLM's batching, small for progress
 MAX_CONTEXT = 8192        # cap on the in-process engine's context (prompts here are < 7k tokens)
 
-GenerateFn = Callable[[list[PromptRequest]], pa.RecordBatch]
+GenerateFn = Callable[[list[PromptRequest]], "pa.RecordBatch | pa.Table | None"]
 
 
 @dataclass(frozen=True)
@@ -113,15 +114,16 @@ def _too_long(item: Item) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Generation + scoring, shared by the CLI (in-process worker) and training (Ray actor handle)
+# Generation + scoring, shared by the CLI (in-process worker) and training (Ray)
 
 
 def evaluate_with(generate_fn: GenerateFn, items: Sequence[Item], suite: str,
                   fits: Callable[[Task], bool] | None = None, batch: int = BATCH,
                   log: Callable[[str], None] = print) -> dict:
-    """Greedy completions for `items` via generate_fn(requests) -> RecordBatch (ROLLOUT_SCHEMA, one
-    row per request), scored. A prompt for which `fits` is False is not generated and counts as a
-    failure ("prompt_too_long"). Returns {"summary": ..., "entries": [...]} in item order."""
+    """Greedy completions for `items` via generate_fn(requests) -> RecordBatch or Table
+    (ROLLOUT_SCHEMA, one row per request), scored. A prompt for which `fits` is False is not
+    generated and counts as a failure ("prompt_too_long").
+    Returns {"summary": ..., "entries": [...]} in item order."""
     start = time.perf_counter()
     entries: list[dict | None] = [None] * len(items)
     todo = []
@@ -133,7 +135,12 @@ def evaluate_with(generate_fn: GenerateFn, items: Sequence[Item], suite: str,
     for lo in range(0, len(todo), batch):
         chunk = todo[lo:lo + batch]
         requests = [PromptRequest(task=items[i].task, demo_round=0, group_id=i) for i in chunk]
-        rows = {r["group_id"]: r for r in generate_fn(requests).to_pylist()}
+        generated = generate_fn(requests)
+        rows = {r["group_id"]: r for r in (generated.to_pylist() if generated is not None else [])}
+        lost = [items[i].id for i in chunk if i not in rows]
+        if lost:  # e.g. a rollout worker died: no number rather than a wrong one
+            raise EvalError(f"{suite}: no completion came back for {len(lost)} question(s), "
+                            f"first {lost[0]}")
         for i in chunk:
             entries[i] = _score(items[i], rows[i])
         log(f"{suite}: {lo + len(chunk)}/{len(todo)} generated ({time.perf_counter() - start:.0f} s)")
@@ -215,26 +222,38 @@ def _context_length(model: Path) -> int:
     return min(int(config.get("max_position_embeddings") or 4096), MAX_CONTEXT)
 
 
+@lru_cache(maxsize=2)
+def _tokenizer(path: str):
+    """For a Ray worker (whose tokenizer stays in its process): loaded once per model directory."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
 def _generate_fn(worker, max_tokens: int) -> GenerateFn:
+    """worker: a RolloutWorker, its Ray actor handle, or a RolloutGroup (all its workers in
+    parallel); each answers generate(requests, step_seed, ...) with (rows, stats, ...)."""
+    kwargs = {"step_seed": 0, "greedy": True, "max_tokens": max_tokens}
     if hasattr(getattr(worker, "generate", None), "remote"):  # a Ray actor handle
         import ray
 
-        return lambda requests: ray.get(
-            worker.generate.remote(requests, greedy=True, max_tokens=max_tokens))[0]
-    return lambda requests: worker.generate(requests, greedy=True, max_tokens=max_tokens)[0]
+        return lambda requests: ray.get(worker.generate.remote(requests, **kwargs))[0]
+    return lambda requests: worker.generate(requests, **kwargs)[0]
 
 
 def run_eval(model: str, suite: str, categories: list[str] | None, limit: int | None, out: str,
              max_tokens: int = 256, worker=None, max_model_len: int | None = None) -> dict:
     """Evaluate `model` (a local model directory) on `suite`; write `out` (JSON); return the summary.
 
-    worker: a RolloutWorker (or its Ray actor handle) to generate with; by default one is built
-    in-process with a context of min(model max, 8192). max_model_len: that worker's context, for
-    leaving out prompts that do not fit (a Ray worker built from the training config: pass its
-    rollout.max_model_len; default 4096)."""
+    worker: a RolloutWorker, its Ray actor handle or a RolloutGroup to generate with; by default
+    one is built in-process with a context of min(model max, 8192). max_model_len: the worker's
+    context, to leave out prompts that do not fit; read from a worker or group, else pass the
+    training config's rollout.max_model_len for an actor handle (default 4096)."""
     path = Path(model)
     if not (path / "config.json").is_file():
         raise EvalError(f"--model {model}: not a model directory (no config.json)")
+    if max_tokens < 1:
+        raise EvalError(f"--max-tokens must be at least 1, got {max_tokens}")
     items = load_items(suite, categories, limit)
     if not items:
         raise EvalError(f"{suite}: no questions selected")
@@ -247,11 +266,10 @@ def run_eval(model: str, suite: str, categories: list[str] | None, limit: int | 
         worker = RolloutWorker(0, str(path), rollout, RewardConfig().model_dump())
     tokenizer = getattr(worker, "tokenizer", None)
     if tokenizer is None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    if max_model_len is None:
-        max_model_len = getattr(getattr(worker, "cfg", None), "max_model_len", 4096)
+        tokenizer = _tokenizer(str(path.resolve()))
+    if max_model_len is None:  # a RolloutWorker holds its RolloutConfig, a RolloutGroup the whole Config
+        cfg = getattr(worker, "cfg", None)
+        max_model_len = getattr(getattr(cfg, "rollout", cfg), "max_model_len", 4096)
     from toolexpander.prompt import prompt_ids
 
     def fits(task: Task) -> bool:

@@ -165,7 +165,7 @@ class Learner:
                 continue
             self.engine.backward(out.loss)
             weight = g.tokens / max(token_count, 1)
-            merged["learner/loss"] = merged.get("learner/loss", 0.0) + float(out.loss)
+            merged["learner/loss"] = merged.get("learner/loss", 0.0) + float(out.loss.detach())
             merged["learner/entropy"] = merged.get("learner/entropy", 0.0) + weight * float(entropy)
             for k, v in out.metrics.items():
                 merged[k] = merged.get(k, 0.0) + weight * v

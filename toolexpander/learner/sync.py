@@ -14,6 +14,8 @@ from datetime import timedelta
 import torch
 
 Meta = list[tuple[str, tuple[int, ...]]]   # (parameter name, shape), in broadcast order
+# A member that died leaves the others waiting this long before the driver can rebuild the group.
+TIMEOUT = timedelta(seconds=120)
 
 
 def plan_buckets(meta: Meta, bucket_bytes: int) -> list[list[int]]:
@@ -36,8 +38,8 @@ def open_group(backend: str, host: str, port: int, rank: int, world_size: int, d
     """A broadcast group of its own (rank 0 = the learner). Returns a callable broadcast(tensor)."""
     if backend == "gloo":
         store = torch.distributed.TCPStore(host, port, world_size, is_master=rank == 0,
-                                           timeout=timedelta(seconds=300))
-        group = torch.distributed.ProcessGroupGloo(store, rank, world_size, timedelta(seconds=300))
+                                           timeout=TIMEOUT)
+        group = torch.distributed.ProcessGroupGloo(store, rank, world_size, TIMEOUT)
 
         def broadcast(tensor: torch.Tensor) -> None:
             opts = torch.distributed.BroadcastOptions()
