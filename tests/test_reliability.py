@@ -129,3 +129,25 @@ def test_no_eval_exec_or_unsafe_unpickling_in_the_package():
             if module == "np":
                 kw = {k.arg: k.value for k in node.keywords}
                 assert getattr(kw.get("allow_pickle"), "value", None) is False, f"{path}:{node.lineno}"
+
+
+def test_three_nonfinite_updates_stop_the_run_with_a_checkpoint(repo, tiny_model, tmp_path):
+    """A real fault: one NaN in a weight of the model makes every loss non-finite."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "nan-model"
+    shutil.copytree(tiny_model, broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    weights["model.layers.1.mlp.down_proj.weight"][0, 0] = float("nan")
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    run_dir = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "toolexpander", "train", "--config", "configs/smoke.yaml",
+                          "--model.path", str(broken), "--model.prepare", "null", "--train.steps", "8",
+                          "--output-dir", str(run_dir)], capture_output=True, text=True, cwd=repo, timeout=600)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "stopping: 3 non-finite updates in a row; checkpoint" in out.stdout
+    events = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert events.count("nonfinite") == 3
+    assert checkpoint.latest(run_dir / "checkpoints").name == "step_00000003"

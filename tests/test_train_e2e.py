@@ -32,7 +32,8 @@ def test_three_steps_end_to_end(repo, tiny_model, tmp_path):
     out = run_train(repo, "--output-dir", str(run_dir), "--save-rollouts", str(dumps),
                     "--train.steps", "3", "--rollout.n", "4", "--rollout.max_tokens", "8",
                     "--data.limit", "24", "--sampler.prior_mean", "1", "--sampler.prior_std", "0",
-                    "--sampler.cooldown", "5")
+                    "--sampler.cooldown", "5", "--eval.every", "3", "--eval.limit", "1",
+                    "--eval.max_tokens", "8")
     assert out.returncode == 0, out.stderr[-3000:]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["steps"] == 3 and config["rollout"]["n"] == 4 and config["rollout"]["max_tokens"] == 8
@@ -43,6 +44,9 @@ def test_three_steps_end_to_end(repo, tiny_model, tmp_path):
         assert not missing, missing
         assert all(r[k] is not None and math.isfinite(r[k]) for k in CONTRACT)
     assert [r["policy_version"] for r in rows] == [1, 2, 3]
+    # The eval on the last step (eval.every=3): the ToolRL subset, first question per category.
+    assert 0.0 <= rows[2]["eval/toolrl/overall"] <= 1.0 and "eval/toolrl/overall" not in rows[1]
+    assert json.loads((run_dir / "eval" / "step_000002_toolrl.json").read_text())["entries"]
     assert all(r["learner/skipped"] == 0 for r in rows)
     assert (run_dir / "checkpoints" / "step_00000003" / "COMPLETE").is_file()
     assert (run_dir / "hf" / "model.safetensors").is_file()

@@ -11,10 +11,8 @@ import json
 from toolexpander.rewards import render_answer, render_call
 from toolexpander.types import Demo, Message, Task, Tool
 
+# The fixed instructions come first and the tools last, so every prompt shares one cached prefix.
 SYSTEM_TEMPLATE = """You are a helpful assistant that can call tools to answer the user.
-
-Available tools (one JSON schema per line):
-{tools}
 
 Answer in exactly this format. First think: <think>your reasoning</think>
 Then, to call tools, write one JSON object per line, one line per call:
@@ -24,7 +22,10 @@ Then, to call tools, write one JSON object per line, one line per call:
 When no tool fits, or the tool results already answer the request, reply instead:
 <response>your reply to the user</response>
 When unsure which call is right, write inside <think> one example call of your own,
-<example>{{"name": "<tool name>", "arguments": {{...}}}}</example>, then a line analysing it, then answer."""
+<example>{{"name": "<tool name>", "arguments": {{...}}}}</example>, then a line analysing it, then answer.
+
+Available tools (one JSON schema per line):
+{tools}"""
 
 DEMO_HEADER = "\n\nSolved examples of similar requests:"
 DEMO_TEMPLATE = "\n\nExample {k}\nTools: {tools}\nRequest: {question}\nAnswer:\n{completion}"

@@ -229,6 +229,20 @@ class Trainer:
         self._push()
         print(f"resumed from {directory} at step {self.step} (policy version {self.version})", flush=True)
 
+    def evaluate(self) -> dict[str, float]:
+        """Greedy eval of the current policy on a fixed subset (the first eval.limit questions per
+        category), with the rollout workers; logged as eval/<suite>/<category> at this step."""
+        from toolexpander.eval.runner import eval_metrics, run_eval
+
+        metrics: dict[str, float] = {}
+        for suite in self.cfg.eval.suites:
+            out = self.run_dir / "eval" / f"step_{self.step:06d}_{suite}.json"
+            summary = run_eval(model=str(self.model_path), suite=suite, categories=None,
+                               limit=self.cfg.eval.limit, out=str(out), max_tokens=self.cfg.eval.max_tokens,
+                               worker=self.rollout)
+            metrics.update(eval_metrics(summary, suite))
+        return metrics
+
     def export(self) -> Path:
         out = self.run_dir / "hf"
         self.learner.call("export_hf", str(out), str(self.model_path))
@@ -241,6 +255,8 @@ class Trainer:
         try:
             while self.step < cfg.train.steps and not stop.requested:
                 m = self.train_step()
+                if cfg.eval.every and (self.step + 1) % cfg.eval.every == 0:
+                    m.update(self.evaluate())
                 self.metrics.log(self.step, m)
                 progress.update(self.step, m)
                 self.step += 1
