@@ -118,7 +118,8 @@ def test_no_eval_exec_or_unsafe_unpickling_in_the_package():
     for path, node in calls_in_package():
         func = node.func
         name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
-        assert name not in ("eval", "exec"), f"{path}:{node.lineno} calls {name}"
+        # The builtins, not methods such as torch's module.eval().
+        assert not (isinstance(func, ast.Name) and name in ("eval", "exec")), f"{path}:{node.lineno} calls {name}"
         if name == "load" and isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
             module = func.value.id
             assert module != "pickle", f"{path}:{node.lineno} unpickles"
