@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml packaging/placeholders/*/pyproject.toml
 	$(BIN)/python -c "import vllm, deepspeed, ray, toolexpander" 2>&1 | tail -1
 	touch $(STAMP)
 
+# Each demo writes a new run directory (runs/demo-<time>) and ends with its PNG report.
 demo: $(STAMP)
-	$(BIN)/toolexpander train --config configs/local-smollm2.yaml
+	$(BIN)/toolexpander train --config configs/local-smollm2.yaml --output-dir runs/demo-$$(date +%Y%m%d-%H%M%S) --report
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
