@@ -68,6 +68,9 @@ def connect(cfg: Config) -> str:
             raise ClusterError(f"cluster.address: cannot attach to Ray at {address!r}: "
                                f"{str(e).splitlines()[0]}") from None
         return address
+    # Ray starts workers at niceness 15; ours are the compute (vLLM, DeepSpeed), so they run at 0,
+    # not behind whatever else shares the machine.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, math.ceil(needed_cpus(cfg)))
     ray.init(num_cpus=cpus, namespace=cfg.cluster.namespace, runtime_env=runtime_env,
              include_dashboard=False, dashboard_host=cfg.cluster.dashboard_host,
