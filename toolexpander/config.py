@@ -54,7 +54,6 @@ class RolloutConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0.0, description="Ray CPUs reserved per worker")
     gpus_per_worker: float = Field(0.0, ge=0.0)
     enforce_eager: bool = True
-    logprob_check_every: int = Field(0, ge=0, description="log vLLM vs learner logprob gap every K steps (0 = off)")
 
 
 class RewardConfig(Section):
@@ -119,7 +118,6 @@ class LearnerConfig(Section):
     adv_std_norm: bool = True
     ppo_epochs: int = Field(1, ge=1)
     mini_batches: int = Field(1, ge=1, description="optimizer steps per epoch")
-    micro_batch_groups: int = Field(1, ge=1, description="groups per forward pass")
     grad_clip: float = Field(1.0, gt=0.0)
     zero_stage: Literal[0, 1, 2, 3] = 0
     world_size: int = Field(1, ge=1)
