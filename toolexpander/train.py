@@ -139,33 +139,37 @@ class Trainer:
             self.sync.connect()
             return self.sync.push(self.version)
 
+    def _fill_batch(self, step_seed: int):
+        """Draw, generate and record until B informative groups or the draw budget (DAPO-style).
+        Returns every generated row, the kept groups' rows, the sampler records and worker stats."""
+        import ray
+
+        cfg = self.cfg
+        kept, generated, records, stats = [], [], [], []
+        for _ in range(cfg.sampler.max_draw_rounds):
+            requests = ray.get(self.sampler.next_batch.remote(cfg.sampler.batch_prompts - len(kept)))
+            if not requests:
+                break
+            table, more = self._generate(requests, step_seed)
+            record = ray.get(self.sampler.record.remote(table))
+            kept += [g for g, ok in zip(record["group_ids"], record["informative"])
+                     if ok or not cfg.sampler.filter_zero_signal]
+            generated.append(table)
+            records.append(record)
+            stats += more
+            if len(kept) >= cfg.sampler.batch_prompts:
+                break
+        table = pa.concat_tables(generated)
+        keep_ids = pa.array(kept[: cfg.sampler.batch_prompts], pa.int64())
+        return table, table.filter(pc.is_in(table.column("group_id"), keep_ids)), records, stats
+
     def train_step(self) -> dict[str, float]:
         import ray
 
         cfg, t0 = self.cfg, time.perf_counter()
         step_seed = cfg.train.seed * 1_000_003 + self.step
-        kept, generated, records, stats = [], [], [], []
-        rollout_s = 0.0
-        for _ in range(cfg.sampler.max_draw_rounds):
-            need = cfg.sampler.batch_prompts - sum(len(k) for k in kept)
-            requests = ray.get(self.sampler.next_batch.remote(need))
-            if not requests:
-                break
-            t = time.perf_counter()
-            table, more = self._generate(requests, step_seed)
-            rollout_s += time.perf_counter() - t
-            record = ray.get(self.sampler.record.remote(table))
-            informative = [g for g, ok in zip(record["group_ids"], record["informative"])
-                           if ok or not cfg.sampler.filter_zero_signal]
-            kept.append(informative)
-            generated.append(table)
-            records.append(record)
-            stats += more
-            if sum(len(k) for k in kept) >= cfg.sampler.batch_prompts:
-                break
-        table = pa.concat_tables(generated)
-        keep_ids = pa.array([g for k in kept for g in k][: cfg.sampler.batch_prompts], pa.int64())
-        batch = table.filter(pc.is_in(table.column("group_id"), keep_ids))
+        table, batch, records, stats = self._fill_batch(step_seed)
+        rollout_s = time.perf_counter() - t0
         if self.save_rollouts is not None:
             self.save_rollouts.mkdir(parents=True, exist_ok=True)
             pq.write_table(batch, self.save_rollouts / f"step_{self.step:06d}.parquet")
@@ -190,7 +194,7 @@ class Trainer:
                   "time/learner_s": learner_s, "time/weight_push_total_s": push_s,
                   "rollout/tokens_per_s": tokens / max(rollout_s, 1e-9),
                   "rollout/completion_tokens": tokens, "rollout/groups": table.num_rows / cfg.rollout.n,
-                  "rollout/draw_rounds": len(generated), "learner/groups": batch.num_rows / cfg.rollout.n,
+                  "rollout/draw_rounds": len(records), "learner/groups": batch.num_rows / cfg.rollout.n,
                   "time/step_s": time.perf_counter() - t0})
         return m
 
