@@ -127,6 +127,8 @@ class LearnerConfig(Section):
     weight_sync: Literal["auto", "gloo", "object_store", "nccl"] = "auto"
     weight_sync_bucket_mb: int = Field(64, ge=1)
     cpus_per_rank: float = Field(1.0, gt=0.0)
+    torch_threads: int | None = Field(None, ge=1, description="CPU only; default: the node's cores / "
+                                      "world_size (rollouts sleep while the learner runs)")
     gpus_per_rank: float = Field(0.0, ge=0.0)
 
 

@@ -79,6 +79,12 @@ class Learner:
         self.rank, self.world_size = rank, world_size
         self.cfg = LearnerConfig.model_validate(learner)
         self.backend = init_distributed(rank, world_size, master_addr, master_port)
+        if self.backend == "gloo":
+            # Ray pins actors to OMP_NUM_THREADS=num_cpus; the rollout workers sleep while the
+            # learner runs, so the learner takes the node's cores.
+            import os
+
+            torch.set_num_threads(self.cfg.torch_threads or max(1, (os.cpu_count() or 1) // world_size))
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         if self.cfg.gradient_checkpointing:

@@ -1,0 +1,217 @@
+"""One GRPO learner step: the DeepSpeed Learner (in-process, gloo, world size 1) vs plain torch
+forward + backward + AdamW on the same batch, with share_prompt on and off; tokens/s vs the compute
+bound 6 x parameters FLOP per token.
+
+    python -m bench.learner --groups 2 --n 4 --prompt-len 256 --completion-len 32   # short (run_all)
+    python -m bench.learner                                                         # full: 4 x 10, 600 + 64
+
+Full settings take ~25 min on one core (the plain path alone forwards 26,560 tokens per pass).
+
+The batch is built like tests/learner/test_learner.py's, from real prompts: training tasks whose
+rendered prompt has at least --prompt-len tokens, cut to exactly that many; completions are random
+tokens of exactly --completion-len; rewards alternate 0/1 so every advantage is non-zero.
+The torch baseline uses the same logprob path (shared or plain) and the same clipped loss, so the
+difference is DeepSpeed's engine and the Learner's bookkeeping. It times two things in one step:
+"fwd+bwd+AdamW" (the textbook step) and the no-grad forward the Learner runs first to get the old
+logprobs; "same work" is their sum. Tokens counted: computed = prompt + n x completion per group on
+the shared path, n x (prompt + completion) on the plain one; effective = n x (prompt + completion).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import statistics
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from bench.common import MODEL, TRAIN_DATA, gflops, goal, log, parameters, table, write
+
+GOAL_OVERHEAD = 0.15
+GOAL_BOUND = 0.50
+
+
+def real_prompts(tokenizer, count: int, length: int) -> list[list[int]]:
+    from toolexpander.data import load_tasks
+    from toolexpander.prompt import prompt_ids
+
+    out = []
+    for task in load_tasks(TRAIN_DATA):
+        ids = prompt_ids(tokenizer, task)
+        if len(ids) >= length:
+            out.append(ids[:length])
+            if len(out) == count:
+                return out
+    raise SystemExit(f"{TRAIN_DATA}: only {len(out)} prompts have >= {length} tokens")
+
+
+def rollout_table(prompts: list[list[int]], n: int, completion_len: int, seed: int = 0) -> pa.Table:
+    """Scored groups in ROLLOUT_SCHEMA, one row per completion (as tests/learner/test_learner.py)."""
+    from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA
+
+    rng = np.random.default_rng(seed)
+    rows = {f.name: [] for f in ROLLOUT_SCHEMA}
+    for g, prompt in enumerate(prompts):
+        for i in range(n):
+            values = dict(group_id=g, task_id=f"t{g}", subtask="single", demo_round=0, num_demos=0,
+                          policy_version=0, prompt_ids=prompt,
+                          completion_ids=rng.integers(10, 40000, completion_len).tolist(),
+                          logprobs=[-1.0] * completion_len, finish_reason="length", text="",
+                          reward_total=float(i % 2), **{f"reward_{d}": 0.0 for d in REWARD_DIMS})
+            for k, v in values.items():
+                rows[k].append(v)
+    return pa.Table.from_pydict(rows, schema=ROLLOUT_SCHEMA)
+
+
+def learner_cfg(share: bool) -> dict:
+    from toolexpander.config import LearnerConfig
+
+    return LearnerConfig(lr=2e-6, ppo_epochs=1, mini_batches=1, zero_stage=0, share_prompt=share).model_dump()
+
+
+class TorchStep:
+    """The same GRPO update in plain torch: per group fwd + loss + bwd, then clip + AdamW."""
+
+    def __init__(self, cfg: dict, pad_id: int):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.cfg, self.pad_id = cfg, pad_id
+        self.model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
+        self.model.config.use_cache = True
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8,
+                                     weight_decay=0.0)
+
+    def step(self, table: pa.Table, logprobs_fn) -> dict:
+        import torch
+
+        from toolexpander.learner.grpo import clipped_surrogate, group_advantages
+        from toolexpander.learner.learner import groups_from_table
+
+        groups = groups_from_table(table)
+        start = time.perf_counter()
+        with torch.no_grad():  # what the Learner runs first: old logprobs under the current weights
+            olds = [logprobs_fn(self.model, g.prompt, g.completions, pad_id=self.pad_id)[0] for g in groups]
+        old_s = time.perf_counter() - start
+        start = time.perf_counter()
+        token_count = sum(g.tokens for g in groups)
+        for g, old in zip(groups, olds):
+            adv_n = group_advantages(torch.as_tensor(g.rewards_n).unsqueeze(0), std_norm=True)[0]
+            lp, mask, _ = logprobs_fn(self.model, g.prompt, g.completions, pad_id=self.pad_id,
+                                      return_entropy=True)
+            out = clipped_surrogate(lp, old, adv_n, mask, eps_low=self.cfg["eps_low"],
+                                    eps_high=self.cfg["eps_high"], dual_clip=None, token_count=token_count)
+            out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["grad_clip"])
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return {"old_fwd_s": old_s, "train_s": time.perf_counter() - start}
+
+
+def alternating(fns: dict, table, warm, steps: int) -> dict[str, list]:
+    """A same-size warm-up call of each, then `steps` rounds calling each once, the order alternating
+    per round, so that load changes on a shared machine hit every side alike."""
+    for fn in fns.values():
+        fn(warm)
+    out = {name: [] for name in fns}
+    for k in range(steps):
+        for name in (list(fns) if k % 2 == 0 else list(fns)[::-1]):
+            start = time.perf_counter()
+            result = fns[name](table)
+            out[name].append((time.perf_counter() - start, result))
+            log(f"{name}: {out[name][-1][0]:.2f} s")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--groups", type=int, default=4)
+    ap.add_argument("--n", type=int, default=10)
+    ap.add_argument("--prompt-len", type=int, default=600)
+    ap.add_argument("--completion-len", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=1, help="timed steps per system, after a warm-up step")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads, the bound uses the same (1: what Ray gives a learner rank with "
+                         "cpus_per_rank 1, and robust on a loaded machine, where 2 OpenMP threads stall)")
+    ap.add_argument("--modes", nargs="+", default=["shared", "plain"], choices=["shared", "plain"])
+    args = ap.parse_args(argv)
+    steps = args.steps
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from toolexpander.learner.dist import free_port
+    from toolexpander.learner.learner import Learner
+    from toolexpander.learner.shared_prompt import completion_logprobs_plain, completion_logprobs_shared
+
+    torch.set_num_threads(args.threads)
+    tokenizer = AutoTokenizer.from_pretrained(MODEL)
+    pad_id = tokenizer.pad_token_id or 0
+    prompts = real_prompts(tokenizer, args.groups + 1, args.prompt_len)
+    tbl = rollout_table(prompts[:args.groups], args.n, args.completion_len)
+    # Warm-up on a batch of the same shapes: the first step at a new size is 3x slower (allocation).
+    warm = rollout_table(prompts[1:args.groups + 1], args.n, args.completion_len, seed=1)
+    params = parameters()
+    t_start = time.perf_counter()
+    gf_before = gflops("float32", args.threads)
+    P, C, n, G = args.prompt_len, args.completion_len, args.n, args.groups
+    effective = G * n * (P + C)
+
+    rows = []
+    baseline = None
+    for mode in args.modes:
+        share = mode == "shared"
+        cfg = learner_cfg(share)
+        computed = G * (P + n * C) if share else effective
+        learner = Learner(0, 1, "127.0.0.1", free_port(), str(MODEL), cfg, "float32", 0, pad_id)
+        torch.set_num_threads(args.threads)   # the Learner picks its own count (learner.torch_threads)
+        baseline = baseline or TorchStep(cfg, pad_id)
+        fn = completion_logprobs_shared if share else completion_logprobs_plain
+        runs = alternating({f"{mode} Learner.step": lambda t: learner.step(t, 0),
+                            f"{mode} torch step": lambda t: baseline.step(t, fn)}, tbl, warm, steps)
+        del learner
+        gc.collect()
+        ds_s = statistics.median(s for s, _ in runs[f"{mode} Learner.step"])
+        parts = [p for _, p in runs[f"{mode} torch step"]]
+        textbook = statistics.median(p["train_s"] for p in parts)
+        same = statistics.median(p["train_s"] + p["old_fwd_s"] for p in parts)
+        for what, s in (("DeepSpeed Learner.step", ds_s), ("torch fwd+bwd+AdamW", textbook),
+                        ("torch same work (+ old-logprob fwd)", same)):
+            rows.append({"mode": mode, "what": what, "seconds": s, "computed": computed,
+                         "tok_s": computed / s, "eff_tok_s": effective / s,
+                         "vs_textbook": s / textbook - 1})
+    gf_after = gflops("float32", args.threads)
+    gf = max(gf_before, gf_after)   # the machine's best measured: a load dip must not lower the bound
+    bound = gf * 1e9 / (6 * params)
+    for r in rows:
+        r["of_bound"] = r["tok_s"] / bound
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    ds_rows = [r for r in rows if r["what"].startswith("DeepSpeed")]
+    text = "\n".join([
+        f"learner step: {MODEL.name} ({params / 1e6:.1f}M params, fp32), {G} groups x n={n}, prompt {P} "
+        f"+ completion {C} tokens, torch threads {args.threads}, median of {steps} step(s) after a same-size "
+        "warm-up step",
+        table(rows, [("mode", "share_prompt", ""), ("what", "what", ""), ("seconds", "s/step", ".2f"),
+                     ("vs_textbook", "vs fwd+bwd+AdamW", "+.1%"), ("computed", "computed tok", "d"),
+                     ("tok_s", "computed tok/s", ".1f"), ("eff_tok_s", "effective tok/s", ".1f"),
+                     ("of_bound", "of bound", ".1%")]),
+        f"bound: fp32 matmul {gf:.1f} GFLOP/s ({args.threads} thread(s); before/after {gf_before:.1f}/"
+        f"{gf_after:.1f}) / (6 x params) = {bound:.1f} tok/s; effective tokens = n x (prompt + completion) = {effective}",
+        *[f"{r['mode']}: overhead vs fwd+bwd+AdamW {r['vs_textbook']:+.1%} (goal <= {GOAL_OVERHEAD:.0%}), "
+          f"computed tok/s {r['of_bound']:.1%} of bound (goal >= {GOAL_BOUND:.0%})" for r in ds_rows],
+        f"peak RSS {rss_gb:.1f} GB; wall {time.perf_counter() - t_start:.0f} s",
+    ])
+    goals = []
+    for r in ds_rows:
+        goals += [goal(f"learner ({r['mode']}): overhead vs torch fwd+bwd+AdamW", r["vs_textbook"],
+                       GOAL_OVERHEAD, False),
+                  goal(f"learner ({r['mode']}): computed tok/s of 6N bound", r["of_bound"], GOAL_BOUND, True)]
+    write("learner", {"args": vars(args), "steps": steps, "parameters": params, "gflops_fp32": gf,
+                      "bound_tokens_per_s": bound, "rows": rows, "peak_rss_gb": rss_gb, "goals": goals}, text)
+
+
+if __name__ == "__main__":
+    main()

