@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -77,6 +78,7 @@ def run_trl(steps: int) -> dict:
                           processing_class=tokenizer, callbacks=[timer])
     setup_s = time.perf_counter() - start
     trainer.train()
+    shutil.rmtree(out, ignore_errors=True)
     return {"side": "trl", "steps": steps, "step_times": timer.times, "step_s": timer.times[-1],
             "completions_per_step": PROMPTS * N, "completions_per_s": PROMPTS * N / timer.times[-1],
             "prompt_len_mean": prompt_len, "setup_s": setup_s, "wall_s": time.perf_counter() - start,
@@ -102,6 +104,8 @@ def run_ours(steps: int) -> dict:
     batch = pq.read_table(sorted(dumps.glob("step_*.parquet"))[-1])
     completions = batch.num_rows
     prompt_len = sum(len(p) for p in batch.column("prompt_ids").to_pylist()) / max(completions, 1)
+    for heavy in ("checkpoints", "hf"):   # ~2 GB of DeepSpeed state and export the comparison never reads
+        shutil.rmtree(run_dir / heavy, ignore_errors=True)
     return {"side": "ours", "steps": steps, "step_times": [r["time/step_s"] for r in rows],
             "step_s": last["time/step_s"], "completions_per_step": completions,
             "completions_per_s": completions / last["time/step_s"], "prompt_len_mean": prompt_len,

@@ -41,6 +41,8 @@ class RolloutWorker:
 
         on_gpu = torch.cuda.is_available()
         os.environ.update(engine_env(worker_index, self.cfg, on_gpu))
+        if not on_gpu:  # torch is already imported, so OMP_NUM_THREADS alone comes too late
+            torch.set_num_threads(1)
         from vllm import LLM
 
         self.llm = LLM(model=model_path, dtype=dtype, enforce_eager=self.cfg.enforce_eager,
