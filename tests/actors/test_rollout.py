@@ -111,3 +111,21 @@ def test_dead_worker_is_reported_and_restarted(ray_local, tiny_model, train_task
         assert not lost and table.num_rows == 4
     finally:
         g.shutdown()
+
+
+@pytest.mark.slow
+def test_smollm2_batch_through_a_worker(ray_local, repo, train_tasks):
+    """The real 135M model, one batch of 2 prompts x n=10, scored in the worker."""
+    from toolexpander.models import prepare_model
+
+    model = prepare_model("smollm2-135m", repo / "models" / "smollm2-135m")
+    g = RolloutGroup(make_cfg(model, workers=1, n=10, max_tokens=48), str(model))
+    try:
+        table, stats, lost = g.generate(requests_for(train_tasks, k=2), step_seed=0)
+    finally:
+        g.shutdown()
+    assert not lost and table.num_rows == 20
+    texts = table.column("text").to_pylist()
+    assert len(set(texts)) > 10  # sampled, not copies
+    assert any(t.strip() for t in texts) and stats[0].completion_tokens > 0
+    assert all(lp <= 0 for row in table.column("logprobs").to_pylist() for lp in row)
