@@ -203,8 +203,3 @@ class WeightSync:
 def _node_ip() -> str:
     return ray.util.get_node_ip_address()
 
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start

@@ -93,13 +93,6 @@ class Sampler:
     def metrics(self) -> dict[str, float]:
         return self.core.metrics()
 
-    def prompt_state(self, task_id: str) -> dict:
-        """One prompt's hard-sampling state (for tests and debugging)."""
-        state = self.core.state_dict()
-        i = self.row_of[task_id]
-        return {k: state[k][i].tolist() for k in ("demo_round", "parked_until", "all_fail_streak", "seen")
-                if k in state}
-
     def save(self, path: str) -> None:
         state = self.core.state_dict()
         state["next_group_id"] = np.array(self.next_group_id, dtype=np.int64)
