@@ -114,9 +114,11 @@ def private_ray(num_cpus: int):
     """A private Ray like tests/conftest.py's: own temp dir, loopback only (never `ray stop`)."""
     import ray
 
+    from toolexpander.cluster.local import start_local
+
     temp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": dict(OFFLINE_ENV)}, log_to_driver=False)
+    start_local(num_cpus=num_cpus, _temp_dir=temp, runtime_env={"env_vars": dict(OFFLINE_ENV)},
+                log_to_driver=False)
     try:
         yield ray
     finally:

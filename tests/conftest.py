@@ -42,11 +42,12 @@ def ray_local():
     """A private Ray for one test module: its own temp dir, loopback only, stopped by shutdown()."""
     import ray
 
+    from toolexpander.cluster.local import start_local
+
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    ray.init(num_cpus=4, include_dashboard=False, _temp_dir=temp, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-                                       "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}},
-             log_to_driver=False)
+    env = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}
+    start_local(num_cpus=4, _temp_dir=temp, runtime_env={"env_vars": env}, log_to_driver=False)
     yield ray
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)

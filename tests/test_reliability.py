@@ -152,3 +152,61 @@ def test_three_nonfinite_updates_stop_the_run_with_a_checkpoint(repo, tiny_model
     events = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert events.count("nonfinite") == 3
     assert checkpoint.latest(run_dir / "checkpoints").name == "step_00000003"
+
+
+def process_tree(root_pid: int) -> list[int]:
+    import psutil
+
+    try:
+        root = psutil.Process(root_pid)
+        return [root_pid, *(p.pid for p in root.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def listening(pids: list[int]) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every TCP socket these processes listen on."""
+    import psutil
+
+    found = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            name = proc.name()
+            found += [(name, c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="tcp")
+                      if c.status == psutil.CONN_LISTEN]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+
+
+def test_local_mode_listens_only_on_loopback(repo, tiny_model, tmp_path):
+    # Every kind of socket a run opens: Ray's servers and workers, two DeepSpeed ranks (their
+    # rendezvous store and gloo pairs) and the gloo weight-push group with the rollout worker.
+    log = tmp_path / "train.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolexpander", "train", "--config", "configs/smoke.yaml",
+         "--output-dir", str(tmp_path / "run"), "--train.steps", "2", "--rollout.n", "4",
+         "--rollout.max_tokens", "8", "--data.limit", "16", "--learner.world_size", "2",
+         "--learner.weight_sync", "gloo", "--eval.every", "0"],
+        cwd=repo, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    seen, deadline = set(), time.time() + 600
+    try:
+        while proc.poll() is None and time.time() < deadline:
+            seen.update(listening(process_tree(proc.pid)))
+            time.sleep(0.5)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    names = {name for name, _, _ in seen}
+    assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::Learner") for n in names), names
+    exposed = sorted(s for s in seen if not is_loopback(s[1]))
+    assert not exposed, f"listening beyond loopback: {exposed}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from toolexpander.config import Config
@@ -14,6 +15,12 @@ from toolexpander.config import Config
 # What every actor process needs, wherever it runs.
 ACTOR_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
              "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}
+
+
+# Ray on Linux turns `_node_ip_address="127.0.0.1"` into the machine's outbound address, and its
+# servers then listen there or on every interface. Its single-machine mode (the default on macOS and
+# Windows, chosen by this variable) keeps 127.0.0.1 as the node address, and every server binds it.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 class ClusterError(RuntimeError):
@@ -49,6 +56,41 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
         raise ClusterError(f"cluster.address: cannot reach Ray at {address!r}: {e.strerror or e}") from None
 
 
+@contextmanager
+def _loopback_only():
+    """Ray's single-machine mode for the processes started inside: the env var reaches gcs_server,
+    raylet and the workers; the constant covers a `ray` this process imported before."""
+    from ray._private import ray_constants
+
+    saved_env = {k: os.environ.get(k) for k in LOOPBACK_ENV}
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(LOOPBACK_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def start_local(**ray_init_kwargs) -> None:
+    """ray.init of a new single-node Ray whose every port (and dashboard, if any) is on 127.0.0.1."""
+    import ray
+
+    ray_init_kwargs.setdefault("include_dashboard", False)
+    ray_init_kwargs.setdefault("dashboard_host", "127.0.0.1")
+    with _loopback_only():
+        ray.init(_node_ip_address="127.0.0.1", **ray_init_kwargs)
+    if ray.util.get_node_ip_address() != "127.0.0.1":
+        ray.shutdown()
+        raise ClusterError(f"local mode: Ray took node address {ray.util.get_node_ip_address()!r}, "
+                           "not 127.0.0.1; refusing to listen beyond loopback")
+
+
 def connect(cfg: Config) -> str:
     """ray.init for this run; returns 'local' or the address it attached to."""
     import ray
@@ -72,7 +114,6 @@ def connect(cfg: Config) -> str:
     # not behind whatever else shares the machine.
     os.environ.setdefault("RAY_worker_niceness", "0")
     cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, math.ceil(needed_cpus(cfg)))
-    ray.init(num_cpus=cpus, namespace=cfg.cluster.namespace, runtime_env=runtime_env,
-             include_dashboard=False, dashboard_host=cfg.cluster.dashboard_host,
-             _node_ip_address="127.0.0.1", log_to_driver=True)
+    start_local(num_cpus=cpus, namespace=cfg.cluster.namespace, runtime_env=runtime_env,
+                dashboard_host=cfg.cluster.dashboard_host, log_to_driver=True)
     return "local"

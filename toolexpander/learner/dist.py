@@ -1,9 +1,11 @@
-"""All torch.distributed bootstrapping in one place: env vars, backend choice, free ports."""
+"""All torch.distributed bootstrapping in one place: env vars, backend choice, free ports, and
+where the rendezvous and gloo sockets listen (this node's Ray address, never every interface)."""
 
 from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -19,8 +21,52 @@ def node_ip() -> str:
     return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
 
 
+def interface_of(address: str) -> str | None:
+    """The network interface that holds `address` ('lo' for 127.0.0.1), or None."""
+    import psutil
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address == address for a in addrs):
+            return name
+    return None
+
+
+def bind_gloo_to_node() -> None:
+    """gloo listens on GLOO_SOCKET_IFNAME's interface, else on whatever the hostname resolves to;
+    make that this node's Ray address. A user's GLOO_SOCKET_IFNAME wins."""
+    import ray
+
+    if "GLOO_SOCKET_IFNAME" in os.environ or not ray.is_initialized():
+        return
+    interface = interface_of(ray.util.get_node_ip_address())
+    if interface:
+        os.environ["GLOO_SOCKET_IFNAME"] = interface
+
+
+def tcp_store(host: str, port: int, rank: int, world_size: int, timeout: timedelta):
+    """A rendezvous store whose server (rank 0) listens on `host` only; torch's own TCPStore server
+    would listen on every interface."""
+    import torch.distributed as dist
+
+    if rank != 0:
+        return dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen()
+    fd = listener.detach()  # the store owns the socket from here on
+    try:
+        return dist.TCPStore(host, port, world_size, is_master=True, timeout=timeout,
+                             master_listen_fd=fd)
+    except Exception:
+        os.close(fd)
+        raise
+
+
 def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int) -> str:
-    """Set RANK/WORLD_SIZE/MASTER_*/LOCAL_RANK and start DeepSpeed's process group; returns backend."""
+    """Set RANK/WORLD_SIZE/MASTER_*/LOCAL_RANK and start the process group DeepSpeed uses; returns
+    the backend. The group is built here, on our own store, and DeepSpeed adopts it."""
     import deepspeed
     import torch
 
@@ -32,6 +78,11 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     backend = "nccl" if on_gpu else "gloo"
     if on_gpu:
         torch.cuda.set_device(local_rank)
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
-                               distributed_port=master_port, rank=rank, world_size=world_size)
+    else:
+        bind_gloo_to_node()
+    timeout = timedelta(minutes=30)
+    store = tcp_store(master_addr, master_port, rank, world_size, timeout)
+    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                                         timeout=timeout)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return backend

@@ -37,8 +37,10 @@ def plan_buckets(meta: Meta, bucket_bytes: int) -> list[list[int]]:
 def open_group(backend: str, host: str, port: int, rank: int, world_size: int, device=None):
     """A broadcast group of its own (rank 0 = the learner). Returns a callable broadcast(tensor)."""
     if backend == "gloo":
-        store = torch.distributed.TCPStore(host, port, world_size, is_master=rank == 0,
-                                           timeout=TIMEOUT)
+        from toolexpander.learner.dist import bind_gloo_to_node, tcp_store
+
+        bind_gloo_to_node()
+        store = tcp_store(host, port, rank, world_size, TIMEOUT)
         group = torch.distributed.ProcessGroupGloo(store, rank, world_size, TIMEOUT)
 
         def broadcast(tensor: torch.Tensor) -> None:
