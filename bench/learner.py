@@ -12,8 +12,10 @@ rendered prompt has at least --prompt-len tokens, cut to exactly that many; comp
 tokens of exactly --completion-len; rewards alternate 0/1 so every advantage is non-zero.
 The torch baseline uses the same logprob path (shared or plain) and the same clipped loss, so the
 difference is DeepSpeed's engine and the Learner's bookkeeping. It times two things in one step:
-"fwd+bwd+AdamW" (the textbook step) and the no-grad forward the Learner runs first to get the old
-logprobs; "same work" is their sum. Tokens counted: computed = prompt + n x completion per group on
+"fwd+bwd+AdamW" (the textbook step) and a no-grad forward for the old logprobs; "same work" is their
+sum. The Learner runs that forward only when a batch gets more than one update (ppo_epochs or
+mini_batches > 1); at the benchmark's single update it uses the gradient pass's own logprobs, so
+"fwd+bwd+AdamW" is the row to compare with. Tokens counted: computed = prompt + n x completion per group on
 the shared path, n x (prompt + completion) on the plain one; effective = n x (prompt + completion).
 """
 
@@ -93,7 +95,7 @@ class TorchStep:
 
         groups = groups_from_table(table)
         start = time.perf_counter()
-        with torch.no_grad():  # what the Learner runs first: old logprobs under the current weights
+        with torch.no_grad():  # old logprobs under the current weights (the Learner's multi-update pre-pass)
             olds = [logprobs_fn(self.model, g.prompt, g.completions, pad_id=self.pad_id)[0] for g in groups]
         old_s = time.perf_counter() - start
         start = time.perf_counter()

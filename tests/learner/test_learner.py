@@ -47,6 +47,23 @@ def test_surrogate_falls_within_a_batch(ray_local, tiny_model, stage):
         group.shutdown()
 
 
+def test_one_update_uses_its_own_logprobs_as_the_old_ones(ray_local, tiny_model):
+    # ppo_epochs=1 skips the no-grad pass: its update must equal the first update of a learner that
+    # recomputes pi_old first (ppo_epochs=2), and it must report the same vLLM-vs-learner gap.
+    one = LearnerGroup(make_cfg(tiny_model), str(tiny_model), pad_id=2)
+    two = LearnerGroup(make_cfg(tiny_model, ppo_epochs=2), str(tiny_model), pad_id=2)
+    try:
+        a = one.call("step", batch(3, groups=1), 0)[0]
+        b = two.call("step", batch(3, groups=1), 0)[0]
+    finally:
+        one.shutdown()
+        two.shutdown()
+    assert a["learner/updates"] == 1 and b["learner/updates"] == 2
+    assert a["learner/loss"] == pytest.approx(b["learner/loss_first_update"], abs=1e-7)
+    assert a["rollout/logprob_gap"] == pytest.approx(b["rollout/logprob_gap"], rel=1e-6)
+    assert a["learner/clip_frac"] == 0.0
+
+
 def test_checkpoint_round_trip_continues_identically(ray_local, tiny_model, tmp_path):
     cfg = make_cfg(tiny_model, lr_gamma=0.5, warmup_steps=1)
     a = LearnerGroup(cfg, str(tiny_model), pad_id=2)

@@ -80,9 +80,10 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
         torch.cuda.set_device(local_rank)
     else:
         bind_gloo_to_node()
-    timeout = timedelta(minutes=30)
-    store = tcp_store(master_addr, master_port, rank, world_size, timeout)
-    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size,
-                                         timeout=timeout)
+    if not torch.distributed.is_initialized():  # a second Learner in one process reuses the group
+        timeout = timedelta(minutes=30)
+        store = tcp_store(master_addr, master_port, rank, world_size, timeout)
+        torch.distributed.init_process_group(backend, store=store, rank=rank,
+                                             world_size=world_size, timeout=timeout)
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return backend

@@ -29,7 +29,10 @@ class Group:
     rollout_logprobs: list[list[float]]  # n x (T_c,) log pi as vLLM sampled them
     rewards_n: np.ndarray              # (n,) reward_total
     advantages_n: torch.Tensor = field(default=None)   # (n,)
-    old_logprobs_nT: torch.Tensor = field(default=None)  # (n, T_c max) recomputed by the learner
+    # (n, T_c max) log pi_old, recomputed by the learner before the first update; None when the batch
+    # gets one update only: then pi_old is the policy being trained and the gradient pass's own
+    # detached values are exact (ratio 1), so the extra forward is skipped.
+    old_logprobs_nT: torch.Tensor = field(default=None)
 
     @property
     def tokens(self) -> int:
@@ -98,6 +101,7 @@ class Learner:
         self.pad_id = pad_id
         self.updates = 0
         self.nonfinite_in_row = 0
+        self._gap = [0.0, 0]
         # transformers drops the KV cache under gradient checkpointing, so sharing needs it off.
         shared = self.cfg.share_prompt and not self.cfg.gradient_checkpointing
         self._logprobs = completion_logprobs_shared if shared else completion_logprobs_plain
@@ -122,17 +126,16 @@ class Learner:
         start = time.perf_counter()
         groups = self._my_groups(groups_from_table(table))
         self.engine.module.eval()  # no dropout: ratios must be 1 on the first pass
-        gaps, gap_tokens = 0.0, 0
+        one_update = self.cfg.ppo_epochs == 1 and min(self.cfg.mini_batches, len(groups)) == 1
+        self._gap = [0.0, 0]  # |learner - vLLM| logprob summed over completion tokens, token count
         for g in groups:
             rewards = torch.as_tensor(g.rewards_n).unsqueeze(0)  # (1, n)
             g.advantages_n = group_advantages(rewards, std_norm=self.cfg.adv_std_norm)[0]
-            lp, mask = self.logprobs(g, grad=False)
-            g.old_logprobs_nT = lp.detach()
-            vllm = torch.zeros_like(lp)
-            for i, row in enumerate(g.rollout_logprobs):
-                vllm[i, :len(row)] = torch.tensor(row, dtype=lp.dtype)
-            gaps += float(((lp - vllm).abs() * mask).sum())
-            gap_tokens += int(mask.sum())
+            g.old_logprobs_nT = None
+            if not one_update:
+                lp, mask = self.logprobs(g, grad=False)
+                g.old_logprobs_nT = lp.detach()
+                self._add_gap(g, lp, mask)
         rng = np.random.default_rng(step_seed)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
@@ -153,9 +156,16 @@ class Learner:
             out["learner/loss_first_update"], out["learner/loss_last_update"] = losses[0], losses[-1]
         out.update({"learner/skipped": float(skipped), "learner/lr": self.lr(),
                     "learner/updates": float(self.updates),
-                    "rollout/logprob_gap": gaps / max(gap_tokens, 1),
+                    "rollout/logprob_gap": self._gap[0] / max(self._gap[1], 1),
                     "time/learner_compute_s": time.perf_counter() - start})
         return out
+
+    def _add_gap(self, g: Group, lp: torch.Tensor, mask: torch.Tensor) -> None:
+        vllm = torch.zeros_like(lp)
+        for i, row in enumerate(g.rollout_logprobs):
+            vllm[i, :len(row)] = torch.tensor(row, dtype=lp.dtype)
+        self._gap[0] += float(((lp.detach() - vllm).abs() * mask).sum())
+        self._gap[1] += int(mask.sum())
 
     def _update(self, groups: list[Group]) -> tuple[dict[str, float], bool]:
         token_count = sum(g.tokens for g in groups)
@@ -163,7 +173,11 @@ class Learner:
         merged: dict[str, float] = {}
         for g in groups:
             lp, mask, entropy = self.logprobs(g, grad=True)
-            out = clipped_surrogate(lp, g.old_logprobs_nT, g.advantages_n, mask,
+            old = g.old_logprobs_nT
+            if old is None:
+                old = lp.detach()
+                self._add_gap(g, lp, mask)
+            out = clipped_surrogate(lp, old, g.advantages_n, mask,
                                     eps_low=self.cfg.eps_low, eps_high=self.cfg.eps_high,
                                     dual_clip=self.cfg.dual_clip, token_count=token_count)
             if not all_finite(out.loss):
