@@ -56,6 +56,11 @@ def groups_from_table(table: pa.Table) -> list[Group]:
     return groups
 
 
+def _as_float32_array(p: torch.Tensor, copy: bool) -> np.ndarray:
+    t = p.detach().to(device="cpu", dtype=torch.float32)
+    return t.numpy().copy() if copy else t.numpy()
+
+
 def ds_config(cfg: LearnerConfig, dtype: str) -> dict:
     return {
         "train_micro_batch_size_per_gpu": 1,
@@ -233,8 +238,11 @@ class Learner:
         with deepspeed.zero.GatheredParameters([p for _, p in params], enabled=self.cfg.zero_stage == 3):
             if self.rank != 0:
                 return None
-            # Clone: ZeRO parameters are views into flat buffers that would pickle whole.
-            return [(name, p.detach().to(torch.float32).cpu().numpy().copy()) for name, p in params]
+            gathered = self.cfg.zero_stage == 3  # ZeRO-3's gathered data is freed on leaving the block
+            # numpy views, no copy: Ray serialises each array's own bytes (a torch view would pickle
+            # its whole flat ZeRO buffer) straight into the object store when this call returns,
+            # before the next step can change them.
+            return [(name, _as_float32_array(p, copy=gathered)) for name, p in params]
 
     # ---- weight push over a broadcast group (learner/sync.py) -----------------------------------
     def weight_meta(self) -> list[tuple[str, tuple[int, ...]]]:
