@@ -117,10 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     del src
     gc.collect()
 
-    # vLLM's own reload of a ready state dict, in this process, with the env worker 0 uses.
+    # vLLM's own reload of a ready state dict, in this process, with the env and thread count worker 0 uses.
     import torch
 
     os.environ.update(engine_env(0, cfg.rollout, on_gpu=False))
+    torch.set_num_threads(1)  # as RolloutWorker on CPU (torch is imported, so OMP_NUM_THREADS comes too late)
     from vllm import LLM
 
     llm = LLM(model=str(MODEL), dtype="float32", enforce_eager=True, max_model_len=2048, seed=0,
