@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from toolexpander.cluster.local import LOOPBACK_ENV
 from tests.test_reliability import is_loopback, listening
+from toolexpander.cluster.local import LOOPBACK_ENV
 from toolexpander.learner.dist import free_port
 
 RAY = str(Path(sys.executable).parent / "ray")
