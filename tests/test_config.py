@@ -1,8 +1,10 @@
 import json
+import warnings
 
 import pytest
 
 from toolexpander.config import Config, ConfigError, dump_config, load_config, parse_overrides
+from toolexpander.types import REWARD_DIMS
 
 
 def test_defaults_are_valid_and_match_the_design():
@@ -52,3 +54,38 @@ def test_resolved_dump_round_trips(tmp_path):
     data = json.loads((tmp_path / "config.json").read_text())
     assert data["train"]["steps"] == 5 and data["rollout"]["max_tokens"] == 32
     assert load_config(tmp_path / "config.json") == cfg
+
+
+def test_sampler_alpha_is_one_weight_per_reward_dimension():
+    default = Config().sampler.alpha
+    assert default == {d: 1.0 / len(REWARD_DIMS) for d in REWARD_DIMS}   # = the former alpha 1 over mean std
+    cfg = load_config(None, parse_overrides(["--sampler.alpha", "{correct: 2.0, tool_name: 0.5}"]))
+    assert cfg.sampler.alpha == {"correct": 2.0, "tool_name": 0.5}
+    with pytest.raises(ConfigError, match=r"sampler\.alpha: .*unknown reward dimension.*'speed'"):
+        load_config(None, {"sampler.alpha": {"speed": 1.0, "correct": 1.0}})
+    with pytest.raises(ConfigError, match=r"sampler\.alpha: .*>= 0.*'format'"):
+        load_config(None, {"sampler.alpha": {"format": -0.1}})
+
+
+def test_default_signal_tol_excludes_groups_that_differ_only_in_the_exemplar_bonus():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = Config()
+        off = load_config(None, parse_overrides(["--reward.exemplar_bonus", "0"]))   # the ablation switch
+    bonus_only_std = cfg.reward.exemplar_bonus * cfg.reward.weights["exemplar"] / 2   # half the group has it
+    assert cfg.sampler.signal_tol > bonus_only_std == 0.005
+    assert off.reward.exemplar_bonus == 0.0
+    with pytest.warns(UserWarning, match=r"sampler\.signal_tol=0\.01 .*reward\.exemplar_bonus=0\.05"):
+        load_config(None, {"reward.exemplar_bonus": 0.05})
+    with pytest.raises(ConfigError, match=r"reward\.exemplar_bonus"):
+        load_config(None, {"reward.exemplar_bonus": -0.01})
+
+
+def test_ablation_switches_default_on_and_override():
+    s = Config().sampler
+    assert (s.hard_rounds, s.priority, s.curriculum) == (True, "reward_stats", True)
+    args = ["--sampler.hard_rounds", "false", "--sampler.priority", "uniform", "--sampler.curriculum", "false"]
+    s = load_config(None, parse_overrides(args)).sampler
+    assert (s.hard_rounds, s.priority, s.curriculum) == (False, "uniform", False)
+    with pytest.raises(ConfigError, match=r"sampler\.priority"):
+        load_config(None, {"sampler.priority": "random"})

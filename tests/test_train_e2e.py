@@ -12,6 +12,7 @@ CONTRACT = (
     ["step", "policy_version"]
     + [f"reward/{d}_mean" for d in ("format", "tool_name", "param_name", "param_value", "exemplar",
                                      "correct", "total")]
+    + ["reward/scorer_errors"]
     + ["sampler/demo_rate", "sampler/all_fail_share", "sampler/zero_signal_share", "sampler/parked",
        "learner/loss", "learner/lr", "learner/grad_norm", "learner/clip_frac", "learner/skipped",
        "time/step_s", "time/rollout_s", "time/learner_s", "time/weight_push_s", "rollout/tokens_per_s"]
@@ -44,6 +45,7 @@ def test_three_steps_end_to_end(repo, tiny_model, tmp_path):
         assert not missing, missing
         assert all(r[k] is not None and math.isfinite(r[k]) for k in CONTRACT)
     assert [r["policy_version"] for r in rows] == [1, 2, 3]
+    assert all(r["reward/scorer_errors"] == 0 for r in rows)   # random text never breaks the scorer
     # The eval on the last step (eval.every=3): the ToolRL subset, first question per category.
     assert 0.0 <= rows[2]["eval/toolrl/overall"] <= 1.0 and "eval/toolrl/overall" not in rows[1]
     assert json.loads((run_dir / "eval" / "step_000002_toolrl.json").read_text())["entries"]

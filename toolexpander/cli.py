@@ -1,4 +1,4 @@
-"""Command-line entry points: train, prepare-model, data check, report, eval.
+"""Command-line entry points: train, sft, prepare-model, data check, report, eval.
 
 Bad input (config, data, model directory, Ray address) ends with one line naming the file, row,
 field or setting and a non-zero exit code, never a traceback wall.
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 EXPECTED = ("ConfigError", "DataError", "TrainError", "ModelError", "ClusterError", "EvalError", "ReplayError",
-            "ReportError", "WorkerDied")
+            "ReportError", "SftError", "WorkerDied")
 
 
 def _offline_env() -> None:
@@ -48,6 +48,18 @@ def cmd_train(args, overrides: list[str]) -> int:
         from toolexpander.report import write_report
 
         print(f"report: {write_report(run_dir)}")
+    return 0
+
+
+def cmd_sft(args, overrides: list[str]) -> int:
+    from toolexpander.config import load_config, parse_overrides
+    from toolexpander.sft import sft
+
+    pairs = parse_overrides(overrides)
+    if args.output_dir:
+        pairs["sft.output_dir"] = args.output_dir
+    out, cached = sft(load_config(args.config, pairs))
+    print(f"cached: {out}" if cached else f"model directory: {out}")
     return 0
 
 
@@ -103,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--report", action="store_true", help="write the PNG report at the end")
     t.set_defaults(fn=cmd_train)
 
+    s = sub.add_parser("sft", help="supervised warm start on the target format (cached by config hash)")
+    s.add_argument("--config", required=True, help="YAML config (configs/*.yaml); the `sft` section")
+    s.add_argument("--output-dir", help="model directory to write (sft.output_dir)")
+    s.set_defaults(fn=cmd_sft)
+
     m = sub.add_parser("prepare-model", help="write a local model directory (no hub)")
     m.add_argument("kind", choices=["smollm2-135m", "tiny"])
     m.add_argument("--out", required=True)
@@ -134,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _offline_env()
     args, rest = build_parser().parse_known_args(argv)
-    if rest and args.command != "train":
+    if rest and args.command not in ("train", "sft"):
         print(f"toolexpander {args.command}: unexpected arguments {' '.join(rest)}", file=sys.stderr)
         return 2
     try:

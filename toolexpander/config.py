@@ -7,6 +7,7 @@ key raises ConfigError naming the key. The resolved tree is dumped as JSON into 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from toolexpander.types import REWARD_DIMS
+
+
+def known_dims(per_dim: dict[str, float]) -> dict[str, float]:
+    """A per-reward-dimension mapping, refused when it names a dimension that does not exist."""
+    unknown = set(per_dim) - set(REWARD_DIMS)
+    if unknown:
+        raise ValueError(f"unknown reward dimension(s) {sorted(unknown)}; known: {list(REWARD_DIMS)}")
+    return per_dim
 
 
 class Section(BaseModel):
@@ -43,8 +52,10 @@ class RolloutConfig(Section):
 
     num_workers: int = Field(1, ge=1, le=512)
     n: int = Field(10, ge=2, le=256, description="completions per prompt (the GRPO group)")
-    temperature: float = Field(1.0, gt=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(1.0, gt=0.0, le=2.0, description="sampling temperature; the learner "
+                               "scores log softmax(logits / temperature), the distribution sampled from")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling; below 1 the sampled "
+                         "distribution is truncated while the learner scores the whole one (keep 1 for exact ratios)")
     max_tokens: int = Field(256, ge=1, le=32768, description="completion length cap")
     max_model_len: int = Field(4096, ge=128)
     seed: int = 0
@@ -62,16 +73,19 @@ class RewardConfig(Section):
     weights: dict[str, float] = Field(
         default_factory=lambda: {"format": 1.0, "tool_name": 1.0, "param_name": 1.0,
                                  "param_value": 1.0, "exemplar": 1.0, "correct": 1.0})
-    exemplar_bonus: float = Field(0.01, ge=0.0, le=1.0, description="value of the exemplar reward")
+    exemplar_bonus: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="value of the exemplar reward; 0 turns it off. Kept small on purpose: a group whose "
+                    "completions differ only in this bonus has a total-reward std of at most "
+                    "exemplar_bonus * weights.exemplar / 2 (0.005 by default), below sampler.signal_tol, "
+                    "so it is not informative (std-normalised advantages would make it a full-strength "
+                    "signal). Config warns when sampler.signal_tol does not exclude such groups")
     max_completion_chars: int = Field(65536, ge=256, description="longer completions score 0")
 
     @field_validator("weights")
     @classmethod
     def _known_dims(cls, weights: dict[str, float]) -> dict[str, float]:
-        unknown = set(weights) - set(REWARD_DIMS)
-        if unknown:
-            raise ValueError(f"unknown reward dimension(s) {sorted(unknown)}; known: {list(REWARD_DIMS)}")
-        return weights
+        return known_dims(weights)
 
 
 class SamplerConfig(Section):
@@ -79,7 +93,12 @@ class SamplerConfig(Section):
 
     batch_prompts: int = Field(8, ge=1, description="B: informative groups per training step")
     max_draw_rounds: int = Field(3, ge=1, description="draw budget: generate rounds per step")
-    signal_tol: float = Field(1e-3, ge=0.0, description="groups whose reward std is below carry no signal")
+    signal_tol: float = Field(
+        0.01, ge=0.0,
+        description="a group whose total reward (raw rewards @ reward.weights) has population std <= this "
+                    "carries no GRPO signal. 0.01 sits above 0.005, the largest std the default 0.01 "
+                    "exemplar bonus alone can make (half the group earns it): a group that differs only in "
+                    "the bonus is not informative; one tool_name hit in 10 (std 0.3) is")
     filter_zero_signal: bool = Field(True, description="refill past zero-signal groups (DAPO); "
                                      "false trains on every group, as plain GRPO does")
     demo_schedule: list[int] = Field(default_factory=lambda: [1, 2, 3],
@@ -89,14 +108,35 @@ class SamplerConfig(Section):
     stats: Literal["welford", "ema"] = "welford"
     ema_decay: float = Field(0.8, gt=0.0, lt=1.0)
     eps: float = Field(0.05, gt=0.0, description="priority floor: solved prompts never reach 0")
-    alpha: float = Field(1.0, ge=0.0, description="weight of reward std in the priority")
+    alpha: dict[str, float] = Field(
+        default_factory=lambda: {d: 1.0 / len(REWARD_DIMS) for d in REWARD_DIMS},
+        description="alpha_d: weight of reward dimension d's std in the priority, >= 0; a dimension left "
+                    "out weighs 0. The default 1/D each makes sum_d alpha_d sqrt(v_d) the mean std over "
+                    "dims, i.e. the former single alpha = 1")
     beta: float = Field(1.0, ge=0.0, description="weight of (1 - mean reward) in the priority")
     prior_mean: float = Field(0.0, ge=0.0, le=1.0, description="optimistic prior for unseen prompts")
     prior_std: float = Field(0.5, ge=0.0, le=1.0)
     mastery_ema: float = Field(0.9, gt=0.0, lt=1.0, description="decay of the sub-task mastery EMA")
     tau: float = Field(0.5, gt=0.0, description="curriculum temperature")
     q_min: float = Field(0.05, ge=0.0, le=0.25, description="minimum sub-task share")
+    hard_rounds: bool = Field(True, description="ToolExpander's multi-round hard sampling; false: all-fail "
+                              "prompts never get demos and are never parked (every draw is demo round 0)")
+    priority: Literal["reward_stats", "uniform"] = Field(
+        "reward_stats", description="reward_stats: DSCL's priority w_p; uniform: weight 1 for every "
+                                    "eligible prompt (the reward statistics are still kept)")
+    curriculum: bool = Field(True, description="DSCL's sub-task curriculum; false: each sub-task's share is "
+                             "its share of the eligible prompts (uniform over prompts); mastery is still "
+                             "tracked and logged")
     seed: int = 0
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_dims(cls, alpha: dict[str, float]) -> dict[str, float]:
+        known_dims(alpha)
+        negative = sorted(d for d, a in alpha.items() if a < 0)
+        if negative:
+            raise ValueError(f"alpha must be >= 0 (the priority must stay >= eps); negative: {negative}")
+        return alpha
 
     @model_validator(mode="after")
     def _schedule(self) -> "SamplerConfig":
@@ -109,8 +149,10 @@ class LearnerConfig(Section):
     """DeepSpeed learner and the modified GRPO update (no KL, asymmetric clip)."""
 
     lr: float = Field(1e-6, gt=0.0)
-    warmup_steps: int = Field(0, ge=0)
-    lr_gamma: float = Field(0.99, gt=0.0, le=1.0, description="exponential decay per step")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up, in training steps (not optimizer "
+                              "updates: a step makes ppo_epochs x mini_batches of those)")
+    lr_gamma: float = Field(0.99, gt=0.0, le=1.0, description="exponential decay per training step: "
+                            "lr at step t = lr * lr_gamma ** (t - warmup_steps), floored at lr_min")
     lr_min: float = Field(1e-7, ge=0.0)
     eps_low: float = Field(0.2, ge=0.0, le=1.0)
     eps_high: float = Field(0.28, ge=0.0, le=10.0)
@@ -138,6 +180,31 @@ class TrainConfig(Section):
     keep_last: int = Field(2, ge=1)
     hf_export_every: int = Field(0, ge=0, description="HF export every K steps (0 = only at the end)")
     seed: int = 0
+
+
+class SftConfig(Section):
+    """Supervised warm start (`toolexpander sft`): ground-truth answers of data.train_path rendered in
+    the target format, cross-entropy on the answer tokens only, on the DeepSpeed learner."""
+
+    rows: int = Field(400, ge=1, le=10_000_000, description="row budget: a seeded random choice of this "
+                      "many fitting rows of data.train_path (ToolRL's SFT400 uses 400)")
+    epochs: int = Field(1, ge=1, le=100, description="passes over the chosen rows")
+    lr: float = Field(3e-5, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
+    lr_min: float | None = Field(None, gt=0.0, le=1.0, description="LR of the last step, reached by "
+                                 "exponential decay from lr; None keeps lr constant")
+    warmup_steps: int = Field(0, ge=0, le=100_000, description="linear warm-up steps before the decay")
+    batch_rows: int = Field(8, ge=1, le=4096, description="rows per optimizer step at most, over all "
+                            "learner ranks (an epoch's rows are split evenly over ceil(rows / batch_rows) steps)")
+    max_answer_tokens: int = Field(512, ge=8, le=32768, description="rows whose target (answer + "
+                                   "end-of-turn token) is longer are left out, counted")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="row choice and the order of the rows")
+    output_dir: str | None = Field(None, description="model directory to write; None: <model.path>-sft")
+
+    @model_validator(mode="after")
+    def _lr_range(self) -> "SftConfig":
+        if self.lr_min is not None and self.lr_min > self.lr:
+            raise ValueError(f"lr_min ({self.lr_min}) must not exceed lr ({self.lr})")
+        return self
 
 
 class ClusterConfig(Section):
@@ -173,6 +240,18 @@ class Config(Section):
     cluster: ClusterConfig = ClusterConfig()
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
+    sft: SftConfig = SftConfig()
+
+    @model_validator(mode="after")
+    def _bonus_alone_is_no_signal(self) -> "Config":
+        """Warn when a group that differs only in the exemplar bonus would count as informative."""
+        bound = self.reward.exemplar_bonus * abs(self.reward.weights.get("exemplar", 0.0)) / 2
+        if bound > 0 and self.sampler.signal_tol <= bound:
+            warnings.warn(f"sampler.signal_tol={self.sampler.signal_tol:g} does not exceed {bound:g}, the "
+                          f"largest total-reward std that reward.exemplar_bonus="
+                          f"{self.reward.exemplar_bonus:g} alone can make: groups that differ only in the "
+                          f"bonus count as informative")
+        return self
 
 
 class ConfigError(ValueError):

@@ -29,7 +29,7 @@ def replay(cfg: Config, rollouts_dir: str) -> Path:
     model_path = ensure_model(cfg.model.path, cfg.model.prepare)
     pad_id = AutoTokenizer.from_pretrained(model_path).pad_token_id or 0
     learner = Learner(0, 1, "127.0.0.1", free_port(), str(model_path), cfg.learner.model_dump(),
-                      cfg.model.dtype, cfg.train.seed, pad_id)
+                      cfg.model.dtype, cfg.train.seed, pad_id, cfg.rollout.temperature)
     run_dir = Path(cfg.logging.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     out = run_dir / "replay_metrics.jsonl"
@@ -38,7 +38,7 @@ def replay(cfg: Config, rollouts_dir: str) -> Path:
             table = pq.read_table(path)
             if not table.schema.equals(ROLLOUT_SCHEMA, check_metadata=False):
                 raise ReplayError(f"{path}: not a rollout dump (schema differs from ROLLOUT_SCHEMA)")
-            metrics = learner.step(table, step_seed=cfg.train.seed * 1_000_003 + step)
+            metrics = learner.step(table, step_seed=cfg.train.seed * 1_000_003 + step, train_step=step)
             f.write(json.dumps({"step": step, "file": path.name, **metrics}) + "\n")
             print(f"replayed {path.name}: loss={metrics.get('learner/loss', float('nan')):.4g} "
                   f"lr={metrics['learner/lr']:.3g}", flush=True)

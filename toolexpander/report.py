@@ -23,7 +23,7 @@ Series = tuple[list[int], list[float]]  # (steps, values), sorted by step, finit
 KEY_METRICS = ("reward/total_mean", "reward/correct_mean", "reward/format_mean", "reward/exemplar_mean",
                "sampler/demo_rate", "sampler/all_fail_share", "sampler/zero_signal_share", "sampler/parked",
                "rollout/tokens_per_s", "time/step_s", "learner/lr", "learner/loss", "learner/grad_norm",
-               "learner/clip_frac", "learner/entropy")
+               "learner/clip_frac", "learner/entropy", "sft/loss", "sft/tokens_per_s")
 EVENT_COLORS = {"start": "tab:green", "worker_restart": "tab:red", "nonfinite": "tab:purple"}
 MAX_EVENT_ROWS = 50
 
@@ -215,6 +215,9 @@ def _figures(run: Run) -> dict[str, tuple[str, list[Panel]]]:
                       ("learner/clip_frac", False), ("learner/approx_kl", False), ("learner/entropy", False)):
         learner += _line_panel(run, key.removeprefix("learner/"), [key], logy=logy, events=True)
 
+    sft = (_line_panel(run, "loss (mean over answer tokens)", ["sft/loss"], ylabel="nats / token", events=True)
+           + _line_panel(run, "throughput (prompt + answer tokens)", ["sft/tokens_per_s"], ylabel="tokens/s"))
+
     suites = sorted({k.split("/")[1] for k in run.series if k.startswith("eval/") and k.count("/") >= 2})
     evals = []
     for s in suites:
@@ -223,7 +226,8 @@ def _figures(run: Run) -> dict[str, tuple[str, list[Panel]]]:
 
     return {"rewards": ("Rewards", rewards), "hard_sampling": ("Dynamic multi-round hard sampling", hard),
             "curriculum": ("Task-based curriculum", curriculum), "throughput": ("Throughput", throughput),
-            "learner": ("Learner", learner), "eval": ("Evaluation", evals)}
+            "learner": ("Learner", learner), "sft": ("Supervised warm start", sft),
+            "eval": ("Evaluation", evals)}
 
 
 # ---- index.md ------------------------------------------------------------------------------------

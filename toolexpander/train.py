@@ -179,17 +179,23 @@ class Trainer:
         m["sampler/demo_rate"] = float(pc.mean(carried).as_py() or 0.0)  # prompts that carried demos
         t = time.perf_counter()
         if batch.num_rows:
-            m.update(self.learner.call("step", batch, step_seed)[0])
-        else:  # no informative group: nothing to learn from this step
-            m.update({"learner/skipped": 1, "learner/loss": 0.0, "learner/grad_norm": 0.0,
-                      "learner/clip_frac": 0.0, "learner/lr": self.learner.call("lr")[0]})
+            m.update(self.learner.call("step", batch, step_seed, self.step)[0])
+        else:  # no informative group: nothing to learn from; the contract metrics have no value
+            nan = float("nan")
+            m.update({"learner/skipped": 0.0, "learner/applied": 0.0, "learner/loss": nan,
+                      "learner/grad_norm": nan, "learner/clip_frac": nan, "learner/entropy": nan,
+                      "learner/approx_kl": nan, "learner/lr": self.learner.call("lr")[0]})
         learner_s = time.perf_counter() - t
         t = time.perf_counter()
-        self.version += 1
-        m["time/weight_push_s"] = self._push()
+        m["time/weight_push_s"] = float("nan")
+        if m["learner/applied"] > 0:  # unchanged weights keep their version and are not pushed
+            self.version += 1
+            m["time/weight_push_s"] = self._push()
         push_s = time.perf_counter() - t
         m.update(ray.get(self.sampler.end_step.remote()))
         tokens = sum(s.completion_tokens for s in stats)
+        # every group generated this step: completions scored 0 because scoring raised (worker logs say why)
+        m["reward/scorer_errors"] = sum(s.scorer_errors for s in stats)
         m.update({"policy_version": self.version, "time/rollout_s": rollout_s,
                   "time/learner_s": learner_s, "time/weight_push_total_s": push_s,
                   "rollout/tokens_per_s": tokens / max(rollout_s, 1e-9),

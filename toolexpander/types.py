@@ -119,6 +119,7 @@ class RolloutStats(Frozen):
     prompt_tokens: int
     completion_tokens: int
     seconds: float
+    scorer_errors: int = 0     # completions whose scoring raised (each scored 0, logged by the worker)
 
 
 # One row per completion. Lists are per-token; T_p = prompt length, T_c = completion length.

@@ -7,15 +7,20 @@ import torch
 
 from toolexpander.actors.group import RolloutGroup, WorkerDied
 from toolexpander.config import Config
+from toolexpander.rewards import ZERO
 from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, PromptRequest
 
 
-def make_cfg(model, workers=1, n=10, max_tokens=12):
+def make_cfg(model, workers=1, n=10, max_tokens=12, temperature=1.0):
     return Config.model_validate({
         "model": {"path": str(model), "prepare": None},
         "rollout": {"num_workers": workers, "n": n, "max_tokens": max_tokens, "max_model_len": 2048,
-                    "cpus_per_worker": 1},
+                    "cpus_per_worker": 1, "temperature": temperature},
+        "learner": {"cpus_per_rank": 1},
     })
+
+
+T = 0.7  # the module's workers sample at this temperature, as configs/local-smollm2.yaml does
 
 
 def requests_for(tasks, k=3, start=0):
@@ -25,7 +30,7 @@ def requests_for(tasks, k=3, start=0):
 
 @pytest.fixture(scope="module")
 def group(ray_local, tiny_model):
-    g = RolloutGroup(make_cfg(tiny_model, workers=2), str(tiny_model))
+    g = RolloutGroup(make_cfg(tiny_model, workers=2, temperature=T), str(tiny_model))
     yield g
     g.shutdown()
 
@@ -44,6 +49,26 @@ def test_generate_returns_n_scored_rows_per_prompt_in_order(group, train_tasks):
         for d in REWARD_DIMS:
             assert 0.0 <= row[f"reward_{d}"] <= 1.0
     assert sum(s.completions for s in stats) == 30 and {s.worker for s in stats} == {0, 1}
+    assert all(s.scorer_errors == 0 for s in stats)
+
+
+def test_scorer_exception_is_logged_with_the_task_id_and_counted(monkeypatch, caplog, train_tasks):
+    import importlib
+
+    from toolexpander.actors.rollout import RolloutWorker
+    from toolexpander.config import RewardConfig
+
+    score_module = importlib.import_module("toolexpander.rewards.score")
+    real = score_module._dims
+    monkeypatch.setattr(score_module, "_dims", lambda text, exp, bonus: 1 / 0 if text == "boom"
+                        else real(text, exp, bonus))
+    worker = object.__new__(RolloutWorker)                 # _score needs no vLLM engine
+    worker.reward = RewardConfig()
+    request = requests_for(train_tasks, k=1)[0]
+    with caplog.at_level("WARNING", logger="toolexpander.actors.rollout"):
+        scored = worker._score(request, ["fine", "boom", "boom"])
+    assert len(scored.errors) == 2 and scored.rewards[1:] == [ZERO, ZERO]
+    assert request.task.id in caplog.text and "ZeroDivisionError" in caplog.text and "2 of 3" in caplog.text
 
 
 def test_same_seed_same_samples(group, train_tasks):
@@ -53,21 +78,38 @@ def test_same_seed_same_samples(group, train_tasks):
     assert a.column("completion_ids").to_pylist() == b.column("completion_ids").to_pylist()
 
 
-def test_vllm_logprobs_match_transformers(group, train_tasks, tiny_model):
-    """vLLM's sampled-token logprobs (raw, before temperature) vs a transformers forward: < 1e-3."""
+def test_rollout_and_learner_logprobs_are_the_sampled_distribution(group, train_tasks, tiny_model):
+    """At T=0.7 the stored rollout logprobs and the Learner's both equal a transformers forward's
+    log softmax(logits / 0.7) at the sampled tokens (fp32: < 1e-3), not the T=1 values."""
     from transformers import AutoModelForCausalLM
+
+    from toolexpander.actors.group import LearnerGroup
 
     table, _, _ = group.generate(requests_for(train_tasks, k=1), step_seed=3)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    worst = 0.0
+    worst, worst_t1 = 0.0, 0.0
     for row in table.to_pylist()[:4]:
         ids = torch.tensor([row["prompt_ids"] + row["completion_ids"]])
         with torch.no_grad():
-            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
-        targets = ids[0, 1:]
-        ours = logp.gather(-1, targets[:, None])[:, 0][-len(row["completion_ids"]):]
-        worst = max(worst, float((ours - torch.tensor(row["logprobs"])).abs().max()))
+            logits = model(ids).logits[0, :-1].float()
+        targets = ids[0, 1:, None]
+        tail = slice(-len(row["completion_ids"]), None)
+        ours = torch.log_softmax(logits / T, -1).gather(-1, targets)[tail, 0]
+        at_one = torch.log_softmax(logits, -1).gather(-1, targets)[tail, 0]
+        stored = torch.tensor(row["logprobs"])
+        worst = max(worst, float((ours - stored).abs().max()))
+        worst_t1 = max(worst_t1, float((at_one - stored).abs().max()))
     assert worst < 1e-3, worst
+    assert worst_t1 > 1e-2, worst_t1  # the temperature really is in them
+    # The Learner scores the same quantity: its mean |learner - rollout| gap is fp32 noise.
+    scored = table.set_column(table.schema.get_field_index("reward_total"), "reward_total",
+                              pa.array([float(i % 2) for i in range(table.num_rows)], pa.float32()))
+    learner = LearnerGroup(make_cfg(tiny_model, temperature=T), str(tiny_model), pad_id=2)
+    try:
+        gap = learner.call("step", scored, 0, 0)[0]["rollout/logprob_gap"]
+    finally:
+        learner.shutdown()
+    assert gap < 1e-4, gap
 
 
 def _greedy(group, reqs):

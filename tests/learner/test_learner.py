@@ -3,6 +3,7 @@
 import numpy as np
 import pyarrow as pa
 import pytest
+import ray
 import torch
 
 from toolexpander.actors.group import LearnerGroup
@@ -106,5 +107,49 @@ def test_nonfinite_update_is_skipped_and_counted(ray_local, tiny_model):
         assert group.call("param_digest")[0] == before
         group.call("step", batch(5), 5)
         assert group.call("nonfinite_streak")[0] == 0
+    finally:
+        group.shutdown()
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_two_ranks_take_the_update_of_one(ray_local, tiny_model, stage):
+    # 3 groups of unequal lengths: rank 0 gets groups 0 and 2, rank 1 group 1 and a padding copy.
+    # The loss is the mean over every completion token of the batch, whichever rank holds it, so
+    # the gradient (its norm before clipping), the loss and the update equal one rank's.
+    table = batch(6, groups=3, completion_len=9)
+    one = LearnerGroup(make_cfg(tiny_model), str(tiny_model), pad_id=2)
+    try:
+        a = one.call("step", table, 0, 0)[0]
+        weights_a = dict(ray.get(one.weights_ref()))
+    finally:
+        one.shutdown()
+    two = LearnerGroup(make_cfg(tiny_model, world_size=2, zero_stage=stage), str(tiny_model), pad_id=2)
+    try:
+        b = two.call("step", table, 0, 0)[0]
+        weights_b = dict(ray.get(two.weights_ref()))
+    finally:
+        two.shutdown()
+    assert a["learner/applied"] == b["learner/applied"] == 1
+    assert b["learner/grad_norm"] == pytest.approx(a["learner/grad_norm"], rel=1e-4)
+    assert b["learner/loss"] == pytest.approx(a["learner/loss"], rel=1e-4, abs=1e-7)
+    assert b["learner/entropy"] == pytest.approx(a["learner/entropy"], rel=1e-5)
+    assert b["rollout/logprob_gap"] == pytest.approx(a["rollout/logprob_gap"], rel=1e-5)
+    lr = a["learner/lr"]
+    worst = max(float(np.abs(weights_a[k] - weights_b[k]).max()) for k in weights_a)
+    assert worst < 0.05 * lr  # Adam's first step is about lr * sign(g): same gradient, same update
+
+
+def test_lr_decays_once_per_training_step(ray_local, tiny_model):
+    # Two mini-batches make two optimizer updates per step; the decay counts steps, not updates.
+    cfg = make_cfg(tiny_model, mini_batches=2, lr_gamma=0.5, warmup_steps=0, lr_min=0.0)
+    group = LearnerGroup(cfg, str(tiny_model), pad_id=2)
+    try:
+        first = group.call("step", batch(7), 0, 0)[0]
+        second = group.call("step", batch(8), 1, 1)[0]
+        assert first["learner/applied"] == second["learner/applied"] == 2
+        assert first["learner/lr"] == pytest.approx(1e-3)
+        assert second["learner/lr"] == pytest.approx(0.5e-3)
+        again = group.call("step", batch(8), 1, 5)[0]  # the driver's step decides, not a counter
+        assert again["learner/lr"] == pytest.approx(1e-3 * 0.5 ** 5)
     finally:
         group.shutdown()

@@ -1,12 +1,21 @@
-"""Property and adversarial tests: scoring never raises, stays in range, and stays fast."""
+"""Property and adversarial tests: scoring never raises, stays in range, and stays fast.
+
+Every call here is strict: an exception inside the scorer fails the test instead of scoring 0.
+"""
 
 import json
 import time
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from toolexpander.rewards import ZERO, RewardVector, parse_completion, score
+from toolexpander.rewards import ZERO, RewardVector, parse_completion
+from toolexpander.rewards import score as lenient_score
 from toolexpander.types import Task
+
+
+def score(text, task, **kwargs) -> RewardVector:
+    """The scorer with strict=True: a scorer exception fails the test (the worker would score 0)."""
+    return lenient_score(text, task, strict=True, **kwargs)
 
 BONUS = 0.01
 CALLS = [("get_weather", {"city": "Paris", "days": 3}), ("get_weather", {"city": "Rome"}),

@@ -1,11 +1,14 @@
 """Every reward dimension on hand-made tasks and completions, with exact numbers."""
 
+import importlib
 import json
 
 import pytest
 
-from toolexpander.rewards import ZERO, RewardVector, score, score_batch
+from toolexpander.rewards import ZERO, RewardVector, score, score_batch, score_group
 from toolexpander.types import REWARD_DIMS, Task
+
+score_module = importlib.import_module("toolexpander.rewards.score")  # `rewards.score` is the function
 
 TOOLS = ["get_weather", "get_time", "search"]
 
@@ -235,3 +238,24 @@ def test_score_batch_matches_score():
     texts = [completion(PARIS, CET), completion(PARIS), "garbage", completion(response="x")]
     assert score_batch(texts, t) == [score(c, t) for c in texts]
     assert score_batch([], t) == []
+
+
+def test_a_scorer_exception_scores_zero_is_counted_and_strict_reraises(monkeypatch):
+    t = task([PARIS])
+    texts = [completion(PARIS), "boom", completion(ROME)]
+    expected = [score(texts[0], t), ZERO, score(texts[2], t)]
+    real = score_module._dims
+
+    def dims_or_raise(text, exp, bonus):
+        if text == "boom":
+            raise KeyError("scorer bug")
+        return real(text, exp, bonus)
+
+    monkeypatch.setattr(score_module, "_dims", dims_or_raise)
+    scored = score_group(texts, t)                        # does not raise
+    assert scored.rewards == expected and expected[0].total == 5.0
+    assert [(i, type(e), str(e)) for i, e in scored.errors] == [(1, KeyError, "'scorer bug'")]
+    assert score_batch(texts, t) == expected and score("boom", t) == ZERO
+    assert score_group(texts[:1], t).errors == []
+    with pytest.raises(KeyError, match="scorer bug"):
+        score_batch(texts, t, strict=True)

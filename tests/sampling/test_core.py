@@ -5,9 +5,10 @@ import io
 import numpy as np
 import pytest
 
-from toolexpander.config import SamplerConfig
+from toolexpander.config import Config, SamplerConfig
+from toolexpander.rewards import score
 from toolexpander.sampling.core import SamplerCore
-from toolexpander.types import REWARD_DIMS, SUBTASKS
+from toolexpander.types import REWARD_DIMS, SUBTASKS, Task
 
 D = len(REWARD_DIMS)
 EXEMPLAR = REWARD_DIMS.index("exemplar")
@@ -116,17 +117,90 @@ def test_record_result_and_metrics():
     assert 0.0 < m["sampler/priority_entropy"] < 1.0
 
 
-def test_exemplar_only_spread_is_signal_under_reward_weights():
-    core = make_core()
-    r = np.zeros((1, 10, D))
-    r[0, :5, EXEMPLAR] = 0.01
-    assert core.record(np.array([1]), np.array([0]), r).informative.tolist() == [True]
+def _default_core(**cfg) -> SamplerCore:
+    """A core wired exactly as the Sampler actor wires it from Config() (reward weights and bonus)."""
+    c = Config(sampler=cfg)
     P = 8
+    weights = np.array([c.reward.weights.get(d, 0.0) for d in REWARD_DIMS])
+    return SamplerCore(c.sampler, np.ones(P, np.int8), np.arange(P + 1), np.arange(P), np.arange(P),
+                       exemplar_bonus=c.reward.exemplar_bonus, reward_weights=weights)
+
+
+def _scored(texts) -> np.ndarray:
+    """(1, n, D) raw reward vectors of real completions of one task, scored with Config() defaults."""
+    c = Config().reward
+    t = Task.model_validate({"id": "t", "tools": [{"name": "get_time"}, {"name": "search"}],
+                             "messages": [{"role": "user", "content": "time in Paris?"}],
+                             "answer": {"tool_calls": [{"name": "get_time", "arguments": {"tz": "CET"}}]}})
+    vectors = [score(x, t, c.weights, c.exemplar_bonus) for x in texts]
+    return np.array([[[v.as_dict()[d] for d in REWARD_DIMS] for v in vectors]])
+
+
+WRONG_CALL = '<tool_call>\n{"name": "search", "arguments": {"q": "time"}}\n</tool_call>'   # tool_name 0
+EXAMPLE = '<example>{"name": "search", "arguments": {"q": "x"}}</example> search is the wrong tool here'
+
+
+def test_exemplar_bonus_alone_is_not_signal_by_default():
+    bare, with_example = f"<think>ok</think>{WRONG_CALL}", f"<think>{EXAMPLE}</think>{WRONG_CALL}"
+    r = _scored([bare] * 5 + [with_example] * 5)       # the largest std the bonus alone makes: 0.005
+    assert np.flatnonzero(np.ptp(r[0], axis=0)).tolist() == [EXEMPLAR]        # differs only there
+    assert sorted(set(r[0, :, EXEMPLAR])) == [0.0, 0.01]
+    assert _default_core().record(np.array([1]), np.array([0]), r).informative.tolist() == [False]
+    hit = _scored([bare] * 9 + ['<think>ok</think><tool_call>\n{"name": "get_time"}\n</tool_call>'])
+    assert np.flatnonzero(np.ptp(hit[0], axis=0)).tolist() == [REWARD_DIMS.index("tool_name")]  # std 0.3
+    assert _default_core().record(np.array([1]), np.array([0]), hit).informative.tolist() == [True]
+    # Opting in (signal_tol 0, warned) makes the bonus a signal, unless reward.weights drops the exemplar.
+    with pytest.warns(UserWarning, match="sampler.signal_tol"):
+        opted_in = _default_core(signal_tol=0.0)
+    assert opted_in.record(np.array([1]), np.array([0]), r).informative.tolist() == [True]
     w = np.ones(D)
     w[EXEMPLAR] = 0.0
-    core = SamplerCore(SamplerConfig(), np.ones(P, np.int8), np.arange(P + 1), np.arange(P), np.arange(P),
-                       reward_weights=w)
+    core = SamplerCore(SamplerConfig(signal_tol=0.0), np.ones(8, np.int8), np.arange(9), np.arange(8),
+                       np.arange(8), reward_weights=w)
     assert core.record(np.array([1]), np.array([0]), r).informative.tolist() == [False]
+
+
+def test_hard_rounds_off_keeps_every_prompt_bare_and_unparked():
+    core = make_core(hard_rounds=False, cooldown=3)
+    for _ in range(6):                                         # with hard rounds: 1, 2, 3 demos, parked
+        draws = step(core, 8, fails={0})
+        assert sorted(draws) == list(range(8))                 # prompt 0 is never parked
+        assert all(d.demo_round == 0 and d.demo_prompts == () for d in draws.values())
+    m = core.metrics()
+    assert m["sampler/parked"] == 0.0 and m["sampler/demo_round/0"] == 8.0
+    res = core.record(np.array([0]), np.array([0]), rewards([0]))
+    assert res.all_fail.tolist() == [True] and res.metrics["sampler/all_fail_share"] == 1.0  # still seen
+    assert core.state_dict()["demo_round"][0] == 0
+
+
+def test_uniform_priority_weighs_every_eligible_prompt_one():
+    core = make_core(P=200, codes=np.zeros(200, np.int8), priority="uniform", seed=0)
+    core.record(np.arange(100), np.zeros(100, np.int64), rewards([10] * 100))   # 0..99 solved
+    core.end_step()
+    assert core.metrics()["sampler/priority_entropy"] == pytest.approx(1.0, abs=1e-12)
+    assert core.state_dict()["seen"][:100].tolist() == [10] * 100              # stats still kept
+    drawn = np.array([d.prompt for _ in range(20) for d in core.next_batch(10)])
+    assert 0.4 < (drawn >= 100).mean() < 0.6                   # reward_stats: > 0.9 (weights 1.55 vs 0.05)
+    parked = make_core(priority="uniform", cooldown=3)
+    for _ in range(4):
+        step(parked, 8, fails={0})
+    assert sorted(step(parked, 8, fails={0})) == list(range(1, 8))   # parked still means weight 0
+
+
+def test_curriculum_off_splits_the_batch_by_eligible_prompts():
+    codes = np.array([0] * 10 + [1] * 20 + [2] * 5 + [3] * 5)
+    on, off = make_core(P=40, codes=codes), make_core(P=40, codes=codes, curriculum=False)
+    for core in (on, off):
+        for _ in range(5):                                     # `single` always solved, others never
+            core.record(np.array([10, 11, 0, 30, 35]), np.zeros(5, np.int64), rewards([10, 10, 0, 0, 0]))
+            core.end_step()
+    m = off.metrics()
+    assert m["sampler/mastery/single"] == pytest.approx(1 - 0.9 ** 5)       # still tracked and logged
+    assert [m[f"sampler/share/{t}"] for t in SUBTASKS] == [0.25, 0.5, 0.125, 0.125]
+    assert on.metrics()["sampler/share/single"] < 0.2          # the curriculum shifts away from `single`
+    for _ in range(3):
+        counts = np.bincount(codes[[d.prompt for d in off.next_batch(8)]], minlength=4)
+        assert counts.tolist() == [2, 4, 1, 1]
 
 
 def test_shares_move_toward_the_least_mastered_subtask():

@@ -68,10 +68,41 @@ def test_priority_hand_case():
     mean[0] = [1.0, 1.0, 0.5, 0.5, 0.0, 0.0]            # mean_d m = 0.5
     var[0] = [0.0, 0.0, 0.25, 0.25, 0.0, 0.0]           # mean_d sqrt(v) = (0.5 + 0.5) / 6
     mean[2] = 1.0                                       # solved: mean 1, var 0
-    w = stats.priority(seen, mean, var, eps=0.05, alpha=2.0, beta=1.0, prior_mean=0.0, prior_std=0.5)
+    w = stats.priority(seen, mean, var, eps=0.05, alpha_D=np.full(D, 2.0 / D), beta=1.0, prior_mean=0.0,
+                       prior_std=0.5)
     assert w[0] == pytest.approx(0.05 + 2.0 * (1.0 / 6) + 1.0 * 0.5, abs=1e-15)
     assert w[1] == pytest.approx(0.05 + 2.0 * 0.5 + 1.0, abs=1e-15)   # unseen: the prior
     assert w[2] == pytest.approx(0.05, abs=1e-15)                      # solved fades to eps, not 0
+
+
+def test_priority_weighs_each_dimension_std_by_its_own_alpha():
+    seen = np.array([4, 4, 0])
+    mean = np.full((3, D), 0.5)                         # beta term: 1 - 0.5
+    var = np.zeros((3, D))
+    var[0] = [0.0, 0.25, 0.04, 0.01, 0.0, 0.09]         # sqrt: 0, 0.5, 0.2, 0.1, 0, 0.3
+    var[1] = [0.25, 0.0, 0.0, 0.0, 0.0, 0.0]            # sqrt: 0.5 on `format` only
+    alpha_D = np.array([0.0, 2.0, 0.0, 1.0, 0.0, 0.5])  # format, tool_name, ..., correct
+    w = stats.priority(seen, mean, var, eps=0.05, alpha_D=alpha_D, beta=1.0, prior_mean=0.0, prior_std=0.5)
+    # 0.05 + (2 * 0.5 + 1 * 0.1 + 0.5 * 0.3) + 0.5 = 0.05 + 1.25 + 0.5
+    assert w[0] == pytest.approx(1.8, abs=1e-15)
+    assert w[1] == pytest.approx(0.55, abs=1e-15)       # alpha_format = 0: its spread earns nothing
+    assert w[2] == pytest.approx(0.05 + 3.5 * 0.5 + 1.0, abs=1e-15)  # unseen: prior_std in every dim
+    equal = stats.priority(seen, mean, var, eps=0.05, alpha_D=np.full(D, 1.0 / D), beta=1.0,
+                           prior_mean=0.0, prior_std=0.5)
+    assert equal[0] == pytest.approx(0.05 + 1.1 / 6 + 0.5, abs=1e-15)   # the mean std over dims
+
+
+def test_default_alpha_reproduces_one_alpha_over_the_mean_std():
+    from toolexpander.config import SamplerConfig
+
+    alpha_D = np.array([SamplerConfig().alpha[d] for d in REWARD_DIMS])
+    assert list(alpha_D) == [1.0 / D] * D
+    rng = np.random.default_rng(3)
+    seen, mean, var = rng.integers(0, 3, 50), rng.random((50, D)), rng.random((50, D)) * 0.25
+    w = stats.priority(seen, mean, var, eps=0.05, alpha_D=alpha_D, beta=1.0, prior_mean=0.0, prior_std=0.5)
+    old = 0.05 + np.where(seen == 0, 0.5, np.sqrt(var).mean(axis=1)) + np.where(seen == 0, 1.0,
+                                                                                1.0 - mean.mean(axis=1))
+    np.testing.assert_allclose(w, old, rtol=0, atol=1e-15)
 
 
 def test_unseen_beats_every_seen_prompt_with_default_prior():
@@ -80,8 +111,8 @@ def test_unseen_beats_every_seen_prompt_with_default_prior():
     seen, mean, m2 = np.zeros(P, np.int64), np.zeros((P, D)), np.zeros((P, D))
     slots = np.arange(1, P)
     _welford_record(seen, mean, m2, slots, (rng.random((P - 1, 10, D)) < rng.random((P - 1, 1, 1))) * 1.0)
-    w = stats.priority(seen, mean, stats.variance(seen, m2, "welford"), eps=0.05, alpha=1.0, beta=1.0,
-                       prior_mean=0.0, prior_std=0.5)
+    w = stats.priority(seen, mean, stats.variance(seen, m2, "welford"), eps=0.05,
+                       alpha_D=np.full(D, 1.0 / D), beta=1.0, prior_mean=0.0, prior_std=0.5)
     assert w[0] == w.max() and (w[1:] < w[0]).all() and (w > 0).all()
 
 

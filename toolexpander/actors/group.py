@@ -139,7 +139,7 @@ class LearnerGroup:
         self.ranks = [cls.options(num_cpus=lc.cpus_per_rank, num_gpus=lc.gpus_per_rank,
                                   scheduling_strategy=_placed(self.pg, r)).remote(
             r, lc.world_size, master_addr, port, model_path, lc.model_dump(), cfg.model.dtype,
-            cfg.train.seed, pad_id) for r in range(lc.world_size)]
+            cfg.train.seed, pad_id, cfg.rollout.temperature) for r in range(lc.world_size)]
         self.call("lr")
 
     def call(self, method: str, *args, **kwargs) -> list:

@@ -6,6 +6,7 @@ In: PromptRequests (from the sampler). Out: one Arrow record batch, one row per 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Iterable
@@ -14,8 +15,10 @@ import pyarrow as pa
 
 from toolexpander.config import RewardConfig, RolloutConfig
 from toolexpander.prompt import prompt_ids
-from toolexpander.rewards import score_batch
+from toolexpander.rewards import GroupScore, score_group
 from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, PromptRequest, RolloutStats
+
+log = logging.getLogger(__name__)
 
 
 def engine_env(worker_index: int, cfg: RolloutConfig, on_gpu: bool) -> dict[str, str]:
@@ -50,6 +53,9 @@ class RolloutWorker:
                        tensor_parallel_size=self.cfg.tensor_parallel_size,
                        gpu_memory_utilization=self.cfg.gpu_memory_utilization,
                        enable_prefix_caching=True,
+                       # log softmax(logits / temperature): the distribution the tokens were drawn
+                       # from, which the learner scores too (raw logprobs ignore the temperature).
+                       logprobs_mode="processed_logprobs",
                        # Seeded requests + chunked prefill crash on the CPU generator ("does not use
                        # offset"): prefill each prompt whole instead.
                        enable_chunked_prefill=on_gpu,
@@ -66,7 +72,7 @@ class RolloutWorker:
         if greedy:
             return SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens or self.cfg.max_tokens,
                                   logprobs=0)
-        # logprobs=0: the sampled token's logprob, raw (before temperature), as the learner computes it.
+        # logprobs=0: the sampled token's logprob at this temperature (logprobs_mode), as the learner scores it.
         return SamplingParams(n=n, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                               max_tokens=max_tokens or self.cfg.max_tokens, logprobs=0, seed=seed)
 
@@ -91,13 +97,12 @@ class RolloutWorker:
                   for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
         columns: dict[str, list] = {f.name: [] for f in ROLLOUT_SCHEMA}
-        completion_tokens = 0
+        completion_tokens = scorer_errors = 0
         for request, (ids, n_demos), out in zip(requests, fitted, outputs):
             texts = [c.text for c in out.outputs]
-            rewards = score_batch(texts, request.task, weights=self.reward.weights,
-                                  exemplar_bonus=self.reward.exemplar_bonus,
-                                  max_chars=self.reward.max_completion_chars)
-            for c, text, r in zip(out.outputs, texts, rewards):
+            scored = self._score(request, texts)
+            scorer_errors += len(scored.errors)
+            for c, text, r in zip(out.outputs, texts, scored.rewards):
                 tokens = list(c.token_ids)
                 completion_tokens += len(tokens)
                 columns["group_id"].append(request.group_id)
@@ -117,9 +122,21 @@ class RolloutWorker:
         batch = pa.RecordBatch.from_pydict(columns, schema=ROLLOUT_SCHEMA)
         stats = RolloutStats(worker=self.index, prompts=len(requests), completions=batch.num_rows,
                              prompt_tokens=sum(len(ids) for ids, _ in fitted),
-                             completion_tokens=completion_tokens,
+                             completion_tokens=completion_tokens, scorer_errors=scorer_errors,
                              seconds=time.perf_counter() - start)
         return batch, stats
+
+    def _score(self, request: PromptRequest, texts: list[str]) -> GroupScore:
+        """Score one group. A completion whose scoring raised scores 0 and is logged with the task id
+        (a scorer bug must not pass for a model that earns nothing)."""
+        scored = score_group(texts, request.task, weights=self.reward.weights,
+                             exemplar_bonus=self.reward.exemplar_bonus,
+                             max_chars=self.reward.max_completion_chars)
+        if scored.errors:
+            i, e = scored.errors[0]
+            log.warning("scorer raised on %d of %d completions of task %s (scored 0); first, completion "
+                        "%d: %r", len(scored.errors), len(texts), request.task.id, i, e, exc_info=e)
+        return scored
 
     def update_weights(self, version: int, named_tensors: Iterable[tuple[str, "object"]]) -> float:
         """Load new parameters into the running engine (no restart); returns seconds taken."""

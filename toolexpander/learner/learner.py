@@ -28,6 +28,9 @@ class Group:
     completions: list[list[int]]       # n x (T_c,) sampled tokens
     rollout_logprobs: list[list[float]]  # n x (T_c,) log pi as vLLM sampled them
     rewards_n: np.ndarray              # (n,) reward_total
+    # A rank with fewer groups than the others repeats one with padding=True so that collectives
+    # match: zero advantage, and no tokens in any mean (loss, metrics, logprob gap).
+    padding: bool = False
     advantages_n: torch.Tensor = field(default=None)   # (n,)
     # (n, T_c max) log pi_old, recomputed by the learner before the first update; None when the batch
     # gets one update only: then pi_old is the policy being trained and the gradient pass's own
@@ -36,7 +39,7 @@ class Group:
 
     @property
     def tokens(self) -> int:
-        return sum(len(c) for c in self.completions)
+        return 0 if self.padding else sum(len(c) for c in self.completions)
 
 
 def groups_from_table(table: pa.Table) -> list[Group]:
@@ -62,6 +65,7 @@ def _as_float32_array(p: torch.Tensor, copy: bool) -> np.ndarray:
 
 
 def ds_config(cfg: LearnerConfig, dtype: str) -> dict:
+    """DeepSpeed's config; no LR scheduler: Learner.step sets the LR per training step itself."""
     return {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
@@ -80,7 +84,7 @@ def ds_config(cfg: LearnerConfig, dtype: str) -> dict:
 class Learner:
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int,
                  model_path: str, learner: dict, dtype: str = "float32", seed: int = 0,
-                 pad_id: int = 0):
+                 pad_id: int = 0, temperature: float = 1.0):
         import deepspeed
         from transformers import AutoModelForCausalLM
 
@@ -98,11 +102,20 @@ class Learner:
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = True
-        schedule = lr_lambda(self.cfg.warmup_steps, self.cfg.lr_gamma, self.cfg.lr, self.cfg.lr_min)
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-            config=ds_config(self.cfg, dtype),
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+            config=ds_config(self.cfg, dtype))
+        # ZeRO-0 applies whatever gradient it is given, so _update averages the ranks' gradients
+        # itself, checks them and takes their norm before step(); step() must not average again.
+        self.engine.enable_backward_allreduce = self.cfg.zero_stage > 0
+        # The LR is a function of the training step (not of optimizer updates, which are
+        # ppo_epochs x mini_batches per step): Learner.step sets it before its updates.
+        self.schedule = lr_lambda(self.cfg.warmup_steps, self.cfg.lr_gamma, self.cfg.lr, self.cfg.lr_min)
+        self.train_steps = 0   # training steps taken; the next step's LR is schedule(train_steps)
+        self._set_lr(self.train_steps)
+        # Sampling temperature of the rollouts: the learner scores log softmax(logits / T), the
+        # distribution the tokens were drawn from (vLLM returns processed logprobs at the same T).
+        self.temperature = temperature
         self.pad_id = pad_id
         self.updates = 0
         self.nonfinite_in_row = 0
@@ -118,17 +131,25 @@ class Learner:
         longest = math.ceil(len(groups) / self.world_size)
         while len(mine) < longest:
             g = groups[-1]
-            mine.append(Group(g.prompt, g.completions, g.rollout_logprobs, np.zeros_like(g.rewards_n)))
+            mine.append(Group(g.prompt, g.completions, g.rollout_logprobs, np.zeros_like(g.rewards_n),
+                              padding=True))
         return mine
 
     def logprobs(self, group: Group, grad: bool):
         with torch.set_grad_enabled(grad):
             return self._logprobs(self.engine.module, group.prompt, group.completions,
-                                  pad_id=self.pad_id, return_entropy=grad)
+                                  temperature=self.temperature, pad_id=self.pad_id, return_entropy=grad)
 
-    def step(self, table: pa.Table, step_seed: int = 0) -> dict[str, float]:
-        """ppo_epochs x mini_batches updates on one batch of groups; returns learner metrics."""
+    def step(self, table: pa.Table, step_seed: int = 0, train_step: int | None = None) -> dict[str, float]:
+        """ppo_epochs x mini_batches updates on one batch of groups; returns learner metrics.
+
+        train_step (the driver's step; default: the steps this learner has taken) sets the LR:
+        lr * schedule(train_step), however many updates the step makes. `learner/applied` counts
+        the updates the optimizer really applied: 0 means the weights did not change.
+        """
         start = time.perf_counter()
+        self.train_steps = self.train_steps if train_step is None else train_step
+        self._set_lr(self.train_steps)
         groups = self._my_groups(groups_from_table(table))
         self.engine.module.eval()  # no dropout: ratios must be 1 on the first pass
         one_update = self.cfg.ppo_epochs == 1 and min(self.cfg.mini_batches, len(groups)) == 1
@@ -144,13 +165,14 @@ class Learner:
         rng = np.random.default_rng(step_seed)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        skipped = 0
-        losses = []  # per update, to show the surrogate falling within a batch
+        attempted = applied = 0
+        losses = []  # per applied update, to show the surrogate falling within a batch
         for _ in range(self.cfg.ppo_epochs):
             order = rng.permutation(len(groups)) if self.world_size == 1 else np.arange(len(groups))
             for mb in np.array_split(order, min(self.cfg.mini_batches, len(groups))):
                 metrics, ok = self._update([groups[i] for i in mb])
-                skipped += 0 if ok else 1
+                attempted += 1
+                applied += int(ok)
                 if ok:
                     losses.append(metrics["learner/loss"])
                 for k, v in metrics.items():
@@ -159,13 +181,22 @@ class Learner:
         out = {k: sums[k] / counts[k] for k in sums}
         if losses:
             out["learner/loss_first_update"], out["learner/loss_last_update"] = losses[0], losses[-1]
-        out.update({"learner/skipped": float(skipped), "learner/lr": self.lr(),
+        gap = self._sum_ranks([self._gap[0], float(self._gap[1])])
+        out.update({"learner/skipped": float(attempted - applied),
+                    "learner/applied": float(applied), "learner/lr": self.lr(),
                     "learner/updates": float(self.updates),
-                    "rollout/logprob_gap": self._gap[0] / max(self._gap[1], 1),
+                    "rollout/logprob_gap": gap[0] / max(gap[1], 1.0),
                     "time/learner_compute_s": time.perf_counter() - start})
+        self.train_steps += 1
         return out
 
+    def _set_lr(self, train_step: int) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * self.schedule(train_step)
+
     def _add_gap(self, g: Group, lp: torch.Tensor, mask: torch.Tensor) -> None:
+        if g.padding:
+            return
         vllm = torch.zeros_like(lp)
         for i, row in enumerate(g.rollout_logprobs):
             vllm[i, :len(row)] = torch.tensor(row, dtype=lp.dtype)
@@ -173,8 +204,14 @@ class Learner:
         self._gap[1] += int(mask.sum())
 
     def _update(self, groups: list[Group]) -> tuple[dict[str, float], bool]:
-        token_count = sum(g.tokens for g in groups)
-        finite = True
+        """One optimizer update on this rank's share of a mini-batch. The loss is the mean over every
+        completion token of the mini-batch on all ranks (padding groups add none). Every group is
+        back-propagated, even a non-finite one (ranks must run the same collectives); a non-finite
+        gradient is then caught by our check (ZeRO-0) or DeepSpeed's (ZeRO-1/2/3), and the update
+        is skipped with NaN where a metric has no value. Returns (metrics, applied)."""
+        global_tokens = self._sum_ranks([float(sum(g.tokens for g in groups))])[0]
+        # DeepSpeed averages gradients over ranks, so each rank divides by global_tokens / world_size.
+        token_count = max(global_tokens, 1.0) / self.world_size
         merged: dict[str, float] = {}
         for g in groups:
             lp, mask, entropy = self.logprobs(g, grad=True)
@@ -185,42 +222,57 @@ class Learner:
             out = clipped_surrogate(lp, old, g.advantages_n, mask,
                                     eps_low=self.cfg.eps_low, eps_high=self.cfg.eps_high,
                                     dual_clip=self.cfg.dual_clip, token_count=token_count)
-            if not all_finite(out.loss):
-                finite = False
-                continue
             self.engine.backward(out.loss)
-            weight = g.tokens / max(token_count, 1)
-            merged["learner/loss"] = merged.get("learner/loss", 0.0) + float(out.loss.detach())
+            weight = g.tokens / max(global_tokens, 1.0)
+            merged["learner/loss"] = merged.get("learner/loss", 0.0) + float(out.loss.detach()) / self.world_size
             merged["learner/entropy"] = merged.get("learner/entropy", 0.0) + weight * float(entropy)
             for k, v in out.metrics.items():
                 merged[k] = merged.get(k, 0.0) + weight * v
-        local_norm = self._local_grad_norm()
-        finite = self._all_ranks(finite and math.isfinite(local_norm))
-        if not finite:
-            self.engine.zero_grad()
-            self.optimizer.zero_grad()
+        names = sorted(merged)
+        merged = dict(zip(names, self._sum_ranks([merged[k] for k in names])))
+        applied, merged["learner/grad_norm"] = self._apply()
+        if not applied:
             self.nonfinite_in_row += 1
-            return {"learner/nonfinite": 1.0}, False
-        self.engine.step()
-        self.updates += 1
+            return {**merged, "learner/nonfinite": 1.0}, False
         self.nonfinite_in_row = 0
-        norm = self.engine.get_global_grad_norm()  # None/unset on some ZeRO stages
-        norm = float(norm) if norm is not None and math.isfinite(float(norm)) else local_norm
-        merged["learner/grad_norm"] = norm
         return merged, True
 
+    def _apply(self) -> tuple[bool, float]:
+        """The optimizer step on the accumulated gradients, unless any is non-finite. Returns whether
+        it was applied and the gradient norm before clipping (NaN when skipped)."""
+        zero0_norm = float("nan")
+        if self.cfg.zero_stage == 0:  # plain fp32 ZeRO-0 applies whatever it is given: check first
+            if self.world_size > 1:  # the averaged gradient, so the check and norm are the update's
+                self.engine.buffered_allreduce_fallback()
+            zero0_norm = self._local_grad_norm()
+            if not self._all_ranks(math.isfinite(zero0_norm)):
+                self.engine.zero_grad()
+                self.optimizer.zero_grad()
+                return False, float("nan")
+        self.engine.step()
+        if not self.engine.was_step_applied():  # ZeRO-1/2/3 found an overflow and skipped the step
+            return False, float("nan")
+        self.updates += 1
+        norm = self.engine.get_global_grad_norm()  # unset on ZeRO-0: its clipping does not record it
+        return True, float(norm) if norm is not None else zero0_norm
+
     def _local_grad_norm(self) -> float:
-        """L2 norm of this rank's gradients before clipping (NaN/inf when any is non-finite)."""
+        """L2 norm of the gradients held on this rank, before clipping (NaN/inf when any is non-finite)."""
         squares = [p.grad.detach().float().pow(2).sum() for p in self.engine.module.parameters()
                    if p.grad is not None]
         return math.sqrt(float(sum(squares))) if squares else 0.0
 
     def _all_ranks(self, flag: bool) -> bool:
+        return self._sum_ranks([0.0 if flag else 1.0])[0] == 0.0
+
+    def _sum_ranks(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks (NaN propagates); the identity with one rank."""
         if self.world_size == 1:
-            return flag
-        t = torch.tensor([0.0 if flag else 1.0])
+            return list(values)
+        device = "cuda" if self.backend == "nccl" else "cpu"
+        t = torch.tensor(values, dtype=torch.float64, device=device)
         torch.distributed.all_reduce(t)
-        return float(t) == 0.0
+        return t.tolist()
 
     # ---- state ---------------------------------------------------------------------------------
     def lr(self) -> float:
@@ -291,8 +343,8 @@ class Learner:
         return digest.hexdigest()
 
     def save(self, directory: str, client_state: dict) -> None:
-        self.engine.save_checkpoint(directory, tag="state",
-                                    client_state={**client_state, "updates": self.updates})
+        self.engine.save_checkpoint(directory, tag="state", client_state={
+            **client_state, "updates": self.updates, "train_steps": self.train_steps})
 
     def load(self, directory: str) -> dict:
         _, client_state = self.engine.load_checkpoint(directory, tag="state", load_optimizer_states=True,
@@ -300,6 +352,8 @@ class Learner:
         if client_state is None:
             raise RuntimeError(f"{directory}: DeepSpeed found no checkpoint to load")
         self.updates = int(client_state.get("updates", self.updates))
+        self.train_steps = int(client_state.get("train_steps", self.train_steps))
+        self._set_lr(self.train_steps)
         return client_state
 
     def export_hf(self, directory: str, tokenizer_dir: str) -> None:
@@ -312,3 +366,34 @@ class Learner:
         state = {name: torch.from_numpy(w) for name, w in weights}
         self.engine.module.save_pretrained(directory, state_dict=state, safe_serialization=True)
         AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(directory)
+
+    # ---- supervised warm start (toolexpander sft) -----------------------------------------------
+    def sft_step(self, examples: list[tuple[list[int], list[int]]], step: int) -> dict[str, float]:
+        """One optimizer update of cross-entropy on the answer tokens of (prompt ids, answer ids)
+        examples; the whole batch goes to every rank, each trains on its share. The loss is the mean
+        over every answer token of the batch on all ranks; the LR is lr * schedule(step)."""
+        start = time.perf_counter()
+        self._set_lr(step)
+        lr = self.lr()
+        # This rank's share, weight 1; a shorter share repeats an example with weight 0 so that
+        # every rank runs the same backward passes and collectives.
+        share = [(p, a, 1.0) for p, a in examples[self.rank::self.world_size]]
+        while len(share) < math.ceil(len(examples) / self.world_size):
+            share.append((*examples[-1], 0.0))
+        tokens = sum(len(a) for _, a in examples)
+        # DeepSpeed averages gradients over ranks, so each rank divides its sum by tokens / world_size.
+        scale = self.world_size / max(tokens, 1)
+        self.engine.module.eval()  # no dropout, as in the GRPO step
+        nll = 0.0
+        for prompt, answer, weight in share:
+            logprobs_1T, _ = completion_logprobs_plain(self.engine.module, prompt, [answer], temperature=1.0,
+                                                       pad_id=self.pad_id)
+            nll_sum = -logprobs_1T.sum()
+            self.engine.backward(nll_sum * (weight * scale))
+            nll += weight * float(nll_sum.detach())
+        nll = self._sum_ranks([nll])[0]
+        out = {"sft/loss": nll / max(tokens, 1), "sft/tokens": float(tokens), "learner/lr": lr,
+               "sft/input_tokens": float(sum(len(p) + len(a) for p, a in examples))}
+        applied, out["learner/grad_norm"] = self._apply()
+        out.update({"sft/skipped": float(not applied), "time/learner_compute_s": time.perf_counter() - start})
+        return out

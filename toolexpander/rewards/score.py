@@ -1,6 +1,7 @@
 """The reward vector of a completion against a Task (DESIGN.md "Rewards").
 
-Completion text + Task in, RewardVector out. Model output is untrusted: scoring it never raises.
+Completion text + Task in, RewardVector out. Model output is untrusted: scoring it never raises; a
+completion whose scoring fails anyway scores ZERO and is counted (score_group's `errors`).
 """
 
 from __future__ import annotations
@@ -196,25 +197,46 @@ def _score(completion: str, exp: _Expected, w: dict[str, float], exemplar_bonus:
            max_chars: int) -> RewardVector:
     if not isinstance(completion, str) or len(completion) > max_chars:
         return ZERO
-    try:
-        dims = _dims(completion, exp, exemplar_bonus)
-    except Exception:  # untrusted model output: anything unforeseen scores 0, never crashes a worker
-        return ZERO
+    dims = _dims(completion, exp, exemplar_bonus)
     return RewardVector(**dims, total=sum(w[d] * dims[d] for d in REWARD_DIMS))
 
 
+@dataclass(frozen=True)
+class GroupScore:
+    rewards: list[RewardVector]             # one per completion; ZERO where scoring raised
+    errors: list[tuple[int, Exception]]     # (completion index, exception) of each that raised
+
+
+def score_group(completions: Sequence[str], task: Task, weights: Mapping[str, float] | None = None,
+                exemplar_bonus: float = 0.01, max_chars: int = 65536, strict: bool = False) -> GroupScore:
+    """Score every completion of one task (the ground truth is normalised once). A completion whose
+    scoring raises gets ZERO and is listed in `errors` (a scorer bug must show up in the logs, not
+    silently zero the reward); strict=True re-raises instead (tests)."""
+    exp, w = _expected(task), _weights(weights)
+    rewards, errors = [], []
+    for i, c in enumerate(completions):
+        try:
+            rewards.append(_score(c, exp, w, exemplar_bonus, max_chars))
+        except Exception as e:  # untrusted model output: scores 0, counted, never crashes a worker
+            if strict:
+                raise
+            rewards.append(ZERO)
+            errors.append((i, e))
+    return GroupScore(rewards, errors)
+
+
 def score(completion: str, task: Task, weights: Mapping[str, float] | None = None,
-          exemplar_bonus: float = 0.01, max_chars: int = 65536) -> RewardVector:
+          exemplar_bonus: float = 0.01, max_chars: int = 65536, strict: bool = False) -> RewardVector:
     """Score one completion against task.answer (and task.tools for the exemplar).
 
-    Raises only on bad weights; any completion string gets a vector (ZERO when unparseable in
-    bounded time or longer than max_chars).
+    Raises only on bad weights (or, with strict=True, when scoring itself fails); any completion
+    string gets a vector (ZERO when unparseable in bounded time or longer than max_chars).
     """
-    return _score(completion, _expected(task), _weights(weights), exemplar_bonus, max_chars)
+    return score_group([completion], task, weights, exemplar_bonus, max_chars, strict).rewards[0]
 
 
 def score_batch(completions: Sequence[str], task: Task, weights: Mapping[str, float] | None = None,
-                exemplar_bonus: float = 0.01, max_chars: int = 65536) -> list[RewardVector]:
-    """score() for each completion of one task (the ground truth is normalised once)."""
-    exp, w = _expected(task), _weights(weights)
-    return [_score(c, exp, w, exemplar_bonus, max_chars) for c in completions]
+                exemplar_bonus: float = 0.01, max_chars: int = 65536,
+                strict: bool = False) -> list[RewardVector]:
+    """score() for each completion of one task; score_group also says which ones raised."""
+    return score_group(completions, task, weights, exemplar_bonus, max_chars, strict).rewards

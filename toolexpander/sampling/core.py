@@ -1,5 +1,6 @@
 """SamplerCore: the sampler's whole state as numpy arrays and its verbs (next_batch, record, end_step,
 metrics, state_dict). Pure: the Ray actor wraps it and converts Tasks <-> prompt indices.
+Ablation switches (SamplerConfig): hard_rounds, priority ("reward_stats" | "uniform"), curriculum.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class SamplerCore:
         self.num_prompts = P
         self.exemplar_bonus = float(exemplar_bonus)
         self.weights_D = np.ones(D) if reward_weights is None else np.asarray(reward_weights, np.float64)
+        self.alpha_D = np.array([cfg.alpha.get(d, 0.0) for d in REWARD_DIMS])   # per-dim std weight
         self.schedule = np.asarray(cfg.demo_schedule, dtype=np.int64)
         self._order = np.argsort(codes_P, kind="stable")          # slot -> prompt
         self._pos = np.empty(P, dtype=np.int64)
@@ -83,7 +85,7 @@ class SamplerCore:
         if exclude is not None and len(exclude):
             w_S[self._pos[np.asarray(exclude, dtype=np.int64)]] = 0.0
         capacity_T = self._capacity(w_S)
-        q_T = curriculum.shares(self._mastery_T, self.cfg.tau, self.cfg.q_min, capacity_T > 0)
+        q_T = self._shares(capacity_T)
         counts_T = curriculum.allocate(batch_size, q_T, capacity_T, self.rng)
         slots = [curriculum.draw_weighted(w_S[self._bounds[t]:self._bounds[t + 1]], counts_T[t], self.rng)
                  + self._bounds[t] for t in range(T) if counts_T[t] > 0]
@@ -103,17 +105,27 @@ class SamplerCore:
     def _capacity(self, w_S: np.ndarray) -> np.ndarray:
         return np.array([np.count_nonzero(w_S[self._bounds[t]:self._bounds[t + 1]]) for t in range(T)])
 
+    def _shares(self, capacity_T: np.ndarray) -> np.ndarray:
+        """Sub-task shares: from mastery (the curriculum), or by eligible prompts when it is off."""
+        if not self.cfg.curriculum:
+            return curriculum.proportional_shares(capacity_T)
+        return curriculum.shares(self._mastery_T, self.cfg.tau, self.cfg.q_min, capacity_T > 0)
+
     def _priority(self, slots) -> np.ndarray:
         c = self.cfg
-        var = stats.variance(self._seen_S[slots], self._spread_SD[slots], c.stats)
-        return stats.priority(self._seen_S[slots], self._mean_SD[slots], var, eps=c.eps, alpha=c.alpha,
+        seen = self._seen_S[slots]
+        if c.priority == "uniform":
+            return np.ones(len(seen))
+        var = stats.variance(seen, self._spread_SD[slots], c.stats)
+        return stats.priority(seen, self._mean_SD[slots], var, eps=c.eps, alpha_D=self.alpha_D,
                               beta=c.beta, prior_mean=c.prior_mean, prior_std=c.prior_std)
 
     # ---- recording ----------------------------------------------------------------------------
     def record(self, prompts: np.ndarray, demo_rounds: np.ndarray, rewards_GnD: np.ndarray) -> RecordResult:
         """Fold G scored groups into the state: reward stats and priority, the step's mastery
         evidence, and the demo-round transitions computed from the round each group was generated
-        with. A group smaller than all_fail_min_n leaves rounds and parking untouched."""
+        with. A group smaller than all_fail_min_n, or hard_rounds off, leaves rounds and parking
+        untouched (all-fail is still detected and reported)."""
         c = self.cfg
         prompts_G = np.asarray(prompts, dtype=np.int64)
         rounds_G = np.asarray(demo_rounds, dtype=np.int64)
@@ -143,7 +155,7 @@ class SamplerCore:
         correct_Gn = raw_GnD[:, :, stats.CORRECT]
         fail_G = hard.all_fail(correct_Gn, c.all_fail_min_n)
         self._streak_S[slots_G] = hard.next_streaks(self._streak_S[slots_G], correct_Gn, c.all_fail_min_n)
-        if correct_Gn.shape[1] >= c.all_fail_min_n:
+        if c.hard_rounds and correct_Gn.shape[1] >= c.all_fail_min_n:
             new_G, park_G = hard.next_rounds(rounds_G, correct_Gn, c.all_fail_min_n, len(self.schedule))
             self._round_S[slots_G] = new_G
             self._parked_until_S[slots_G[park_G]] = self.step + c.cooldown
@@ -166,8 +178,7 @@ class SamplerCore:
     # ---- reporting ----------------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
         w_S = self._eligible_weights()
-        capacity_T = self._capacity(w_S)
-        q_T = curriculum.shares(self._mastery_T, self.cfg.tau, self.cfg.q_min, capacity_T > 0)
+        q_T = self._shares(self._capacity(w_S))
         out = {"sampler/parked": float(np.count_nonzero(self._parked_until_S >= self.step)),
                "sampler/seen_prompts": float(np.count_nonzero(self._seen_S))}
         per_round = np.bincount(self._round_S, minlength=len(self.schedule) + 1)

@@ -1,5 +1,6 @@
-"""Sub-task curriculum: shares q_t from mastery, the per-step count per sub-task, and the weighted
-draw without replacement inside one sub-task. Pure numpy; randomness only from the Generator passed in.
+"""Sub-task curriculum: shares q_t from mastery (or by eligible prompts, curriculum off), the per-step
+count per sub-task, and the weighted draw without replacement inside one sub-task. Pure numpy;
+randomness only from the Generator passed in.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ def shares(mastery_T: np.ndarray, tau: float, q_min: float, active_T: np.ndarray
         if not low_T.any():
             return q_T
         pinned_T |= low_T
+
+
+def proportional_shares(capacity_T: np.ndarray) -> np.ndarray:
+    """Shares with the curriculum off: q_t = eligible prompts of t / all eligible prompts, so the
+    batch is uniform over prompts rather than mastery-driven. All 0 when nothing is eligible."""
+    capacity_T = np.asarray(capacity_T, dtype=np.float64)
+    total = capacity_T.sum()
+    return capacity_T / total if total > 0 else np.zeros_like(capacity_T)
 
 
 def _systematic(total: int, q_T: np.ndarray, rng: np.random.Generator) -> np.ndarray:

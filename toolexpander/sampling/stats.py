@@ -87,19 +87,21 @@ def variance(seen_P: np.ndarray, spread_PD: np.ndarray, mode: str) -> np.ndarray
     return spread_PD / np.maximum(seen_P, 1)[:, None]
 
 
-def priority(seen_P, mean_PD, var_PD, *, eps: float, alpha: float, beta: float,
+def priority(seen_P, mean_PD, var_PD, *, eps: float, alpha_D: np.ndarray, beta: float,
              prior_mean: float, prior_std: float) -> np.ndarray:
-    """w_p = eps + alpha * mean_d sqrt(v_d) + beta * (1 - mean_d m_d); unseen prompts use the prior.
+    """w_p = eps + sum_d alpha_d * sqrt(v_d) + beta * (1 - mean_d m_d); unseen prompts use the prior
+    (sqrt(v_d) = prior_std in every dim, mean m = prior_mean).
 
-    Both terms average over the D dims (not sum), so alpha and beta keep their meaning whatever D is;
-    with rewards in [0, 1] each term lies in [0, 1] (std <= 0.5). Never 0: w >= eps.
+    alpha_D (D,) weighs each dimension's std; alpha_d = 1/D each makes the std term the mean std
+    over dims (in [0, 0.5] with rewards in [0, 1]; the mean term lies in [0, 1]). Never 0: w >= eps.
     """
-    std_P = np.sqrt(np.maximum(var_PD, 0.0)).mean(axis=1)
+    alpha_D = np.asarray(alpha_D, dtype=np.float64)
+    std_P = np.sqrt(np.maximum(var_PD, 0.0)) @ alpha_D
     mean_P = mean_PD.mean(axis=1)
     unseen = seen_P == 0
-    std_P = np.where(unseen, prior_std, std_P)
+    std_P = np.where(unseen, prior_std * alpha_D.sum(), std_P)
     mean_P = np.where(unseen, prior_mean, mean_P)
-    return eps + alpha * std_P + beta * (1.0 - mean_P)
+    return eps + std_P + beta * (1.0 - mean_P)
 
 
 def accumulate_correct(sum_T, groups_T, subtask_G, correct_Gn) -> None:
