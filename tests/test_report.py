@@ -33,6 +33,9 @@ def record(step: int) -> dict:
               "learner/clip_frac": 0.02, "learner/approx_kl": 1e-4 * step,
               "learner/entropy": 1.2 - 0.02 * step,
               "learner/skipped": False})
+    if step == 0:  # eval.before: the starting policy, logged in the first row
+        r["eval_before/bfcl/simple"] = 0.1
+        r["eval_before/bfcl/parallel"] = 0.05
     if step % 10 == 9:
         r["eval/bfcl/simple"] = 0.3 + 0.02 * step
         r["eval/bfcl/parallel"] = 0.2 + 0.01 * step
@@ -69,6 +72,7 @@ def test_report_writes_every_plot_and_an_index(run_dir):
     assert "| `reward/total_mean` | 0.1 (0) | 0.9 (19) | +0.8 |" in index
     assert "| `learner/grad_norm` | 0.5 (0) | 2.4 (19) |" in index
     assert "| `eval/bfcl/simple` | 0.48 (9) | 0.68 (19) | +0.2 |" in index
+    assert "| `eval_before/bfcl/simple` | 0.1 (0) | 0.1 (0) | +0 |" in index
     assert "| 7 | worker_restart | rollout worker 1 died \\| restarting |" in index
     assert "mode=local" not in index  # the step-0 start event is not news
 

@@ -34,7 +34,7 @@ def test_three_steps_end_to_end(repo, tiny_model, tmp_path):
                     "--train.steps", "3", "--rollout.n", "4", "--rollout.max_tokens", "8",
                     "--data.limit", "24", "--sampler.prior_mean", "1", "--sampler.prior_std", "0",
                     "--sampler.cooldown", "5", "--eval.every", "3", "--eval.limit", "1",
-                    "--eval.max_tokens", "8")
+                    "--eval.max_tokens", "8", "--eval.before", "true")
     assert out.returncode == 0, out.stderr[-3000:]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["steps"] == 3 and config["rollout"]["n"] == 4 and config["rollout"]["max_tokens"] == 8
@@ -49,6 +49,13 @@ def test_three_steps_end_to_end(repo, tiny_model, tmp_path):
     # The eval on the last step (eval.every=3): the ToolRL subset, first question per category.
     assert 0.0 <= rows[2]["eval/toolrl/overall"] <= 1.0 and "eval/toolrl/overall" not in rows[1]
     assert json.loads((run_dir / "eval" / "step_000002_toolrl.json").read_text())["entries"]
+    # eval.before: the starting policy on the same questions, in the first row only
+    assert 0.0 <= rows[0]["eval_before/toolrl/overall"] <= 1.0 and "eval_before/toolrl/overall" not in rows[1]
+    assert json.loads((run_dir / "eval" / "before_toolrl.json").read_text())["entries"]
+    # The console has the driver's lines; the actors' output (vLLM, DeepSpeed) is in logs/
+    assert "pid=" not in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
+    assert "vLLM" in (run_dir / "logs" / "rollout-0.log").read_text()
+    assert (run_dir / "logs" / "learner-0.log").stat().st_size > 0
     assert all(r["learner/skipped"] == 0 for r in rows)
     assert (run_dir / "checkpoints" / "step_00000003" / "COMPLETE").is_file()
     assert (run_dir / "hf" / "model.safetensors").is_file()

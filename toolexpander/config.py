@@ -224,6 +224,8 @@ class LoggingConfig(Section):
 
 class EvalConfig(Section):
     every: int = Field(0, ge=0, description="evaluate every K steps (0 = off)")
+    before: bool = Field(False, description="also evaluate the starting policy before the first step of a "
+                         "fresh run, logged in step 0's row as eval_before/<suite>/<category>")
     suites: list[Literal["toolrl", "acebench", "bfcl"]] = Field(default_factory=lambda: ["toolrl"])
     limit: int = Field(16, ge=1, description="questions per suite during training")
     max_tokens: int = Field(256, ge=1)

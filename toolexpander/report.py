@@ -130,6 +130,21 @@ def _line_panel(run: Run, title: str, keys: list[str], events: bool = False, **k
     return [Panel(title, _lines(run, keys, **kw), events=events)] if keys else []
 
 
+def _before_after(run: Run, before_keys: list[str]) -> Callable:
+    """Grouped bars: each eval_before/<suite>/<category> beside the last eval/<suite>/<category>."""
+    def draw(ax):
+        names = [k.removeprefix("eval_before/") for k in before_keys]
+        x = list(range(len(names)))
+        first = [run.series[k][1][0] for k in before_keys]
+        last = [run.series[f"eval/{n}"][1][-1] if f"eval/{n}" in run.series else float("nan") for n in names]
+        ax.bar([i - 0.2 for i in x], first, width=0.4, label="before")
+        ax.bar([i + 0.2 for i in x], last, width=0.4, label="after")
+        ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("score")
+        ax.legend(fontsize=8)
+    return draw
+
+
 def _stacked(run: Run, keys: list[str], label: Callable[[str], str]) -> Callable:
     """Stacked areas over the union of the keys' steps; a key missing at a step counts as 0 there."""
     def draw(ax):
@@ -219,7 +234,8 @@ def _figures(run: Run) -> dict[str, tuple[str, list[Panel]]]:
            + _line_panel(run, "throughput (prompt + answer tokens)", ["sft/tokens_per_s"], ylabel="tokens/s"))
 
     suites = sorted({k.split("/")[1] for k in run.series if k.startswith("eval/") and k.count("/") >= 2})
-    evals = []
+    before = _keys(run, r"eval_before/(.+)")
+    evals = [Panel("before and after training (eval.before, last eval)", _before_after(run, before))] if before else []
     for s in suites:
         evals += _line_panel(run, f"eval: {s}", _keys(run, rf"eval/{re.escape(s)}/(.+)"),
                              label=short(f"eval/{s}/"), ylabel="score")
@@ -247,7 +263,7 @@ def _index(run_dir: Path, run: Run, written: list[tuple[str, str]]) -> str:
     lines += [""] + [f"![{title}]({name}.png)" for name, title in written]
 
     keys = [k for k in KEY_METRICS if k in run.series]
-    keys += sorted(k for k in run.series if k.startswith("eval/"))
+    keys += sorted(k for k in run.series if k.startswith(("eval_before/", "eval/")))
     if keys:
         lines += ["", "## First and last values", "", "| metric | first (step) | last (step) | change |",
                   "|---|---|---|---|"]

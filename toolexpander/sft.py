@@ -197,7 +197,7 @@ def sft(cfg: Config) -> tuple[Path, bool]:
     run_dir.mkdir()
     dump_config(cfg, run_dir / "config.json")
     owns_ray = not ray.is_initialized()  # a caller's Ray (tests, notebooks) is used, not replaced
-    mode = connect(cfg) if owns_ray else "attached"
+    mode = connect(cfg, log_dir=run_dir / "logs") if owns_ray else "attached"
     try:
         steps = _train(cfg, model_path, tokenizer.pad_token_id or 0, examples, out, run_dir,
                        f"mode={mode} rows={len(examples)} too_long={too_long}")

@@ -87,7 +87,7 @@ class Trainer:
         if not tasks:
             raise TrainError(f"data.train_path: no task fits data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
         self.too_long = too_long
-        self.mode = connect(cfg)
+        self.mode = connect(cfg, log_dir=run_dir / "logs")
         from transformers import AutoTokenizer
 
         pad_id = AutoTokenizer.from_pretrained(self.model_path).pad_token_id or 0
@@ -239,14 +239,15 @@ class Trainer:
         self._push()
         print(f"resumed from {directory} at step {self.step} (policy version {self.version})", flush=True)
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, tag: str | None = None) -> dict[str, float]:
         """Greedy eval of the current policy on a fixed subset (the first eval.limit questions per
-        category), with the rollout workers; logged as eval/<suite>/<category> at this step."""
+        category), with the rollout workers; logged as eval/<suite>/<category> at this step.
+        Answers go to eval/<tag>_<suite>.json (tag: step_NNNNNN by default)."""
         from toolexpander.eval.runner import eval_metrics, run_eval
 
         metrics: dict[str, float] = {}
         for suite in self.cfg.eval.suites:
-            out = self.run_dir / "eval" / f"step_{self.step:06d}_{suite}.json"
+            out = self.run_dir / "eval" / f"{tag or f'step_{self.step:06d}'}_{suite}.json"
             summary = run_eval(model=str(self.model_path), suite=suite, categories=None,
                                limit=self.cfg.eval.limit, out=str(out), max_tokens=self.cfg.eval.max_tokens,
                                worker=self.rollout)
@@ -261,10 +262,16 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> int:
         cfg, stop = self.cfg, StopFlag()
+        before = {}
+        if cfg.eval.before and self.step == 0:  # the starting policy, on the questions eval.every uses
+            before = {k.replace("eval/", "eval_before/", 1): v for k, v in self.evaluate("before").items()}
+            print("before training: " + " ".join(f"{k}={v:.3g}" for k, v in before.items()
+                                                 if k.endswith("/overall")), flush=True)
         progress = Progress(cfg.train.steps, self.step, cfg.logging.progress)
         try:
             while self.step < cfg.train.steps and not stop.requested:
-                m = self.train_step()
+                m = self.train_step() | before
+                before = {}
                 if cfg.eval.every and (self.step + 1) % cfg.eval.every == 0:
                     m.update(self.evaluate())
                 self.metrics.log(self.step, m)

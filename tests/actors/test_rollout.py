@@ -171,3 +171,21 @@ def test_smollm2_batch_through_a_worker(ray_local, repo, train_tasks):
     assert len(set(texts)) > 10  # sampled, not copies
     assert any(t.strip() for t in texts) and stats[0].completion_tokens > 0
     assert all(lp <= 0 for row in table.column("logprobs").to_pylist() for lp in row)
+
+
+def test_only_the_benign_reload_warnings_are_dropped():
+    import logging
+
+    from toolexpander.actors.rollout import BenignReloadWarnings
+
+    def record(layer):
+        return logging.LogRecord("vllm", logging.WARNING, "layerwise.py", 266, "%s: Failed to load weights",
+                                 (layer,), None)
+
+    tied, untied = BenignReloadWarnings(tied_embeddings=True), BenignReloadWarnings(tied_embeddings=False)
+    assert not tied.filter(record("RotaryEmbedding")) and not untied.filter(record("RotaryEmbedding"))
+    assert not tied.filter(record("ParallelLMHead"))
+    assert untied.filter(record("ParallelLMHead"))        # an untied head that missed its weight: shown
+    assert tied.filter(record("QKVParallelLinear"))
+    other = logging.LogRecord("vllm", logging.WARNING, "x.py", 1, "%s: Delayed processing", ("RotaryEmbedding",), None)
+    assert tied.filter(other)

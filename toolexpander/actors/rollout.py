@@ -13,12 +13,30 @@ from typing import Iterable
 
 import pyarrow as pa
 
+from toolexpander.cluster.local import redirect_output
 from toolexpander.config import RewardConfig, RolloutConfig
 from toolexpander.prompt import prompt_ids
 from toolexpander.rewards import GroupScore, score_group
 from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, PromptRequest, RolloutStats
 
 log = logging.getLogger(__name__)
+RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+
+
+class BenignReloadWarnings(logging.Filter):
+    """Drops vLLM's "<Layer>: Failed to load weights" on a weight push for the layers that need no
+    pushed weight: RotaryEmbedding (its cos/sin cache is computed, never trained) and, when the
+    embeddings are tied, ParallelLMHead (it is embed_tokens' weight, which is pushed). vLLM keeps
+    their tensors, and the push tests show the engine then scores exactly like the learner's
+    weights. Every other layer's warning still shows."""
+
+    def __init__(self, tied_embeddings: bool):
+        super().__init__()
+        self.layers = {"RotaryEmbedding"} | ({"ParallelLMHead"} if tied_embeddings else set())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "%s: Failed to load weights" and bool(record.args)
+                    and record.args[0] in self.layers)
 
 
 def engine_env(worker_index: int, cfg: RolloutConfig, on_gpu: bool) -> dict[str, str]:
@@ -37,6 +55,7 @@ class RolloutWorker:
 
     def __init__(self, worker_index: int, model_path: str, rollout: dict, reward: dict,
                  dtype: str = "float32"):
+        redirect_output(f"rollout-{worker_index}")
         self.index = worker_index
         self.cfg = RolloutConfig.model_validate(rollout)
         self.reward = RewardConfig.model_validate(reward)
@@ -61,6 +80,8 @@ class RolloutWorker:
                        enable_chunked_prefill=on_gpu,
                        worker_extension_cls="toolexpander.actors.vllm_ext.WeightReceiver")
         self.tokenizer = self.llm.get_tokenizer()
+        tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
+        logging.getLogger(RELOAD_LOGGER).addFilter(BenignReloadWarnings(tied))
         self.version = 0
 
     def info(self) -> dict:

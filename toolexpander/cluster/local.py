@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,8 +24,31 @@ ACTOR_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
+# Local mode: where actors write their stdout/stderr (the run directory's logs/), so the console
+# shows the driver's one line per step instead of every worker's engine and DeepSpeed output.
+LOG_DIR_ENV = "TOOLEXPANDER_LOG_DIR"
+
+
 class ClusterError(RuntimeError):
     pass
+
+
+def redirect_output(name: str) -> None:
+    """Send this process's stdout and stderr (Python, vLLM, DeepSpeed and native code alike) to
+    $TOOLEXPANDER_LOG_DIR/<name>.log, appended; a no-op when the variable is unset (clusters,
+    tests, in-process use). Actors call it first thing in their constructor."""
+    directory = os.environ.get(LOG_DIR_ENV)
+    if not directory:
+        return
+    path = Path(directory) / f"{name}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.write(fd, f"---- {name}: pid {os.getpid()}\n".encode())
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def needed_cpus(cfg: Config) -> float:
@@ -91,8 +115,9 @@ def start_local(**ray_init_kwargs) -> None:
                            "not 127.0.0.1; refusing to listen beyond loopback")
 
 
-def connect(cfg: Config) -> str:
-    """ray.init for this run; returns 'local' or the address it attached to."""
+def connect(cfg: Config, log_dir: Path | None = None) -> str:
+    """ray.init for this run; returns 'local' or the address it attached to. In local mode the
+    actors' output goes to files under log_dir when one is given (see redirect_output)."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -113,6 +138,8 @@ def connect(cfg: Config) -> str:
     # Ray starts workers at niceness 15; ours are the compute (vLLM, DeepSpeed), so they run at 0,
     # not behind whatever else shares the machine.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    if log_dir is not None:
+        runtime_env["env_vars"][LOG_DIR_ENV] = str(Path(log_dir).resolve())
     cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, math.ceil(needed_cpus(cfg)))
     start_local(num_cpus=cpus, namespace=cfg.cluster.namespace, runtime_env=runtime_env,
                 dashboard_host=cfg.cluster.dashboard_host, log_to_driver=True)

@@ -6,7 +6,10 @@ Deviations from textbook GRPO (DeepSeekMath), all on purpose (DESIGN.md, "GRPO u
 - no KL term and no reference model;
 - asymmetric clip range [1 - eps_low, 1 + eps_high] (DAPO's clip-higher, defaults 0.2 / 0.28);
 - token-level normalisation: the loss is a sum over every response token of the mini-batch divided by the
-  mini-batch's token count, not a per-sequence mean averaged over sequences;
+  mini-batch's token count (over all data-parallel ranks), not a per-sequence mean averaged over sequences;
+- logprobs are those of the distribution sampled from, log softmax(logits / T) at the rollout temperature
+  T, on both sides (vLLM's processed logprobs, the learner's division by T);
+- the LR schedule counts training steps, not optimizer updates;
 - optional dual clip (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL") for
   negative advantages.
 """

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from toolexpander.cluster.local import redirect_output
 from toolexpander.config import LearnerConfig
 from toolexpander.learner.dist import init_distributed
 from toolexpander.learner.grpo import all_finite, clipped_surrogate, group_advantages, lr_lambda
@@ -85,6 +86,7 @@ class Learner:
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int,
                  model_path: str, learner: dict, dtype: str = "float32", seed: int = 0,
                  pad_id: int = 0, temperature: float = 1.0):
+        redirect_output(f"learner-{rank}")
         import deepspeed
         from transformers import AutoModelForCausalLM
 
