@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export VLLM_NO_USAGE_STATS := 1
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 
-.PHONY: demo test test-fast bench venv clean-venv
+.PHONY: demo test test-fast bench learn venv clean-venv
 
 venv: $(STAMP)
 
@@ -24,9 +24,14 @@ $(STAMP): pyproject.toml packaging/placeholders/*/pyproject.toml
 	$(BIN)/python -c "import vllm, deepspeed, ray, toolexpander" 2>&1 | tail -1
 	touch $(STAMP)
 
-# Each demo writes a new run directory (runs/demo-<time>) and ends with its PNG report.
+# The demo: a supervised warm start (cached under models/ after its first run), then GRPO from it,
+# evaluated before and after; each demo writes a new run directory and ends with its PNG report.
+DEMO_CONFIG := configs/local-smollm2.yaml
+DEMO_SFT := models/smollm2-135m-demo-sft
 demo: $(STAMP)
-	$(BIN)/toolexpander train --config configs/local-smollm2.yaml --output-dir runs/demo-$$(date +%Y%m%d-%H%M%S) --report
+	$(BIN)/toolexpander sft --config $(DEMO_CONFIG) --output-dir $(DEMO_SFT)
+	$(BIN)/toolexpander train --config $(DEMO_CONFIG) --model.path $(DEMO_SFT) --model.prepare null \
+		--output-dir runs/demo-$$(date +%Y%m%d-%H%M%S) --report
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
@@ -36,6 +41,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
+
+# The learning benchmark (base, SFT and four GRPO arms of SmolLM2-135M, evaluated): bench/LEARNING.md.
+learn: $(STAMP)
+	$(BIN)/python -m bench.learning
 
 clean-venv:
 	rm -rf $(VENV)

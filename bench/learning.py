@@ -1,0 +1,293 @@
+"""The learning benchmark: does each method teach SmolLM2-135M to call tools? Writes bench/LEARNING.md.
+
+One seed, in order: evaluate the base model; `toolexpander sft` (a supervised warm start) and evaluate
+it; four GRPO arms from the SFT model with the same seed and steps -- (a) plain GRPO, (b) + hard
+sampling, (c) + DSCL, (d) both papers -- each evaluated from its HF export. Every evaluation runs the
+ToolRL test set and a fixed BFCL non-live AST subset as two concurrent `toolexpander eval`
+subprocesses (an in-process eval engine uses one core). Every number it trains or evaluates with
+comes from the config (configs/learn-smollm2.yaml); raw outputs and each subprocess's log go to
+runs/learn-<stamp>/ (git-ignored).
+
+    python -m bench.learning                    # the full run (`make learn`): bench/LEARNING.md, bench/learning/*.png
+    python -m bench.learning --smoke            # the tiny random model, 2 steps per arm, into a temp directory
+    python -m bench.learning --arms a,d --steps 5 --seed 1
+    python -m bench.learning --report-only runs/learn-<stamp>   # rewrite LEARNING.md from a finished run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from bench import learning_report as report
+from bench.common import REPO, log, machine
+
+CONFIG = "configs/learn-smollm2.yaml"
+SMOKE_CONFIG = "configs/smoke.yaml"
+# The tiny settings of --smoke, on top of configs/smoke.yaml.
+SMOKE_OVERRIDES = ["--sft.rows", "8", "--sft.batch_rows", "4", "--eval.limit", "2", "--eval.max_tokens", "16"]
+SMOKE_STEPS = 2
+# BFCL non-live AST categories evaluated (BFCL v3's simple = simple_python); the first eval.limit of each.
+BFCL_CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple"]
+PYTHON = [sys.executable, "-m", "toolexpander"]
+
+
+class StageFailed(SystemExit):
+    def __init__(self, stage: str, code: int, log_path: Path):
+        tail = log_path.read_text(errors="replace").splitlines()[-25:] if log_path.is_file() else []
+        print("\n".join(tail), file=sys.stderr)
+        super().__init__(f"learning: stage '{stage}' failed (exit {code}); log: {log_path}")
+
+
+def _env() -> dict[str, str]:
+    """The children's environment: offline (bench.common set it), local Ray mode always (a
+    RAY_ADDRESS from the shell would attach training to someone else's cluster), unbuffered logs."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _shown(cmd: list[str]) -> str:
+    """A command as typed in the repository root (paths inside it shown relative to it)."""
+    return " ".join(_relative(a) if a.startswith(f"{REPO}/") else a for a in cmd)
+
+
+def run_logged(stage: str, jobs: list[tuple[list[str], Path]]) -> None:
+    """Run the commands side by side, each writing its log file; the first failure stops the others."""
+    procs = []
+    try:
+        for cmd, log_path in jobs:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with log_path.open("w") as f:
+                f.write(f"$ {_shown(cmd)}\n")
+                f.flush()
+                procs.append((subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT),
+                              log_path))
+        while any(p.poll() is None for p, _ in procs):
+            for p, log_path in procs:
+                if p.poll() not in (None, 0):
+                    raise StageFailed(stage, p.returncode, log_path)
+            time.sleep(2)
+        for p, log_path in procs:
+            if p.returncode != 0:
+                raise StageFailed(stage, p.returncode, log_path)
+    finally:
+        for p, _ in procs:  # only the processes started here, by handle
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+class Pipeline:
+    """The stages in order; each records its wall time and commands in RUN_DIR/learning.json."""
+
+    def __init__(self, args, config: str, overrides: list[str], run_dir: Path):
+        from toolexpander.config import load_config, parse_overrides
+
+        self.config, self.overrides, self.run_dir = config, overrides, run_dir
+        self.cfg = load_config(REPO / config, parse_overrides(overrides))
+        self.steps = args.steps or (SMOKE_STEPS if args.smoke else self.cfg.train.steps)
+        self.seed = args.seed
+        self.toolrl_limit = self.cfg.eval.limit if args.smoke else None  # the whole ToolRL test set
+        self.state = {"command": _shown([sys.executable, "-m", "bench.learning", *sys.argv[1:]]),
+                      "config": config, "overrides": overrides, "seed": args.seed, "steps": self.steps,
+                      "max_tokens": self.cfg.eval.max_tokens, "bfcl_limit": self.cfg.eval.limit,
+                      "bfcl_categories": BFCL_CATEGORIES, "toolrl_limit": self.toolrl_limit,
+                      "settings": settings(self.cfg), "arms": [], "stages": [], "commit": _commit(),
+                      "run_dir": _relative(run_dir)}
+        self._save()
+
+    def _save(self) -> None:
+        (self.run_dir / "learning.json").write_text(json.dumps(self.state, indent=2) + "\n")
+
+    def _record(self, stage: str, start: float, commands: list[list[str]], note: str = "") -> None:
+        seconds = time.perf_counter() - start
+        self.state["stages"].append({"stage": stage, "seconds": round(seconds, 1), "note": note,
+                                     "commands": [_shown(c) for c in commands]})
+        self._save()
+
+    def prepare(self) -> Path:
+        from toolexpander.models import ensure_model
+
+        t0 = time.perf_counter()
+        log(f"prepare base model: {self.cfg.model.path}")
+        path = ensure_model(self.cfg.model.path, self.cfg.model.prepare)
+        self._record("prepare base model", t0, [], note=str(path))
+        log(f"prepare base model: done in {time.perf_counter() - t0:.0f} s")
+        return path
+
+    def evaluate(self, stage: str, model: Path) -> None:
+        """ToolRL and the BFCL subset side by side -> RUN_DIR/eval/<stage>_<suite>.json."""
+        common = ["--model", str(model), "--max-tokens", str(self.cfg.eval.max_tokens)]
+        out = {suite: str(self.run_dir / "eval" / f"{stage}_{suite}.json") for suite in ("toolrl", "bfcl")}
+        toolrl = [*PYTHON, "eval", "--suite", "toolrl", *common, "--out", out["toolrl"]]
+        if self.toolrl_limit:
+            toolrl += ["--limit", str(self.toolrl_limit)]
+        bfcl = [*PYTHON, "eval", "--suite", "bfcl", "--categories", *BFCL_CATEGORIES, "--limit",
+                str(self.cfg.eval.limit), *common, "--out", out["bfcl"]]
+        logs = self.run_dir / "logs"
+        name = f"eval ({stage})" if stage in report.ARMS else f"eval {stage}"
+        t0 = time.perf_counter()
+        log(f"{name}: ToolRL + BFCL on {_relative(model)} (logs: {_relative(logs)}/eval_{stage}_*.log)")
+        run_logged(name, [(toolrl, logs / f"eval_{stage}_toolrl.log"),
+                                       (bfcl, logs / f"eval_{stage}_bfcl.log")])
+        s = {suite: load_summary(self.run_dir, stage, suite) for suite in ("toolrl", "bfcl")}
+        note = f"generation: ToolRL {s['toolrl']['seconds']:.0f} s, BFCL {s['bfcl']['seconds']:.0f} s"
+        self._record(name, t0, [toolrl, bfcl], note)
+        log(f"{name}: done in {time.perf_counter() - t0:.0f} s; ToolRL correct "
+            f"{100 * s['toolrl']['overall']:.1f}%, BFCL non-live {100 * (s['bfcl']['overall'] or 0):.1f}%")
+
+    def sft(self, output_dir: Path | None) -> Path:
+        """`toolexpander sft` (a cache hit when this warm start exists); its metrics copied to RUN_DIR/sft/."""
+        from toolexpander.config import load_config, parse_overrides
+        from toolexpander.sft import output_dir as sft_output_dir
+
+        extra = ["--sft.seed", str(self.seed)] + (["--output-dir", str(output_dir)] if output_dir else [])
+        cmd = [*PYTHON, "sft", "--config", self.config, *self.overrides, *extra]
+        log_path = self.run_dir / "logs" / "sft.log"
+        t0 = time.perf_counter()
+        log(f"sft: {_shown(cmd[2:])} (log: {_relative(log_path)})")
+        run_logged("sft", [(cmd, log_path)])
+        pairs = parse_overrides([*self.overrides, "--sft.seed", str(self.seed)]
+                                + (["--sft.output_dir", str(output_dir)] if output_dir else []))
+        model = sft_output_dir(load_config(REPO / self.config, pairs))
+        model = model if model.is_absolute() else REPO / model
+        cached = any(line.startswith("cached: ") for line in log_path.read_text().splitlines())
+        (self.run_dir / "sft").mkdir(exist_ok=True)
+        for name in ("metrics.jsonl", "config.json", "events.jsonl"):
+            if (model / "sft" / name).is_file():
+                shutil.copy(model / "sft" / name, self.run_dir / "sft" / name)
+        steps, loss = report.series(read_metrics(self.run_dir / "sft" / "metrics.jsonl"), "sft/loss")
+        note = (f"cache hit: trained earlier into {_relative(model)}" if cached else f"-> {_relative(model)}")
+        if loss:
+            note += f"; {len(steps)} steps, loss {loss[0]:.3f} (first) -> {loss[-1]:.3f} (last)"
+        self._record("sft", t0, [cmd], note)
+        log(f"sft: done in {time.perf_counter() - t0:.0f} s ({note})")
+        return model
+
+    def train(self, arm: str, sft_model: Path) -> Path:
+        run = self.run_dir / arm_dir(arm)
+        seeds = [f"--{key}.seed" for key in ("train", "sampler", "rollout")]
+        cmd = [*PYTHON, "train", "--config", self.config, *self.overrides, "--model.path", str(sft_model),
+               "--model.prepare", "null", "--output-dir", str(run), "--train.steps", str(self.steps),
+               *[x for key in seeds for x in (key, str(self.seed))], *report.ARMS[arm][1]]
+        log_path = self.run_dir / "logs" / f"train_{arm}.log"
+        t0 = time.perf_counter()
+        log(f"train ({arm}) {report.ARMS[arm][0]}: {self.steps} steps (log: {_relative(log_path)})")
+        run_logged(f"train {arm}", [(cmd, log_path)])
+        self.state["arms"].append(arm)
+        self._record(f"train ({arm})", t0, [cmd])
+        log(f"train ({arm}): done in {time.perf_counter() - t0:.0f} s")
+        return run / "hf"
+
+
+# Shown in LEARNING.md's protocol line; the whole resolved config is in every run directory.
+SETTINGS = ("sft.rows", "sft.epochs", "sft.lr", "rollout.n", "rollout.temperature", "rollout.max_tokens",
+            "sampler.batch_prompts", "sampler.max_draw_rounds", "learner.lr", "learner.lr_gamma")
+
+
+def settings(cfg) -> dict:
+    out = {}
+    for key in SETTINGS:
+        section, field = key.split(".")
+        out[key] = getattr(getattr(cfg, section), field)
+    return out
+
+
+def arm_dir(arm: str) -> str:
+    return f"arm_{arm}"
+
+
+def load_summary(run_dir: Path, stage: str, suite: str) -> dict | None:
+    path = run_dir / "eval" / f"{stage}_{suite}.json"
+    return json.loads(path.read_text())["summary"] if path.is_file() else None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _relative(path: Path | str) -> str:
+    path = Path(os.path.abspath(path))  # not resolve(): .venv/bin/python is a symlink out of the repo
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def _commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"`{sha}`" + (" with uncommitted changes" if dirty else "")
+
+
+def write_report(run_dir: Path, out: Path) -> Path:
+    """LEARNING.md and the PNGs under out/, from RUN_DIR's learning.json, eval JSONs and metrics."""
+    state = json.loads((run_dir / "learning.json").read_text())
+    stages = {}
+    for stage in ("base", "sft", *state["arms"]):
+        metrics = run_dir / arm_dir(stage) / "metrics.jsonl"
+        stages[stage] = {"toolrl": load_summary(run_dir, stage, "toolrl"), "bfcl": load_summary(run_dir, stage, "bfcl"),
+                         "metrics": read_metrics(metrics) if stage in report.ARMS else None}
+    rows = report.table_rows(stages)
+    metrics = {arm: s["metrics"] for arm, s in stages.items() if s["metrics"]}
+    plots = report.write_plots(rows, metrics, out / "learning")
+    m = machine()
+    info = {**state, "date": m["date"], "cpu": m["cpu"], "cores": m["nproc"], "loadavg": m["loadavg_1m"]}
+    text = report.document(info, rows, [str(p.relative_to(out)) for p in plots])
+    (out / "LEARNING.md").write_text(text)
+    return out / "LEARNING.md"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=0, help="sft, sampler, rollout and train seed")
+    ap.add_argument("--arms", default=",".join(report.ARMS), help="comma-separated subset of a,b,c,d")
+    ap.add_argument("--steps", type=int, help="GRPO steps per arm (default: the config's train.steps)")
+    ap.add_argument("--smoke", action="store_true", help="tiny random model, tiny settings, a temp output")
+    ap.add_argument("--out", type=Path, help="where LEARNING.md and learning/*.png go (default: bench/, "
+                    "or the temp directory under --smoke)")
+    ap.add_argument("--report-only", type=Path, metavar="RUN_DIR", help="rewrite the report from a finished run")
+    args = ap.parse_args(argv)
+    out = args.out.resolve() if args.out else None
+    os.chdir(REPO)  # the config's relative paths (models/, data/) are relative to the repository
+    arms = [a for a in args.arms.split(",") if a]
+    if not arms or set(arms) - set(report.ARMS):
+        ap.error(f"--arms: choose from {','.join(report.ARMS)}, got {args.arms!r}")
+    if args.report_only:
+        print(f"wrote {write_report(args.report_only.resolve(), out or REPO / 'bench')}")
+        return
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    if args.smoke:
+        root = Path(tempfile.mkdtemp(prefix="learn-smoke-"))
+        run_dir, out, config, overrides = root / f"learn-{stamp}", out or root, SMOKE_CONFIG, SMOKE_OVERRIDES
+    else:
+        run_dir, out, config, overrides = REPO / "runs" / f"learn-{stamp}", out or REPO / "bench", CONFIG, []
+    run_dir.mkdir(parents=True)
+    log(f"learning benchmark: run directory {_relative(run_dir)}, config {config}, arms {','.join(arms)}")
+    p = Pipeline(args, config, overrides, run_dir)
+    base = p.prepare()
+    p.evaluate("base", base)
+    sft_model = p.sft(run_dir / "sft_model" if args.smoke else None)
+    p.evaluate("sft", sft_model)
+    for arm in arms:
+        p.evaluate(arm, p.train(arm, sft_model))
+    path = write_report(run_dir, out)
+    log(f"wrote {_relative(path)} (raw outputs: {_relative(run_dir)})")
+
+
+if __name__ == "__main__":
+    main()

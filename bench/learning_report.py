@@ -1,0 +1,328 @@
+"""bench/LEARNING.md and its plots from one learning-benchmark run: pure functions over eval summaries
+(the `summary` of a `toolexpander eval` JSON) and training metrics rows (metrics.jsonl records).
+
+Nothing here runs a model: bench/learning.py gathers the inputs; tests feed hand-made ones.
+Values are reported as measured: no smoothing, no best-of, a missing value is shown as "-".
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+# The four GRPO arms, all from the SFT model with the same seed and steps; only these switches differ.
+ARMS: dict[str, tuple[str, list[str]]] = {
+    "a": ("plain GRPO", ["--sampler.hard_rounds", "false", "--sampler.priority", "uniform",
+                         "--sampler.curriculum", "false", "--reward.exemplar_bonus", "0"]),
+    "b": ("+ hard sampling (ToolExpander)", ["--sampler.hard_rounds", "true", "--sampler.priority", "uniform",
+                                             "--sampler.curriculum", "false", "--reward.exemplar_bonus", "0"]),
+    "c": ("+ DSCL", ["--sampler.hard_rounds", "false", "--sampler.priority", "reward_stats",
+                     "--sampler.curriculum", "true", "--reward.exemplar_bonus", "0"]),
+    "d": ("full method (both papers)", ["--sampler.hard_rounds", "true", "--sampler.priority", "reward_stats",
+                                        "--sampler.curriculum", "true", "--reward.exemplar_bonus", "0.01"]),
+}
+STAGE_LABELS = {"base": "base", "sft": "SFT", **{k: f"({k}) {label}" for k, (label, _) in ARMS.items()}}
+REWARD_DIMS = ("format", "tool_name", "param_name", "param_value", "exemplar", "correct")
+EDGE = 3  # "first / last 3 steps"
+
+# Goal targets (fractions); goals() says how each is measured from the table rows.
+GOAL_TOOLRL = 0.20        # (d) ToolRL-test correct
+GOAL_GAIN = 0.05          # (d) minus SFT, ToolRL-test correct
+GOAL_BFCL_SIMPLE = 0.10   # (d) BFCL non-live simple AST
+GOAL_ALL_FAIL_RATIO = 0.5  # (d) mean all-fail share / (a)'s, over the run (equal steps)
+
+
+# ---- numbers -------------------------------------------------------------------------------------
+def _finite(v) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one metric, by step; a re-logged step keeps its last record; null skipped."""
+    by_step = {r["step"]: r for r in rows if isinstance(r.get("step"), int)}
+    points = [(s, _finite(by_step[s].get(key))) for s in sorted(by_step)]
+    return [s for s, v in points if v is not None], [v for _, v in points if v is not None]
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def train_summary(rows: list[dict]) -> dict:
+    """The training columns: `correct` over the first and last EDGE steps, the all-fail share over
+    the whole run and its last EDGE steps (plain means of the logged values)."""
+    _, correct = series(rows, "reward/correct_mean")
+    _, all_fail = series(rows, "sampler/all_fail_share")
+    return {"steps": len({r["step"] for r in rows if isinstance(r.get("step"), int)}),
+            "correct_first": _mean(correct[:EDGE]), "correct_last": _mean(correct[-EDGE:]),
+            "all_fail_mean": _mean(all_fail), "all_fail_last": _mean(all_fail[-EDGE:])}
+
+
+def eval_columns(toolrl: dict | None, bfcl: dict | None) -> dict:
+    """The eval columns from two eval summaries: ToolRL correct and format (fractions), BFCL accuracy
+    per category, BFCL's non-live group (the overall of a non-live-only run) and its simple group."""
+    out: dict = {"toolrl_correct": None, "toolrl_format": None, "toolrl_n": None, "bfcl": {},
+                 "bfcl_non_live": None, "bfcl_simple": None, "bfcl_n": None}
+    if toolrl is not None:
+        out.update(toolrl_correct=toolrl.get("overall"), toolrl_n=toolrl.get("n"),
+                   toolrl_format=(toolrl.get("means") or {}).get("format"))
+    if bfcl is not None:
+        groups = bfcl.get("groups") or {}
+        out.update(bfcl={c: r["accuracy"] for c, r in bfcl["categories"].items()}, bfcl_n=bfcl.get("n"),
+                   bfcl_non_live=groups.get("non_live"), bfcl_simple=groups.get("non_live_simple"))
+    return out
+
+
+def table_rows(stages: dict[str, dict]) -> list[dict]:
+    """stages: name -> {"toolrl": summary | None, "bfcl": summary | None, "metrics": rows | None},
+    in table order. One row per stage: its label, eval columns and (for the arms) training columns."""
+    rows = []
+    for name, s in stages.items():
+        row = {"stage": name, "label": STAGE_LABELS.get(name, name), **eval_columns(s.get("toolrl"), s.get("bfcl"))}
+        row.update(train_summary(s["metrics"]) if s.get("metrics") else
+                   {"steps": None, "correct_first": None, "correct_last": None,
+                    "all_fail_mean": None, "all_fail_last": None})
+        rows.append(row)
+    return rows
+
+
+# ---- text ----------------------------------------------------------------------------------------
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The papers'-style table: one row per stage; percentages for evals, means for training."""
+    categories = list(dict.fromkeys(c for r in rows for c in r["bfcl"]))
+    head = (["stage", "ToolRL correct %", "ToolRL format %"] + [f"BFCL {c} %" for c in categories]
+            + ["BFCL non-live %", f"train correct, first {EDGE}", f"train correct, last {EDGE}",
+               "all-fail share, run", f"all-fail share, last {EDGE}"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = ([r["label"], _pct(r["toolrl_correct"]), _pct(r["toolrl_format"])]
+                 + [_pct(r["bfcl"].get(c)) for c in categories]
+                 + [_pct(r["bfcl_non_live"]), _num(r["correct_first"]), _num(r["correct_last"]),
+                    _num(r["all_fail_mean"]), _num(r["all_fail_last"])])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _status(value: float | None, target: float, unit: str, higher_is_better: bool = True) -> str:
+    if value is None:
+        return "not run"
+    if (value >= target) if higher_is_better else (value <= target):
+        return "met"
+    gap = abs(value - target)
+    return f"missed by {100 * gap:.1f} points" if unit == "points" else f"missed by {gap:.2f}x"
+
+
+def goals(rows: list[dict]) -> list[dict]:
+    """Each goal with its measured value and "met" / "missed by X" / "not run"."""
+    by = {r["stage"]: r for r in rows}
+    get = lambda stage, key: by.get(stage, {}).get(key)  # noqa: E731
+    d_correct, sft_correct = get("d", "toolrl_correct"), get("sft", "toolrl_correct")
+    gain = None if d_correct is None or sft_correct is None else d_correct - sft_correct
+    d_fail, a_fail = get("d", "all_fail_mean"), get("a", "all_fail_mean")
+    ratio = None
+    if d_fail is not None and a_fail is not None:
+        ratio = d_fail / a_fail if a_fail > 0 else (0.0 if d_fail == 0 else math.inf)
+    base = get("base", "toolrl_correct")
+    return [
+        {"name": "(d) full pipeline: ToolRL-test correct" + (f" (base {_pct(base)}%)" if base is not None else ""),
+         "target": f">= {_pct(GOAL_TOOLRL)}%", "measured": "-" if d_correct is None else f"{_pct(d_correct)}%",
+         "status": _status(d_correct, GOAL_TOOLRL, "points")},
+        {"name": "(d) minus the SFT model alone, ToolRL-test correct", "target": f">= +{_pct(GOAL_GAIN)} points",
+         "measured": "-" if gain is None else f"{100 * gain:+.1f} points",
+         "status": _status(gain, GOAL_GAIN, "points")},
+        {"name": "(d) BFCL non-live simple AST", "target": f">= {_pct(GOAL_BFCL_SIMPLE)}%",
+         "measured": "-" if get("d", "bfcl_simple") is None else f"{_pct(get('d', 'bfcl_simple'))}%",
+         "status": _status(get("d", "bfcl_simple"), GOAL_BFCL_SIMPLE, "points")},
+        {"name": "(d) mean all-fail share / (a)'s, same steps",
+         "target": f"<= {GOAL_ALL_FAIL_RATIO:.2f}x",
+         "measured": "-" if ratio is None else f"{ratio:.2f}x ({_num(d_fail)} / {_num(a_fail)})",
+         "status": ("missed ((a) never all-failed)" if ratio == math.inf
+                    else _status(ratio, GOAL_ALL_FAIL_RATIO, "x", higher_is_better=False))},
+    ]
+
+
+def markdown_goals(items: list[dict]) -> str:
+    lines = ["| goal | target | measured | status |", "|---|---|---|---|"]
+    lines += [f"| {g['name']} | {g['target']} | {g['measured']} | {g['status']} |" for g in items]
+    return "\n".join(lines)
+
+
+def markdown_times(stages: list[dict]) -> str:
+    """stages: [{"stage", "seconds", "note", "commands"}] in run order, and the total."""
+    lines = ["| stage | wall time | notes |", "|---|---|---|"]
+    lines += [f"| {s['stage']} | {_duration(s['seconds'])} | {s.get('note', '')} |" for s in stages]
+    lines.append(f"| total | {_duration(sum(s['seconds'] for s in stages))} | |")
+    return "\n".join(lines)
+
+
+def markdown_commands(stages: list[dict]) -> str:
+    """Every subprocess each stage ran, as typed in the repository root."""
+    lines = ["```"]
+    for s in stages:
+        lines += [f"# {s['stage']}", *s.get("commands", [])]
+    return "\n".join(lines + ["```"])
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    return f"{minutes} m {s:02d} s" if minutes else f"{s} s"
+
+
+def document(info: dict, rows: list[dict], plots: list[str]) -> str:
+    """The whole LEARNING.md. info: date, cpu, cores, loadavg, command, seed, commit, run_dir,
+    config, settings ({dotted key: value}), steps, max_tokens, bfcl_limit, bfcl_categories, arms,
+    stages (see markdown_times)."""
+    settings = ", ".join(f"{k} {v}" for k, v in (info.get("settings") or {}).items())
+    settings = f" ({settings})" if settings else ""
+    arms = "\n".join(f"| ({k}) {ARMS[k][0]} | `{' '.join(ARMS[k][1])}` |" for k in info["arms"])
+    return "\n".join([
+        "# Learning benchmark",
+        "",
+        "Written by the script, never by hand. "
+        f"`{info['command']}` on {info['date']}, seed {info['seed']}, commit {info['commit']}. "
+        f"Machine: {info['cpu']}, {info['cores']} cores (1-min load average at the end {info['loadavg']:.1f}; "
+        "the machine may have been shared with other jobs). "
+        f"Raw outputs (eval JSONs with every completion, each arm's metrics.jsonl and run directory, "
+        f"the SFT metrics, every subprocess's log): `{info['run_dir']}` (git-ignored).",
+        "",
+        f"Protocol: config `{info['config']}`{settings}. The base model is evaluated, warm-started with "
+        "`toolexpander sft`, evaluated again; then each GRPO arm trains from the SFT model for "
+        f"{info['steps']} steps with the same seed, and its HF export is evaluated. Evaluation: greedy, "
+        f"at most {info['max_tokens']} new tokens; the ToolRL test set ({_count(rows, 'toolrl_n')} questions, "
+        "scored by our reward's `correct`); BFCL non-live AST, the first "
+        f"{info['bfcl_limit']} questions of each of {', '.join(info['bfcl_categories'])} "
+        f"({_count(rows, 'bfcl_n')} questions, scored by BFCL's own `ast_checker`; "
+        "\"BFCL non-live\" is BFCL's unweighted mean over the categories run).",
+        "",
+        "## Results",
+        "",
+        markdown_table(rows),
+        "",
+        f"Training columns: `reward/correct_mean` averaged over the first and the last {EDGE} steps, and "
+        f"`sampler/all_fail_share` (share of the step's groups with no correct completion) over every step "
+        f"and over the last {EDGE}.",
+        "",
+        "## Goals",
+        "",
+        markdown_goals(goals(rows)),
+        "",
+        "## Arms",
+        "",
+        "| arm | overrides on top of the config |",
+        "|---|---|",
+        arms,
+        "",
+        "## Wall time",
+        "",
+        markdown_times(info["stages"]),
+        "",
+        "## Commands",
+        "",
+        markdown_commands(info["stages"]),
+        "",
+        "## Plots",
+        "",
+        *[f"![{Path(p).stem}]({p})" for p in plots],
+        "",
+    ])
+
+
+def _count(rows: list[dict], key: str) -> str:
+    counts = sorted({r[key] for r in rows if r.get(key) is not None})
+    return "/".join(str(c) for c in counts) or "-"
+
+
+# ---- plots ---------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, whatever $DISPLAY says
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _axes(title: str, ylabel: str, ncols: int = 1):
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = _pyplot().subplots(1, ncols, figsize=(6.4 * ncols, 4.0), squeeze=False)
+    for ax in axes.flat:
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return fig, list(axes.flat)
+
+
+def figure_rewards(rows: list[dict], arm: str):
+    """Every reward dimension's mean against step for one arm; exemplar (at most 0.01) on its own axis."""
+    fig, (ax, ax_ex) = _axes(f"reward dimensions, {STAGE_LABELS.get(arm, arm)}", "mean over completions", 2)
+    for dim in REWARD_DIMS:
+        steps, values = series(rows, f"reward/{dim}_mean")
+        if steps:
+            (ax_ex if dim == "exemplar" else ax).plot(steps, values, marker="o", markersize=3, label=dim)
+    ax.set_ylim(-0.02, 1.02)      # every dimension but exemplar is in [0, 1]
+    ax_ex.set_ylim(bottom=-0.0005)  # exemplar is 0 or the bonus (0.01 at most by default)
+    ax_ex.set_title("exemplar (own axis)", fontsize=9)
+    for a in (ax, ax_ex):
+        if a.lines:
+            a.legend(fontsize=8)
+    return fig
+
+
+def figure_arms(metrics: dict[str, list[dict]], key: str, title: str):
+    """One metric against step, one line per arm."""
+    fig, (ax,) = _axes(title, key)
+    for arm, rows in metrics.items():
+        steps, values = series(rows, key)
+        ax.plot(steps, values, marker="o", markersize=3, label=STAGE_LABELS.get(arm, arm))
+    ax.set_ylim(-0.02, 1.02)  # both plotted metrics are shares / means of {0, 1} values
+    ax.legend(fontsize=8)
+    return fig
+
+
+def figure_eval(rows: list[dict]):
+    """ToolRL-test correct and BFCL non-live accuracy per stage, as grouped bars (percent)."""
+    fig, (ax,) = _axes("evaluation per stage", "%")
+    x = list(range(len(rows)))
+    for offset, key, label in ((-0.2, "toolrl_correct", "ToolRL test correct"),
+                               (0.2, "bfcl_non_live", "BFCL non-live AST")):
+        values = [100 * (r[key] or 0.0) for r in rows]  # a missing value draws as no bar
+        bars = ax.bar([i + offset for i in x], values, width=0.4, label=label)
+        ax.bar_label(bars, labels=[_pct(r[key]) for r in rows], fontsize=7)
+    ax.set_xticks(x, [STAGE_LABELS.get(r["stage"], r["stage"]) for r in rows], rotation=20, ha="right", fontsize=8)
+    ax.set_xlabel("")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def write_plots(rows: list[dict], metrics: dict[str, list[dict]], out_dir: Path) -> list[Path]:
+    """Every figure as a PNG under out_dir (its old PNGs removed first); returns the paths written."""
+    plt = _pyplot()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.png"):
+        old.unlink()
+    figures = {"eval": figure_eval(rows)}
+    if metrics:
+        figures["correct"] = figure_arms(metrics, "reward/correct_mean", "correct per step, every arm")
+        figures["all_fail"] = figure_arms(metrics, "sampler/all_fail_share", "all-fail share per step, every arm")
+        figures.update({f"rewards_{arm}": figure_rewards(r, arm) for arm, r in metrics.items()})
+    paths = []
+    for name, fig in figures.items():
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{name}.png", dpi=100)
+        plt.close(fig)
+        paths.append(out_dir / f"{name}.png")
+    return paths

@@ -1,0 +1,176 @@
+"""bench/learning_report.py: the table, the goals and the plots of the learning benchmark, with exact
+numbers on hand-made eval summaries and metrics rows (no Ray, no model)."""
+
+import pytest
+
+from bench import learning_report as report
+
+
+def toolrl(correct: int, n: int, fmt: float) -> dict:
+    """A `toolexpander eval --suite toolrl` summary, reduced to what the report reads."""
+    return {"suite": "toolrl", "n": n, "overall": correct / n, "means": {"format": fmt},
+            "categories": {"single": {"n": n, "correct": correct, "accuracy": correct / n}}}
+
+
+def bfcl(accuracies: dict[str, float], per_category: int = 10) -> dict:
+    simple = accuracies["simple_python"]
+    non_live = sum(accuracies.values()) / len(accuracies)
+    return {"suite": "bfcl", "n": per_category * len(accuracies), "overall": non_live,
+            "categories": {c: {"n": per_category, "correct": round(a * per_category), "accuracy": a}
+                           for c, a in accuracies.items()},
+            "groups": {"non_live_simple": simple, "non_live": non_live, "overall": non_live}}
+
+
+def metrics(correct: list[float], all_fail: list[float | None]) -> list[dict]:
+    rows = []
+    for step, (c, f) in enumerate(zip(correct, all_fail)):
+        row = {"step": step, "reward/correct_mean": c, "sampler/all_fail_share": f}
+        row.update({f"reward/{d}_mean": 0.1 * (i + 1) + 0.01 * step
+                    for i, d in enumerate(("format", "tool_name", "param_name", "param_value"))})
+        row["reward/exemplar_mean"] = 0.001 * step
+        rows.append(row)
+    return rows
+
+
+ZERO = {"simple_python": 0.0, "multiple": 0.0, "parallel": 0.0, "parallel_multiple": 0.0}
+STAGES = {
+    "base": {"toolrl": toolrl(0, 80, 0.0), "bfcl": bfcl(ZERO)},
+    "sft": {"toolrl": toolrl(8, 80, 0.5), "bfcl": bfcl({**ZERO, "simple_python": 0.1})},
+    "a": {"toolrl": toolrl(10, 80, 0.6), "bfcl": bfcl({**ZERO, "simple_python": 0.1, "multiple": 0.1}),
+          "metrics": metrics([0.1, 0.2, 0.3, 0.4, 0.5], [0.8, 0.6, 0.4, 0.4, 0.2])},
+    "d": {"toolrl": toolrl(20, 80, 0.9),
+          "bfcl": bfcl({"simple_python": 0.2, "multiple": 0.3, "parallel": 0.1, "parallel_multiple": 0.0}),
+          "metrics": metrics([0.0, 0.3, 0.6, 0.6, 0.9], [0.5, 0.1, None, 0.2, 0.2])},
+}
+
+
+def test_series_keeps_the_last_record_of_a_step_and_skips_nulls():
+    rows = [{"step": 1, "k": 0.5}, {"step": 0, "k": 1.0}, {"step": 1, "k": 0.25}, {"step": 2, "k": None},
+            {"step": 3, "k": float("nan")}, {"step": 4}]
+    assert report.series(rows, "k") == ([0, 1], [1.0, 0.25])
+
+
+def test_train_summary_means_first_and_last_three_steps():
+    s = report.train_summary(STAGES["d"]["metrics"])
+    assert s["steps"] == 5
+    assert s["correct_first"] == pytest.approx(0.3)           # (0 + 0.3 + 0.6) / 3
+    assert s["correct_last"] == pytest.approx(0.7)            # (0.6 + 0.6 + 0.9) / 3
+    assert s["all_fail_mean"] == pytest.approx(0.25)          # null step left out: (0.5 + 0.1 + 0.2 + 0.2) / 4
+    assert s["all_fail_last"] == pytest.approx(0.5 / 3)       # the last three logged values: 0.1, 0.2, 0.2
+
+
+def test_train_summary_of_a_short_run_uses_what_there_is():
+    s = report.train_summary(metrics([0.5, 1.0], [1.0, 0.0]))
+    assert (s["steps"], s["correct_first"], s["correct_last"], s["all_fail_mean"], s["all_fail_last"]) == \
+        (2, 0.75, 0.75, 0.5, 0.5)
+
+
+def test_table_has_one_row_per_stage_with_exact_cells():
+    rows = report.table_rows(STAGES)
+    assert [r["label"] for r in rows] == ["base", "SFT", "(a) plain GRPO", "(d) full method (both papers)"]
+    table = report.markdown_table(rows).splitlines()
+    assert table[0] == ("| stage | ToolRL correct % | ToolRL format % | BFCL simple_python % | BFCL multiple % | "
+                        "BFCL parallel % | BFCL parallel_multiple % | BFCL non-live % | train correct, first 3 | "
+                        "train correct, last 3 | all-fail share, run | all-fail share, last 3 |")
+    assert table[2] == "| base | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 | - | - | - | - |"
+    assert table[3] == "| SFT | 10.0 | 50.0 | 10.0 | 0.0 | 0.0 | 0.0 | 2.5 | - | - | - | - |"
+    assert table[4] == ("| (a) plain GRPO | 12.5 | 60.0 | 10.0 | 10.0 | 0.0 | 0.0 | 5.0 | "
+                        "0.200 | 0.400 | 0.480 | 0.333 |")
+    assert table[5] == ("| (d) full method (both papers) | 25.0 | 90.0 | 20.0 | 30.0 | 10.0 | 0.0 | 15.0 | "
+                        "0.300 | 0.700 | 0.250 | 0.167 |")
+
+
+def test_goals_report_met_and_missed_with_the_gap():
+    goals = report.goals(report.table_rows(STAGES))
+    assert [(g["measured"], g["status"]) for g in goals] == [
+        ("25.0%", "met"),                                   # >= 20%
+        ("+15.0 points", "met"),                            # 25.0 - 10.0 >= +5
+        ("20.0%", "met"),                                   # simple >= 10%
+        ("0.52x (0.250 / 0.480)", "missed by 0.02x"),       # 0.25 / 0.48 = 0.521 > 0.5
+    ]
+    assert goals[0]["name"].endswith("(base 0.0%)")
+
+
+def test_goals_missed_by_points_and_not_run():
+    stages = {"base": STAGES["base"], "sft": {"toolrl": toolrl(12, 80, 0.5), "bfcl": bfcl(ZERO)},
+              "d": {"toolrl": toolrl(14, 80, 0.5), "bfcl": bfcl(ZERO), "metrics": metrics([0.0], [0.0])}}
+    goals = report.goals(report.table_rows(stages))
+    assert [g["status"] for g in goals] == ["missed by 2.5 points",   # 17.5% vs 20%
+                                            "missed by 2.5 points",   # +2.5 vs +5
+                                            "missed by 10.0 points",  # 0% vs 10%
+                                            "not run"]                # no arm (a)
+
+
+def test_all_fail_ratio_when_plain_grpo_never_all_fails():
+    stages = {"a": {"metrics": metrics([1.0], [0.0])}, "d": {"metrics": metrics([1.0], [0.0])}}
+    assert report.goals(report.table_rows(stages))[3]["status"] == "met"   # 0 / 0 counts as 0
+    stages["d"] = {"metrics": metrics([1.0], [0.1])}
+    assert report.goals(report.table_rows(stages))[3]["status"] == "missed ((a) never all-failed)"
+
+
+def test_document_names_everything_a_reader_needs():
+    rows = report.table_rows(STAGES)
+    info = {"command": ".venv/bin/python -m bench.learning --seed 3", "date": "2026-12-02T10:00:00+00:00",
+            "seed": 3, "commit": "`abc`", "cpu": "AMD EPYC", "cores": 2, "loadavg": 1.5,
+            "run_dir": "runs/learn-x", "config": "configs/learn-smollm2.yaml", "steps": 15, "max_tokens": 160,
+            "settings": {"rollout.n": 10, "learner.lr": 5e-06},
+            "bfcl_limit": 10, "bfcl_categories": ["simple_python", "multiple", "parallel", "parallel_multiple"],
+            "arms": ["a", "d"],
+            "stages": [{"stage": "eval base", "seconds": 65.4, "note": "n", "commands": ["x y"]},
+                       {"stage": "train (a)", "seconds": 3600, "note": "", "commands": []}]}
+    text = report.document(info, rows, ["learning/correct.png"])
+    for needle in ("`.venv/bin/python -m bench.learning --seed 3`", "seed 3", "commit `abc`", "AMD EPYC, 2 cores",
+                   "`runs/learn-x`", "for 15 steps", "at most 160 new tokens", "(80 questions", "(40 questions",
+                   "(rollout.n 10, learner.lr 5e-06)",
+                   "| eval base | 1 m 05 s | n |\n| train (a) | 60 m 00 s |  |\n| total | 61 m 05 s | |",
+                   "```\n# eval base\nx y\n# train (a)\n```",
+                   "| (d) full method (both papers) | `--sampler.hard_rounds true --sampler.priority reward_stats "
+                   "--sampler.curriculum true --reward.exemplar_bonus 0.01` |",
+                   "![correct](learning/correct.png)", report.markdown_table(rows)):
+        assert needle in text, needle
+    assert text.count("| met |") == 3 and "| missed by 0.02x |" in text
+
+
+def test_figures_plot_exactly_the_logged_values():
+    fig = report.figure_rewards(STAGES["d"]["metrics"], "d")
+    main, exemplar = fig.axes
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in main.lines}
+    assert set(lines) == {"format", "tool_name", "param_name", "param_value", "correct"}
+    assert lines["correct"] == ([0, 1, 2, 3, 4], [0.0, 0.3, 0.6, 0.6, 0.9])
+    assert [line.get_label() for line in exemplar.lines] == ["exemplar"]
+
+    fig = report.figure_arms({a: STAGES[a]["metrics"] for a in ("a", "d")}, "sampler/all_fail_share", "t")
+    (ax,) = fig.axes
+    assert [(line.get_label(), list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines] == [
+        ("(a) plain GRPO", [0, 1, 2, 3, 4], [0.8, 0.6, 0.4, 0.4, 0.2]),
+        ("(d) full method (both papers)", [0, 1, 3, 4], [0.5, 0.1, 0.2, 0.2])]   # the null step is not drawn
+
+    fig = report.figure_eval(report.table_rows(STAGES))
+    heights = [round(p.get_height(), 6) for p in fig.axes[0].patches]
+    assert heights == [0.0, 10.0, 12.5, 25.0, 0.0, 2.5, 5.0, 15.0]   # ToolRL bars, then BFCL bars
+
+
+def test_write_plots_replaces_the_old_pngs(tmp_path):
+    (tmp_path / "rewards_b.png").write_bytes(b"stale")
+    rows = report.table_rows(STAGES)
+    paths = report.write_plots(rows, {a: STAGES[a]["metrics"] for a in ("a", "d")}, tmp_path)
+    assert sorted(p.name for p in paths) == sorted(p.name for p in tmp_path.iterdir()) == [
+        "all_fail.png", "correct.png", "eval.png", "rewards_a.png", "rewards_d.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_a_failing_subprocess_stops_its_partner_and_names_stage_and_log(tmp_path, capsys):
+    import sys
+    import time
+
+    from bench.learning import run_logged
+
+    fail = [sys.executable, "-c", "import sys; print('broken model dir'); sys.exit(3)"]
+    slow = [sys.executable, "-c", "import time; time.sleep(60)"]
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as exc:
+        run_logged("eval sft", [(slow, tmp_path / "slow.log"), (fail, tmp_path / "fail.log")])
+    assert time.perf_counter() - start < 30   # the sleeper was terminated, not waited for
+    assert str(exc.value) == f"learning: stage 'eval sft' failed (exit 3); log: {tmp_path / 'fail.log'}"
+    assert "broken model dir" in (tmp_path / "fail.log").read_text()
+    assert "broken model dir" in capsys.readouterr().err   # the log's tail is shown too
