@@ -113,6 +113,20 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def noise_note(rows: list[dict], reference: str = "sft") -> str:
+    """One seed and a finite test set: the binomial standard error of the reference stage's ToolRL
+    correct rate, sqrt(p (1 - p) / n), so that a reader can tell a difference from noise."""
+    ref = next((r for r in rows if r["stage"] == reference), None)
+    if ref is None or ref["toolrl_correct"] is None or not ref["toolrl_n"]:
+        return ""
+    p, n = ref["toolrl_correct"], ref["toolrl_n"]
+    se = (p * (1.0 - p) / n) ** 0.5
+    return (f"Noise: one seed, {n} ToolRL questions (one question is {100 / n:.2f} points). At the "
+            f"{ref['label']} row's rate ({_pct(p)}%) the standard error of a ToolRL correct rate is "
+            f"{100 * se:.1f} points, so differences between rows smaller than about {200 * se:.1f} points "
+            "are within noise; training columns average only a few steps of a few groups each.")
+
+
 def _status(value: float | None, target: float, unit: str, higher_is_better: bool = True) -> str:
     if value is None:
         return "not run"
@@ -211,6 +225,8 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         f"Training columns: `reward/correct_mean` averaged over the first and the last {EDGE} steps, and "
         f"`sampler/all_fail_share` (share of the step's groups with no correct completion) over every step "
         f"and over the last {EDGE}.",
+        "",
+        noise_note(rows),
         "",
         "## Goals",
         "",
