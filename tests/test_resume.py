@@ -28,6 +28,14 @@ def losses(run_dir):
     return rows
 
 
+def wait_for_rows(path, rows, proc, timeout=300):
+    start = time.time()
+    while not path.exists() or len(path.read_text().splitlines()) < rows:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() - start < timeout, f"{path} never had {rows} rows"
+        time.sleep(0.2)
+
+
 def wait_for(path, proc, timeout=300):
     start = time.time()
     while not path.exists():
@@ -46,12 +54,15 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(repo, tiny_model, tmp_
     proc = subprocess.Popen(train_cmd(repo, run_dir, dumps, 4), cwd=repo, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     wait_for(run_dir / "checkpoints" / "step_00000002" / "COMPLETE", proc)
+    wait_for_rows(run_dir / "metrics.jsonl", 3, proc)  # step 2 logged after the step-2 checkpoint
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started die together
     proc.wait()
     out = subprocess.run(train_cmd(repo, run_dir, dumps, 4, "--resume"), capture_output=True, text=True,
                          cwd=repo)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from" in out.stdout and "at step 2" in out.stdout
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]  # step 2, run again after the resume, keeps one row
 
     ref, got = losses(ref_dir), losses(run_dir)
     for step in (2, 3):

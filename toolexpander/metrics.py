@@ -19,19 +19,39 @@ def _finite(v) -> bool:
 
 class MetricsWriter:
     def __init__(self, run_dir: Path, tensorboard: bool, wandb_project: str | None, config: dict,
-                 resume: bool):
+                 resume: bool, start_step: int = 0):
+        """resume: continue the run's files from start_step, the restored checkpoint's step; rows
+        of later steps (logged after that checkpoint by a driver that then died) are dropped, in
+        metrics.jsonl and TensorBoard alike, so that every step keeps one row."""
         self.path = run_dir / "metrics.jsonl"
+        if resume:
+            self._drop_rows_from(start_step)
         self.file = self.path.open("a" if resume else "w")
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step if resume else None)
         self.wandb = None
         if wandb_project:
             import wandb  # optional; only imported when configured
 
             self.wandb = wandb.init(project=wandb_project, config=config, dir=str(run_dir))
+
+    def _drop_rows_from(self, step: int) -> None:
+        if not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by the crash
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] < step:
+                kept.append(line + "\n")
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(self.path)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         # Non-finite numbers become null (JSON has no NaN); counters stay integers.

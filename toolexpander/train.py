@@ -101,7 +101,7 @@ class Trainer:
         if resume:
             self._restore()
         self.metrics = MetricsWriter(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project,
-                                     cfg.model_dump(mode="json"), resume)
+                                     cfg.model_dump(mode="json"), resume, start_step=self.step)
         self.metrics.event(self.step, "start", f"mode={self.mode} tasks={len(tasks)} too_long={too_long}")
 
     # ---- one step ------------------------------------------------------------------------------
