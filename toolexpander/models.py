@@ -116,8 +116,9 @@ def prepare_model(kind: str, out: str | Path, seed: int = 0, force: bool = False
 
 
 def ensure_model(path: str | Path, prepare: str | None) -> Path:
-    """The model directory for a run: prepared on demand when the config says how, else it must exist."""
-    path = Path(path)
+    """The model directory for a run, as an absolute path (actors may run in another working
+    directory): prepared on demand when the config says how, else it must exist."""
+    path = Path(path).resolve()
     if prepare is not None:
         return prepare_model(prepare, path)
     if not (path / "config.json").is_file():

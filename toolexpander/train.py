@@ -306,7 +306,9 @@ class Trainer:
 
 
 def train(cfg: Config, resume: bool = False, save_rollouts: str | None = None) -> Path:
-    run_dir = Path(cfg.logging.output_dir)
+    # Absolute before any actor sees a path under it (checkpoints, exports, logs): an actor's
+    # working directory is its raylet's, not the driver's.
+    run_dir = Path(cfg.logging.output_dir).resolve()
     if run_dir.exists() and (run_dir / "metrics.jsonl").exists() and not resume:
         raise TrainError(f"logging.output_dir: {run_dir} already holds a run; pass --resume or "
                          f"choose another --output-dir")
