@@ -127,15 +127,18 @@ class Learner:
         self._logprobs = completion_logprobs_shared if shared else completion_logprobs_plain
 
     # ---- the GRPO step -------------------------------------------------------------------------
+    def _share(self, items: list) -> tuple[list, int]:
+        """This rank's items and how many copies of the last item pad it to the longest rank's
+        count: every rank must run the same forward/backward passes and collectives."""
+        mine = items[self.rank::self.world_size]
+        return mine, math.ceil(len(items) / self.world_size) - len(mine)
+
     def _my_groups(self, groups: list[Group]) -> list[Group]:
-        """This rank's share; shorter shares repeat a group with zero advantage so collectives match."""
-        mine = groups[self.rank::self.world_size]
-        longest = math.ceil(len(groups) / self.world_size)
-        while len(mine) < longest:
-            g = groups[-1]
-            mine.append(Group(g.prompt, g.completions, g.rollout_logprobs, np.zeros_like(g.rewards_n),
-                              padding=True))
-        return mine
+        """This rank's groups; padding copies get zero advantage and count no tokens."""
+        mine, pad = self._share(groups)
+        g = groups[-1]
+        return mine + [Group(g.prompt, g.completions, g.rollout_logprobs, np.zeros_like(g.rewards_n),
+                             padding=True) for _ in range(pad)]
 
     def logprobs(self, group: Group, grad: bool):
         with torch.set_grad_enabled(grad):
@@ -377,11 +380,9 @@ class Learner:
         start = time.perf_counter()
         self._set_lr(step)
         lr = self.lr()
-        # This rank's share, weight 1; a shorter share repeats an example with weight 0 so that
-        # every rank runs the same backward passes and collectives.
-        share = [(p, a, 1.0) for p, a in examples[self.rank::self.world_size]]
-        while len(share) < math.ceil(len(examples) / self.world_size):
-            share.append((*examples[-1], 0.0))
+        # This rank's share, weight 1; padding copies of the last example weigh 0.
+        mine, pad = self._share(examples)
+        share = [(p, a, 1.0) for p, a in mine] + [(*examples[-1], 0.0)] * pad
         tokens = sum(len(a) for _, a in examples)
         # DeepSpeed averages gradients over ranks, so each rank divides its sum by tokens / world_size.
         scale = self.world_size / max(tokens, 1)
