@@ -35,7 +35,10 @@ class ModelConfig(Section):
     path: str = Field("models/smollm2-135m", description="model directory (safetensors + tokenizer)")
     prepare: Literal["smollm2-135m", "tiny"] | None = Field(
         "smollm2-135m", description="build the directory with `prepare-model` when it is missing")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="rollout and learner dtype")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="compute dtype. bfloat16: "
+                                                  "the rollout engine holds bf16 weights (pushed as bf16), the "
+                                                  "learner keeps float32 master weights and optimizer state and "
+                                                  "runs forward and backward under bf16 autocast")
 
 
 class DataConfig(Section):
@@ -165,6 +168,13 @@ class LearnerConfig(Section):
     world_size: int = Field(1, ge=1)
     share_prompt: bool = Field(True, description="forward each group's prompt once, reuse its KV")
     gradient_checkpointing: bool = False
+    is_cap: float | None = Field(2.0, gt=0.0, description="truncated importance sampling against the "
+                                 "behaviour policy (the logprobs the rollout engine sampled with): each "
+                                 "token's loss is weighted by min(pi_old / mu, is_cap); None turns the "
+                                 "correction off (rollout/mismatch_k3_kl is logged either way)")
+    attn_implementation: Literal["auto", "eager", "sdpa"] = Field(
+        "auto", description="the learner's attention kernels; auto: eager on CPU (faster there for the "
+        "learner's forward and backward, bench/learner.py), sdpa on GPU")
     max_nonfinite_in_row: int = Field(3, ge=1)
     weight_sync: Literal["auto", "gloo", "object_store", "nccl"] = "auto"
     weight_sync_bucket_mb: int = Field(64, ge=1)

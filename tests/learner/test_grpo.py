@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from toolexpander.learner.grpo import all_finite, clipped_surrogate, group_advantages, lr_lambda, token_entropy
+from toolexpander.learner.grpo import all_finite, behaviour_weights, clipped_surrogate, group_advantages, lr_lambda, token_entropy
 
 torch.set_num_threads(1)
 EPS = 1e-6
@@ -140,6 +140,53 @@ def test_dual_clip_caps_negative_advantage_loss():
     assert without.loss.item() == pytest.approx((4.0 + 1.5 - 1.28 - 1.0) / 4, abs=1e-12)
     with pytest.raises(ValueError, match="dual_clip"):
         clipped_surrogate(new, old, adv, mask, dual_clip=1.0)
+
+
+def test_importance_weights_scale_each_token_loss_and_gradient():
+    # RATIOS with weights 0.5 (the unclipped A > 0 token), 1, 2 (the clipped A < 0 token: loss doubles,
+    # gradient stays 0) and 1: each token's loss and gradient are multiplied by its weight.
+    new, old = _toy(RATIOS)
+    weights = torch.tensor([[0.5, 1.0], [2.0, 1.0]], dtype=torch.float64).requires_grad_(True)
+    out = clipped_surrogate(new, old, ADV, MASK, is_weights_BT=weights)
+    assert out.loss.item() == pytest.approx((-2.5 * 0.5 - 2.56 + 0.8 * 2 + 0.9) / 4, abs=1e-12)
+    out.loss.backward()
+    torch.testing.assert_close(new.grad, torch.tensor([[-1.25, 0.0], [0.0, 0.9]], dtype=torch.float64) / 4,
+                               rtol=0, atol=1e-12)
+    assert weights.grad is None  # constants: no gradient flows into the behaviour correction
+    with pytest.raises(ValueError, match="is_weights"):
+        clipped_surrogate(new, old, ADV, MASK, is_weights_BT=torch.ones(2, 3))
+
+
+def test_behaviour_weights_truncate_in_log_space_and_count_nonfinite():
+    # log pi_old - log mu per token: 0 (w 1), log 3 (w 3, truncated at cap 2), -log 2 (w 0.5), a masked
+    # garbage position, and a nan behaviour logprob (weight 0, counted, left out of the means).
+    old = torch.tensor([[-1.0, -1.0, -1.0, 0.0, -1.0]], dtype=torch.float64)
+    mu = torch.tensor([[-1.0, -1.0 - math.log(3), -1.0 + math.log(2), 99.0, float("nan")]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True, False, True]])
+    w, m = behaviour_weights(old, mu, mask, cap=2.0)
+    torch.testing.assert_close(w, torch.tensor([[1.0, 2.0, 0.5, 0.0, 0.0]], dtype=torch.float64), rtol=0, atol=1e-12)
+    assert m["rollout/mismatch_k3_kl"] == pytest.approx((0 + (3 - 1 - math.log(3)) + (0.5 - 1 + math.log(2))) / 3, rel=1e-12)
+    assert m["learner/is_weight_mean"] == pytest.approx(3.5 / 3, rel=1e-12)
+    assert m["learner/is_clip_frac"] == pytest.approx(1 / 3, rel=1e-12)
+    assert m["learner/is_nonfinite"] == 1.0
+    # cap None: no correction (weight 1 on every finite token), the mismatch is still measured.
+    w, m = behaviour_weights(old, mu, mask, cap=None)
+    assert w.tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0]]
+    assert m["learner/is_clip_frac"] == 0.0 and m["learner/is_nonfinite"] == 1.0
+    assert m["rollout/mismatch_k3_kl"] == pytest.approx((2 - math.log(3) - 0.5 + math.log(2)) / 3, rel=1e-12)
+
+
+def test_behaviour_weights_never_overflow():
+    # A ratio of e^100 (float32 overflows at e^88) is clamped in log space at 20 before exp.
+    old = torch.tensor([[0.0, -100.0]])
+    mu = torch.tensor([[-100.0, 0.0]])
+    w, m = behaviour_weights(old, mu, torch.ones(1, 2, dtype=torch.bool), cap=2.0)
+    assert w.dtype == torch.float32 and w.tolist()[0] == pytest.approx([2.0, math.exp(-20)], rel=1e-6)
+    k3 = (math.exp(20) - 1 - 20 + math.exp(-20) - 1 + 20) / 2
+    assert m["rollout/mismatch_k3_kl"] == pytest.approx(k3, rel=1e-9) and math.isfinite(m["rollout/mismatch_k3_kl"])
+    assert m["learner/is_clip_frac"] == 0.5 and m["learner/is_nonfinite"] == 0.0
+    with pytest.raises(ValueError, match="cap"):
+        behaviour_weights(old, mu, torch.ones(1, 2), cap=0.0)
 
 
 def test_shape_errors_name_the_shapes():

@@ -12,7 +12,9 @@ from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA
 
 
 def make_cfg(model, **learner):
-    base = {"lr": 1e-3, "ppo_epochs": 1, "mini_batches": 1, "zero_stage": 0, "cpus_per_rank": 1}
+    # The fake batches' behaviour logprobs (-1) are not the model's: no behaviour correction (it would
+    # weight every token by about e^-7) unless a test asks for it.
+    base = {"lr": 1e-3, "ppo_epochs": 1, "mini_batches": 1, "zero_stage": 0, "cpus_per_rank": 1, "is_cap": None}
     return Config.model_validate({"model": {"path": str(model), "prepare": None},
                                   "learner": {**base, **learner}})
 
@@ -153,3 +155,72 @@ def test_lr_decays_once_per_training_step(ray_local, tiny_model):
         assert again["learner/lr"] == pytest.approx(1e-3 * 0.5 ** 5)
     finally:
         group.shutdown()
+
+
+def with_own_logprobs(table: pa.Table, model_dir) -> pa.Table:
+    """The batch with its behaviour logprobs replaced by the model's own (fp32 transformers)."""
+    from transformers import AutoModelForCausalLM
+
+    from toolexpander.learner.shared_prompt import completion_logprobs_plain
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    rows = table.to_pylist()
+    with torch.no_grad():
+        for row in rows:
+            lp, _ = completion_logprobs_plain(model, row["prompt_ids"], [row["completion_ids"]], pad_id=2)
+            row["logprobs"] = lp[0].tolist()
+    return pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)
+
+
+def test_behaviour_correction_weights_the_update(ray_local, tiny_model):
+    # Behaviour logprobs equal to the learner's: weight 1, no mismatch, the update of no correction.
+    # The fake ones (-1, far above the tiny model's ~ -7.6): weights ~ e^-6.6, a large mismatch, a
+    # gradient hundreds of times smaller; without correction the mismatch is still measured.
+    fake = batch(9)
+    own = with_own_logprobs(fake, tiny_model)
+    out = {}
+    for name, cap, table in [("own", 2.0, own), ("own_off", None, own), ("fake", 2.0, fake), ("fake_off", None, fake)]:
+        group = LearnerGroup(make_cfg(tiny_model, is_cap=cap), str(tiny_model), pad_id=2)
+        try:
+            out[name] = group.call("step", table, 0, 0)[0]
+        finally:
+            group.shutdown()
+    assert out["own"]["rollout/mismatch_k3_kl"] < 1e-8 and out["own"]["rollout/logprob_gap"] < 1e-4
+    assert out["own"]["learner/is_weight_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert out["own"]["learner/grad_norm"] == pytest.approx(out["own_off"]["learner/grad_norm"], rel=1e-4)
+    assert out["fake"]["rollout/mismatch_k3_kl"] > 1.0
+    assert out["fake"]["rollout/mismatch_k3_kl"] == pytest.approx(out["fake_off"]["rollout/mismatch_k3_kl"], rel=1e-6)
+    assert out["fake"]["learner/is_weight_mean"] < 0.01 and out["fake_off"]["learner/is_weight_mean"] == 1.0
+    assert out["fake"]["learner/grad_norm"] < 0.01 * out["fake_off"]["learner/grad_norm"]
+    assert all(m["learner/is_nonfinite"] == 0.0 and m["learner/is_clip_frac"] == 0.0 for m in out.values())
+
+
+def test_bf16_computes_in_bf16_and_keeps_float32_master_weights(ray_local, tiny_model):
+    # model.dtype bfloat16: autocast forward/backward (logprobs differ from float32's by bf16 rounding),
+    # float32 master weights and optimizer (the update is applied in float32), bf16 on the wire.
+    table = with_own_logprobs(batch(10), tiny_model)
+    out, weights = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = make_cfg(tiny_model, is_cap=2.0)
+        cfg.model.dtype = dtype
+        group = LearnerGroup(cfg, str(tiny_model), pad_id=2)
+        try:
+            out[dtype] = group.call("step", table, 0, 0)[0]
+            weights[dtype] = dict(ray.get(group.weights_ref()))
+            master = {k: np.array(v) for k, v in ray.get(group.ranks[0].named_weights.remote("float32"))}
+        finally:
+            group.shutdown()
+    fp32, bf16 = out["float32"], out["bfloat16"]
+    assert bf16["learner/applied"] == 1 and np.isfinite(bf16["learner/grad_norm"])
+    assert fp32["rollout/logprob_gap"] < 1e-4 < bf16["rollout/logprob_gap"] < 0.2
+    assert 0 < bf16["rollout/mismatch_k3_kl"] < 0.05
+    assert bf16["learner/grad_norm"] == pytest.approx(fp32["learner/grad_norm"], rel=0.1)
+    name = next(iter(weights["bfloat16"]))
+    assert weights["float32"][name].dtype == np.float32 and weights["bfloat16"][name].dtype == np.int16
+    assert master[name].dtype == np.float32
+    for k, wire in weights["bfloat16"].items():  # the wire holds the master weights rounded to bf16
+        torch.testing.assert_close(torch.from_numpy(np.array(wire)).view(torch.bfloat16),
+                                   torch.from_numpy(master[k]).to(torch.bfloat16), rtol=0, atol=0)
+    # and the master weights are not bf16 values in float32 clothing
+    rounded = torch.from_numpy(master[name]).to(torch.bfloat16).float().numpy()
+    assert np.abs(master[name] - rounded).max() > 0

@@ -128,6 +128,7 @@ class LearnerGroup:
         from toolexpander.learner.learner import Learner
 
         lc = cfg.learner
+        self.dtype = cfg.model.dtype  # the rollout engines' too: pushes carry it
         self.pg = placement_group(_bundles(lc.world_size, lc.cpus_per_rank, lc.gpus_per_rank),
                                   strategy=cfg.cluster.placement_strategy)
         ray.get(self.pg.ready())
@@ -147,8 +148,8 @@ class LearnerGroup:
         return _get([getattr(r, method).remote(*args, **kwargs) for r in self.ranks], "learner rank")
 
     def weights_ref(self):
-        """Rank 0's full weights, left in the object store; every rank joins the gather."""
-        refs = [r.named_weights.remote() for r in self.ranks]
+        """Rank 0's full weights in the engines' dtype, left in the object store; every rank joins the gather."""
+        refs = [r.named_weights.remote(self.dtype) for r in self.ranks]
         _get(refs[1:], "learner rank")
         return refs[0]
 
@@ -181,7 +182,7 @@ class WeightSync:
         meta = self.learner.call("weight_meta")[0]
         host, port = _get([self.learner.ranks[0].sync_endpoint.remote()], "learner rank")[0]
         world = 1 + len(self.rollout.workers) * self.tp
-        refs = [r.init_weight_group.remote(self.mode, host, port, world, self.bucket_bytes)
+        refs = [r.init_weight_group.remote(self.mode, host, port, world, self.bucket_bytes, self.learner.dtype)
                 for r in self.learner.ranks]
         refs += [w.init_weight_group.remote(self.mode, host, port, 1 + i * self.tp, world, meta,
                                             self.bucket_bytes)

@@ -57,6 +57,7 @@ class RolloutWorker:
                  dtype: str = "float32"):
         redirect_output(f"rollout-{worker_index}")
         self.index = worker_index
+        self.dtype = dtype  # the engine's, and the weight pushes'
         self.cfg = RolloutConfig.model_validate(rollout)
         self.reward = RewardConfig.model_validate(reward)
         import torch
@@ -160,15 +161,18 @@ class RolloutWorker:
         return scored
 
     def update_weights(self, version: int, named_tensors: Iterable[tuple[str, "object"]]) -> float:
-        """Load new parameters into the running engine (no restart); returns seconds taken."""
+        """Load new parameters into the running engine (no restart); returns seconds taken.
+        Numpy arrays are read as learner.sync.to_wire wrote them, in the engine's dtype."""
         import warnings
 
         import torch
 
+        from toolexpander.learner.sync import from_wire
+
         start = time.perf_counter()
         with warnings.catch_warnings():  # arrays from the object store are read-only; vLLM copies them
             warnings.simplefilter("ignore", UserWarning)
-            tensors = [(name, torch.from_numpy(w) if not isinstance(w, torch.Tensor) else w)
+            tensors = [(name, from_wire(w, self.dtype) if not isinstance(w, torch.Tensor) else w)
                        for name, w in named_tensors]
         # reload_weights, not load_weights: on CPU, oneDNN repacks weights at load time.
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(tensors)})
@@ -180,8 +184,8 @@ class RolloutWorker:
     def init_weight_group(self, backend: str, host: str, port: int, rank_offset: int, world_size: int,
                           meta: list, bucket_bytes: int) -> None:
         """Join the learner's broadcast group (every vLLM worker of this engine takes a rank)."""
-        self.llm.collective_rpc("init_weight_group",
-                                args=(backend, host, port, rank_offset, world_size, meta, bucket_bytes))
+        self.llm.collective_rpc("init_weight_group", args=(backend, host, port, rank_offset, world_size, meta,
+                                                           bucket_bytes, self.dtype))
 
     def receive_weights(self, version: int) -> float:
         """Receive one broadcast push into the running engine; returns seconds taken."""

@@ -11,15 +11,17 @@ from toolexpander.learner.sync import open_group, plan_buckets, receive
 
 class WeightReceiver:
     def init_weight_group(self, backend: str, host: str, port: int, rank_offset: int, world_size: int,
-                          meta: list, bucket_bytes: int) -> None:
+                          meta: list, bucket_bytes: int, dtype: str = "float32") -> None:
         rank = rank_offset + int(getattr(self, "rank", 0))  # one rank per tensor-parallel worker
         device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         self._weight_meta = [(name, tuple(shape)) for name, shape in meta]
-        self._weight_buckets = plan_buckets(self._weight_meta, bucket_bytes)
+        self._weight_dtype = dtype
+        self._weight_buckets = plan_buckets(self._weight_meta, bucket_bytes, dtype)
         self._weight_device = device
         self._weight_broadcast = open_group(backend, host, port, rank, world_size, device)
 
     def receive_weights(self) -> None:
-        named = receive(self._weight_broadcast, self._weight_meta, self._weight_buckets, self._weight_device)
+        named = receive(self._weight_broadcast, self._weight_meta, self._weight_buckets, self._weight_device,
+                        self._weight_dtype)
         # reload_weights, not load_weights: on CPU, oneDNN repacks weights at load time.
         self.reload_weights(weights_iterator=iter(named))

@@ -17,7 +17,7 @@ import torch
 from toolexpander.cluster.local import redirect_output
 from toolexpander.config import LearnerConfig
 from toolexpander.learner.dist import init_distributed
-from toolexpander.learner.grpo import all_finite, clipped_surrogate, group_advantages, lr_lambda
+from toolexpander.learner.grpo import behaviour_weights, clipped_surrogate, group_advantages, lr_lambda
 from toolexpander.learner.shared_prompt import completion_logprobs_plain, completion_logprobs_shared
 
 
@@ -37,6 +37,8 @@ class Group:
     # gets one update only: then pi_old is the policy being trained and the gradient pass's own
     # detached values are exact (ratio 1), so the extra forward is skipped.
     old_logprobs_nT: torch.Tensor = field(default=None)
+    # (n, T_c max) log mu: rollout_logprobs as a padded tensor (0 at padding), built once per step.
+    behaviour_nT: torch.Tensor = field(default=None)
 
     @property
     def tokens(self) -> int:
@@ -60,13 +62,11 @@ def groups_from_table(table: pa.Table) -> list[Group]:
     return groups
 
 
-def _as_float32_array(p: torch.Tensor, copy: bool) -> np.ndarray:
-    t = p.detach().to(device="cpu", dtype=torch.float32)
-    return t.numpy().copy() if copy else t.numpy()
-
-
-def ds_config(cfg: LearnerConfig, dtype: str) -> dict:
-    """DeepSpeed's config; no LR scheduler: Learner.step sets the LR per training step itself."""
+def ds_config(cfg: LearnerConfig) -> dict:
+    """DeepSpeed's config; no LR scheduler: Learner.step sets the LR per training step itself.
+    Always float32 (master weights, gradients, optimizer state): model.dtype bfloat16 is torch autocast
+    around the forward passes, which runs the same on DeepSpeed's CPU accelerator and on GPUs, for
+    every ZeRO stage."""
     return {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
@@ -76,7 +76,6 @@ def ds_config(cfg: LearnerConfig, dtype: str) -> dict:
         "zero_optimization": {"stage": cfg.zero_stage},
         "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "betas": [0.9, 0.999], "eps": 1e-8,
                                                   "weight_decay": 0.0, "torch_adam": True}},
-        "bf16": {"enabled": dtype == "bfloat16"},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
@@ -100,13 +99,20 @@ class Learner:
 
             torch.set_num_threads(self.cfg.torch_threads or max(1, (os.cpu_count() or 1) // world_size))
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        on_gpu = self.backend == "nccl"
+        attn = self.cfg.attn_implementation
+        if attn == "auto":
+            attn = "sdpa" if on_gpu else "eager"
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attn)
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = True
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-            config=ds_config(self.cfg, dtype))
+            config=ds_config(self.cfg))
+        # model.dtype bfloat16: bf16 compute under autocast, float32 master weights (ds_config).
+        self.dtype = dtype
+        self._autocast = (("cuda" if on_gpu else "cpu"), dtype == "bfloat16")
         # ZeRO-0 applies whatever gradient it is given, so _update averages the ranks' gradients
         # itself, checks them and takes their norm before step(); step() must not average again.
         self.engine.enable_backward_allreduce = self.cfg.zero_stage > 0
@@ -140,8 +146,13 @@ class Learner:
         return mine + [Group(g.prompt, g.completions, g.rollout_logprobs, np.zeros_like(g.rewards_n),
                              padding=True) for _ in range(pad)]
 
+    def _compute(self):
+        """The context of every forward pass: bf16 autocast when model.dtype is bfloat16."""
+        device_type, enabled = self._autocast
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
+
     def logprobs(self, group: Group, grad: bool):
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), self._compute():
             return self._logprobs(self.engine.module, group.prompt, group.completions,
                                   temperature=self.temperature, pad_id=self.pad_id, return_entropy=grad)
 
@@ -199,13 +210,20 @@ class Learner:
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * self.schedule(train_step)
 
+    @staticmethod
+    def _behaviour(g: Group, like: torch.Tensor) -> torch.Tensor:
+        """The group's behaviour logprobs (what vLLM sampled with), padded like the learner's (n, T)."""
+        if g.behaviour_nT is None or g.behaviour_nT.shape != like.shape:
+            mu = torch.zeros_like(like)
+            for i, row in enumerate(g.rollout_logprobs):
+                mu[i, :len(row)] = torch.tensor(row, dtype=like.dtype)
+            g.behaviour_nT = mu
+        return g.behaviour_nT
+
     def _add_gap(self, g: Group, lp: torch.Tensor, mask: torch.Tensor) -> None:
         if g.padding:
             return
-        vllm = torch.zeros_like(lp)
-        for i, row in enumerate(g.rollout_logprobs):
-            vllm[i, :len(row)] = torch.tensor(row, dtype=lp.dtype)
-        self._gap[0] += float(((lp.detach() - vllm).abs() * mask).sum())
+        self._gap[0] += float(((lp.detach() - self._behaviour(g, lp)).abs() * mask).sum())
         self._gap[1] += int(mask.sum())
 
     def _update(self, groups: list[Group]) -> tuple[dict[str, float], bool]:
@@ -217,21 +235,26 @@ class Learner:
         global_tokens = self._sum_ranks([float(sum(g.tokens for g in groups))])[0]
         # DeepSpeed averages gradients over ranks, so each rank divides by global_tokens / world_size.
         token_count = max(global_tokens, 1.0) / self.world_size
-        merged: dict[str, float] = {}
+        merged: dict[str, float] = {"learner/is_nonfinite": 0.0}
         for g in groups:
             lp, mask, entropy = self.logprobs(g, grad=True)
             old = g.old_logprobs_nT
             if old is None:
                 old = lp.detach()
                 self._add_gap(g, lp, mask)
+            # Truncated importance weights pi_old / mu against the policy that generated the tokens.
+            is_weights, is_metrics = behaviour_weights(old, self._behaviour(g, lp), mask, self.cfg.is_cap)
             out = clipped_surrogate(lp, old, g.advantages_n, mask,
                                     eps_low=self.cfg.eps_low, eps_high=self.cfg.eps_high,
-                                    dual_clip=self.cfg.dual_clip, token_count=token_count)
+                                    dual_clip=self.cfg.dual_clip, token_count=token_count,
+                                    is_weights_BT=is_weights)
             self.engine.backward(out.loss)
             weight = g.tokens / max(global_tokens, 1.0)
             merged["learner/loss"] = merged.get("learner/loss", 0.0) + float(out.loss.detach()) / self.world_size
             merged["learner/entropy"] = merged.get("learner/entropy", 0.0) + weight * float(entropy)
-            for k, v in out.metrics.items():
+            nonfinite = is_metrics.pop("learner/is_nonfinite")
+            merged["learner/is_nonfinite"] += 0.0 if g.padding else nonfinite   # a count, not a mean
+            for k, v in {**out.metrics, **is_metrics}.items():
                 merged[k] = merged.get(k, 0.0) + weight * v
         names = sorted(merged)
         merged = dict(zip(names, self._sum_ranks([merged[k] for k in names])))
@@ -286,10 +309,12 @@ class Learner:
     def nonfinite_streak(self) -> int:
         return self.nonfinite_in_row
 
-    def named_weights(self) -> list[tuple[str, np.ndarray]] | None:
-        """Full weights (HF names, float32 numpy copies) on rank 0; None on other ranks.
-        Every rank must call it (ZeRO-3 gathers the partitions)."""
+    def named_weights(self, dtype: str = "float32") -> list[tuple[str, np.ndarray]] | None:
+        """Full weights (HF names, numpy arrays in `dtype` as learner.sync.to_wire writes them) on
+        rank 0; None on other ranks. Every rank must call it (ZeRO-3 gathers the partitions)."""
         import deepspeed
+
+        from toolexpander.learner.sync import to_wire
 
         params = list(self.engine.module.named_parameters())
         with deepspeed.zero.GatheredParameters([p for _, p in params], enabled=self.cfg.zero_stage == 3):
@@ -299,7 +324,8 @@ class Learner:
             # numpy views, no copy: Ray serialises each array's own bytes (a torch view would pickle
             # its whole flat ZeRO buffer) straight into the object store when this call returns,
             # before the next step can change them.
-            return [(name, _as_float32_array(p, copy=gathered)) for name, p in params]
+            return [(name, np.array(a, copy=True) if gathered else a)
+                    for name, a in ((name, to_wire(p, dtype)) for name, p in params)]
 
     # ---- weight push over a broadcast group (learner/sync.py) -----------------------------------
     def weight_meta(self) -> list[tuple[str, tuple[int, ...]]]:
@@ -312,13 +338,16 @@ class Learner:
 
         return node_ip(), free_port()
 
-    def init_weight_group(self, backend: str, host: str, port: int, world_size: int, bucket_bytes: int) -> None:
+    def init_weight_group(self, backend: str, host: str, port: int, world_size: int, bucket_bytes: int,
+                          dtype: str = "float32") -> None:
+        """Rank 0 joins the weight group as its root; the buckets carry `dtype` (the engine's)."""
         if self.rank != 0:
             return
         from toolexpander.learner.sync import open_group, plan_buckets
 
         self._sync_device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-        self._sync_buckets = plan_buckets(self.weight_meta(), bucket_bytes)
+        self._sync_dtype = dtype
+        self._sync_buckets = plan_buckets(self.weight_meta(), bucket_bytes, dtype)
         self._sync_broadcast = open_group(backend, host, port, 0, world_size, self._sync_device)
 
     def broadcast_weights(self) -> float:
@@ -331,7 +360,7 @@ class Learner:
         params = [p for _, p in self.engine.module.named_parameters()]
         with deepspeed.zero.GatheredParameters(params, enabled=self.cfg.zero_stage == 3):
             if self.rank == 0:
-                send(self._sync_broadcast, params, self._sync_buckets, self._sync_device)
+                send(self._sync_broadcast, params, self._sync_buckets, self._sync_device, self._sync_dtype)
         return time.perf_counter() - start
 
     def param_digest(self) -> str:
@@ -389,8 +418,9 @@ class Learner:
         self.engine.module.eval()  # no dropout, as in the GRPO step
         nll = 0.0
         for prompt, answer, weight in share:
-            logprobs_1T, _ = completion_logprobs_plain(self.engine.module, prompt, [answer], temperature=1.0,
-                                                       pad_id=self.pad_id)
+            with self._compute():
+                logprobs_1T, _ = completion_logprobs_plain(self.engine.module, prompt, [answer], temperature=1.0,
+                                                           pad_id=self.pad_id)
             nll_sum = -logprobs_1T.sum()
             self.engine.backward(nll_sum * (weight * scale))
             nll += weight * float(nll_sum.detach())

@@ -5,12 +5,15 @@ TCPStore, apart from DeepSpeed's group) and the weights go over it in fixed-size
 object_store: rank 0 puts the weights in Ray's object store and every worker reads them.
 Both sides plan the same buckets from the same metadata (plan_buckets), so nothing but raw bytes
 crosses the wire on a push. Every push carries a policy version.
+Weights travel in the rollout engine's dtype (model.dtype): a bfloat16 engine gets half the bytes of
+float32, rounded from the learner's float32 master weights exactly as vLLM's own loader would round them.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import torch
 
 Meta = list[tuple[str, tuple[int, ...]]]   # (parameter name, shape), in broadcast order
@@ -18,12 +21,35 @@ Meta = list[tuple[str, tuple[int, ...]]]   # (parameter name, shape), in broadca
 TIMEOUT = timedelta(seconds=120)
 
 
-def plan_buckets(meta: Meta, bucket_bytes: int) -> list[list[int]]:
-    """Split parameter indices into consecutive buckets of at most bucket_bytes float32 bytes
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def wire_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"weight push dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def to_wire(p: torch.Tensor, dtype: str) -> np.ndarray:
+    """A parameter as the numpy array the object store carries, in `dtype`. numpy has no bfloat16, so
+    bfloat16 travels as its int16 bit pattern (from_wire reads it back)."""
+    t = p.detach().to(device="cpu", dtype=wire_dtype(dtype))
+    return t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def from_wire(array: np.ndarray, dtype: str) -> torch.Tensor:
+    """The inverse of to_wire (no copy)."""
+    t = torch.from_numpy(array)
+    return t.view(torch.bfloat16) if wire_dtype(dtype) == torch.bfloat16 else t
+
+
+def plan_buckets(meta: Meta, bucket_bytes: int, dtype: str = "float32") -> list[list[int]]:
+    """Split parameter indices into consecutive buckets of at most bucket_bytes bytes in `dtype`
     (a parameter larger than a bucket gets a bucket of its own)."""
+    itemsize = wire_dtype(dtype).itemsize
     buckets, current, size = [], [], 0
     for i, (_, shape) in enumerate(meta):
-        nbytes = 4 * int(torch.Size(shape).numel())
+        nbytes = itemsize * int(torch.Size(shape).numel())
         if current and size + nbytes > bucket_bytes:
             buckets.append(current)
             current, size = [], 0
@@ -64,20 +90,21 @@ def open_group(backend: str, host: str, port: int, rank: int, world_size: int, d
     raise ValueError(f"learner.weight_sync: unknown broadcast backend {backend!r}")
 
 
-def send(broadcast, params: list[torch.Tensor], buckets: list[list[int]], device) -> None:
-    """Rank 0: flatten each bucket (as float32) and broadcast it."""
+def send(broadcast, params: list[torch.Tensor], buckets: list[list[int]], device, dtype: str = "float32") -> None:
+    """Rank 0: flatten each bucket (in `dtype`) and broadcast it."""
     for bucket in buckets:
-        flat = torch.cat([params[i].detach().to(device=device, dtype=torch.float32).reshape(-1)
+        flat = torch.cat([params[i].detach().to(device=device, dtype=wire_dtype(dtype)).reshape(-1)
                           for i in bucket])
         broadcast(flat)
 
 
-def receive(broadcast, meta: Meta, buckets: list[list[int]], device) -> list[tuple[str, torch.Tensor]]:
-    """Other ranks: receive each bucket and cut it back into named tensors (views, no copy)."""
+def receive(broadcast, meta: Meta, buckets: list[list[int]], device, dtype: str = "float32"
+            ) -> list[tuple[str, torch.Tensor]]:
+    """Other ranks: receive each bucket (in `dtype`) and cut it back into named tensors (views, no copy)."""
     out = []
     for bucket in buckets:
         sizes = [int(torch.Size(meta[i][1]).numel()) for i in bucket]
-        flat = torch.empty(sum(sizes), dtype=torch.float32, device=device)
+        flat = torch.empty(sum(sizes), dtype=wire_dtype(dtype), device=device)
         broadcast(flat)
         for i, piece in zip(bucket, flat.split(sizes)):
             out.append((meta[i][0], piece.view(meta[i][1])))
