@@ -1,5 +1,6 @@
 """Shared fixtures: the repository root, the tiny model (prepared once, cached under models/), and
-a private local Ray instance with its own temp dir (never `ray stop`: that kills every Ray on the box)."""
+one private local Ray instance for the session, with its own temp dir (never `ray stop`: that kills
+every Ray on the box)."""
 
 from __future__ import annotations
 
@@ -37,9 +38,12 @@ def train_tasks():
     return load_tasks(REPO / "data" / "tool_calls_train.jsonl")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_local():
-    """A private Ray for one test module: its own temp dir, loopback only, stopped by shutdown()."""
+    """A private Ray shared by every test that asks for it: its own temp dir, loopback only, stopped
+    by shutdown() at the end of the session. Started once (seconds on a 2-core box), not per module;
+    each test removes the actors and placement groups it makes. A `toolexpander train` subprocess
+    still starts a Ray of its own: ray.init attaches only to a cluster started by `ray start`."""
     import ray
 
     from toolexpander.cluster.local import start_local

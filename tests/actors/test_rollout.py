@@ -135,24 +135,25 @@ def test_weight_push_changes_output_and_restores_exactly(group, train_tasks, tin
     assert set(table.column("policy_version").to_pylist()) == {2}
 
 
-def test_dead_worker_is_reported_and_restarted(ray_local, tiny_model, train_tasks):
+def test_dead_worker_is_reported_and_restarted(group, train_tasks):
+    """Kills worker 0 of the module's group (its tests that need both workers healthy run before)."""
     import os
     import signal
 
-    g = RolloutGroup(make_cfg(tiny_model, workers=1, n=2, max_tokens=4), str(tiny_model))
-    try:
-        pid = g.ready()[0]["pid"]
-        os.kill(pid, signal.SIGKILL)
-        reqs = requests_for(train_tasks, k=2)
-        table, stats, lost = g.generate(reqs, step_seed=0)
-        assert table is None and lost == [(0, reqs)]
-        with pytest.raises(WorkerDied, match="rollout worker 0 died"):
-            g.ready()
-        g.restart(0)
-        table, _, lost = g.generate(reqs, step_seed=0)
-        assert not lost and table.num_rows == 4
-    finally:
-        g.shutdown()
+    pid = group.ready()[0]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    reqs = requests_for(train_tasks, k=2)  # one per worker
+    table, _, lost = group.generate(reqs[:1], step_seed=0, n=2, max_tokens=4)  # only worker 0 has work
+    assert table is None and lost == [(0, reqs[:1])]
+    table, stats, lost = group.generate(reqs, step_seed=0, n=2, max_tokens=4)
+    assert lost == [(0, reqs[:1])]  # the dead worker's share is reported, the live one's rows come back
+    assert table.column("group_id").to_pylist() == [reqs[1].group_id] * 2 and [s.worker for s in stats] == [1]
+    with pytest.raises(WorkerDied, match="rollout worker 0 died"):
+        group.ready()
+    group.restart(0)
+    assert group.ready()[0]["pid"] != pid
+    table, _, lost = group.generate(reqs, step_seed=0, n=2, max_tokens=4)
+    assert not lost and table.num_rows == 4
 
 
 @pytest.mark.slow
