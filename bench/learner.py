@@ -1,6 +1,7 @@
 """One GRPO learner step: the DeepSpeed Learner (in-process, gloo, world size 1) vs plain torch
-forward + backward + AdamW on the same batch, with share_prompt on and off; tokens/s vs the compute
-bound 6 x parameters FLOP per token.
+forward + backward + AdamW on the same batch, with share_prompt on and off, in float32 and in bf16
+(autocast over float32 weights, both sides); tokens/s vs the compute bound 6 x parameters FLOP per
+token at that dtype's matmul rate.
 
     python -m bench.learner --groups 2 --n 4 --prompt-len 256 --completion-len 32   # short (run_all)
     python -m bench.learner                                                         # full: 4 x 10, 600 + 64
@@ -10,8 +11,9 @@ Full settings take ~25 min on one core (the plain path alone forwards 26,560 tok
 The batch is built like tests/learner/test_learner.py's, from real prompts: training tasks whose
 rendered prompt has at least --prompt-len tokens, cut to exactly that many; completions are random
 tokens of exactly --completion-len; rewards alternate 0/1 so every advantage is non-zero.
-The torch baseline uses the same logprob path (shared or plain) and the same clipped loss, so the
-difference is DeepSpeed's engine and the Learner's bookkeeping. It times two things in one step:
+The torch baseline uses the same logprob path (shared or plain), the same attention kernels (eager
+on CPU), the same autocast and the same clipped loss, so the difference is DeepSpeed's engine and the
+Learner's bookkeeping. It times two things in one step:
 "fwd+bwd+AdamW" (the textbook step) and a no-grad forward for the old logprobs; "same work" is their
 sum. The Learner runs that forward only when a batch gets more than one update (ppo_epochs or
 mini_batches > 1); at the benchmark's single update it uses the gradient pass's own logprobs, so
@@ -71,18 +73,26 @@ def rollout_table(prompts: list[list[int]], n: int, completion_len: int, seed: i
 def learner_cfg(share: bool) -> dict:
     from toolexpander.config import LearnerConfig
 
-    return LearnerConfig(lr=2e-6, ppo_epochs=1, mini_batches=1, zero_stage=0, share_prompt=share).model_dump()
+    # is_cap None: the batch's behaviour logprobs are made up (-1), so no behaviour correction
+    return LearnerConfig(lr=2e-6, ppo_epochs=1, mini_batches=1, zero_stage=0, share_prompt=share,
+                         is_cap=None).model_dump()
 
 
 class TorchStep:
     """The same GRPO update in plain torch: per group fwd + loss + bwd, then clip + AdamW."""
 
-    def __init__(self, cfg: dict, pad_id: int):
+    def __init__(self, cfg: dict, pad_id: int, dtype: str):
         import torch
         from transformers import AutoModelForCausalLM
 
+        from toolexpander.learner.learner import _float32_head
+
         self.cfg, self.pad_id = cfg, pad_id
-        self.model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
+        self.autocast = dtype == "bfloat16"
+        self.model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32,
+                                                          attn_implementation="eager").eval()
+        if self.autocast and cfg["lm_head_fp32"]:
+            _float32_head(self.model.get_output_embeddings(), "cpu")
         self.model.config.use_cache = True
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8,
                                      weight_decay=0.0)
@@ -95,15 +105,17 @@ class TorchStep:
 
         groups = groups_from_table(table)
         start = time.perf_counter()
-        with torch.no_grad():  # old logprobs under the current weights (the Learner's multi-update pre-pass)
+        compute = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast)
+        with torch.no_grad(), compute:  # old logprobs under the current weights (the Learner's multi-update pre-pass)
             olds = [logprobs_fn(self.model, g.prompt, g.completions, pad_id=self.pad_id)[0] for g in groups]
         old_s = time.perf_counter() - start
         start = time.perf_counter()
         token_count = sum(g.tokens for g in groups)
         for g, old in zip(groups, olds):
             adv_n = group_advantages(torch.as_tensor(g.rewards_n).unsqueeze(0), std_norm=True)[0]
-            lp, mask, _ = logprobs_fn(self.model, g.prompt, g.completions, pad_id=self.pad_id,
-                                      return_entropy=True)
+            with compute:
+                lp, mask, _ = logprobs_fn(self.model, g.prompt, g.completions, pad_id=self.pad_id,
+                                          return_entropy=True)
             out = clipped_surrogate(lp, old, adv_n, mask, eps_low=self.cfg["eps_low"],
                                     eps_high=self.cfg["eps_high"], dual_clip=None, token_count=token_count)
             out.loss.backward()
@@ -139,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="torch threads, the bound uses the same (1: what Ray gives a learner rank with "
                          "cpus_per_rank 1, and robust on a loaded machine, where 2 OpenMP threads stall)")
     ap.add_argument("--modes", nargs="+", default=["shared", "plain"], choices=["shared", "plain"])
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     args = ap.parse_args(argv)
     steps = args.steps
 
@@ -158,60 +171,71 @@ def main(argv: list[str] | None = None) -> None:
     warm = rollout_table(prompts[1:args.groups + 1], args.n, args.completion_len, seed=1)
     params = parameters()
     t_start = time.perf_counter()
-    gf_before = gflops("float32", args.threads)
+    gf_before = {d: gflops(d, args.threads) for d in args.dtypes}
     P, C, n, G = args.prompt_len, args.completion_len, args.n, args.groups
     effective = G * n * (P + C)
 
     rows = []
-    baseline = None
-    for mode in args.modes:
-        share = mode == "shared"
-        cfg = learner_cfg(share)
-        computed = G * (P + n * C) if share else effective
-        learner = Learner(0, 1, "127.0.0.1", free_port(), str(MODEL), cfg, "float32", 0, pad_id)
-        torch.set_num_threads(args.threads)   # the Learner picks its own count (learner.torch_threads)
-        baseline = baseline or TorchStep(cfg, pad_id)
-        fn = completion_logprobs_shared if share else completion_logprobs_plain
-        runs = alternating({f"{mode} Learner.step": lambda t: learner.step(t, 0),
-                            f"{mode} torch step": lambda t: baseline.step(t, fn)}, tbl, warm, steps)
-        del learner
+    for dtype in args.dtypes:
+        baseline = None
+        for mode in args.modes:
+            share = mode == "shared"
+            cfg = learner_cfg(share)
+            computed = G * (P + n * C) if share else effective
+            learner = Learner(0, 1, "127.0.0.1", free_port(), str(MODEL), cfg, dtype, 0, pad_id)
+            torch.set_num_threads(args.threads)   # the Learner picks its own count (learner.torch_threads)
+            baseline = baseline or TorchStep(cfg, pad_id, dtype)
+            fn = completion_logprobs_shared if share else completion_logprobs_plain
+            runs = alternating({f"{dtype} {mode} Learner.step": lambda t: learner.step(t, 0),
+                                f"{dtype} {mode} torch step": lambda t: baseline.step(t, fn)}, tbl, warm, steps)
+            del learner
+            gc.collect()
+            ds_s = statistics.median(s for s, _ in runs[f"{dtype} {mode} Learner.step"])
+            parts = [p for _, p in runs[f"{dtype} {mode} torch step"]]
+            textbook = statistics.median(p["train_s"] for p in parts)
+            same = statistics.median(p["train_s"] + p["old_fwd_s"] for p in parts)
+            for what, s in (("DeepSpeed Learner.step", ds_s), ("torch fwd+bwd+AdamW", textbook),
+                            ("torch same work (+ old-logprob fwd)", same)):
+                rows.append({"dtype": dtype, "mode": mode, "what": what, "seconds": s, "computed": computed,
+                             "tok_s": computed / s, "eff_tok_s": effective / s,
+                             "vs_textbook": s / textbook - 1})
+        del baseline
         gc.collect()
-        ds_s = statistics.median(s for s, _ in runs[f"{mode} Learner.step"])
-        parts = [p for _, p in runs[f"{mode} torch step"]]
-        textbook = statistics.median(p["train_s"] for p in parts)
-        same = statistics.median(p["train_s"] + p["old_fwd_s"] for p in parts)
-        for what, s in (("DeepSpeed Learner.step", ds_s), ("torch fwd+bwd+AdamW", textbook),
-                        ("torch same work (+ old-logprob fwd)", same)):
-            rows.append({"mode": mode, "what": what, "seconds": s, "computed": computed,
-                         "tok_s": computed / s, "eff_tok_s": effective / s,
-                         "vs_textbook": s / textbook - 1})
-    gf_after = gflops("float32", args.threads)
-    gf = max(gf_before, gf_after)   # the machine's best measured: a load dip must not lower the bound
-    bound = gf * 1e9 / (6 * params)
+    gf_after = {d: gflops(d, args.threads) for d in args.dtypes}
+    # the machine's best measured per dtype: a load dip must not lower the bound
+    gf = {d: max(gf_before[d], gf_after[d]) for d in args.dtypes}
+    bound = {d: gf[d] * 1e9 / (6 * params) for d in args.dtypes}
     for r in rows:
-        r["of_bound"] = r["tok_s"] / bound
+        r["of_bound"] = r["tok_s"] / bound[r["dtype"]]
+    fp32_learner = {r["mode"]: r["seconds"] for r in rows
+                    if r["dtype"] == "float32" and r["what"].startswith("DeepSpeed")}
+    for r in rows:
+        r["speedup"] = fp32_learner[r["mode"]] / r["seconds"] if r["mode"] in fp32_learner else None
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     ds_rows = [r for r in rows if r["what"].startswith("DeepSpeed")]
     text = "\n".join([
-        f"learner step: {MODEL.name} ({params / 1e6:.1f}M params, fp32), {G} groups x n={n}, prompt {P} "
-        f"+ completion {C} tokens, torch threads {args.threads}, median of {steps} step(s) after a same-size "
-        "warm-up step",
-        table(rows, [("mode", "share_prompt", ""), ("what", "what", ""), ("seconds", "s/step", ".2f"),
+        f"learner step: {MODEL.name} ({params / 1e6:.1f}M params; float32 weights, bfloat16 = autocast with "
+        f"a float32 LM head), {G} groups x n={n}, prompt {P} + completion {C} tokens, torch threads "
+        f"{args.threads}, median of {steps} step(s) after a same-size warm-up step",
+        table(rows, [("dtype", "dtype", ""), ("mode", "share_prompt", ""), ("what", "what", ""),
+                     ("seconds", "s/step", ".2f"), ("speedup", "x fp32 Learner", ".2f"),
                      ("vs_textbook", "vs fwd+bwd+AdamW", "+.1%"), ("computed", "computed tok", "d"),
                      ("tok_s", "computed tok/s", ".1f"), ("eff_tok_s", "effective tok/s", ".1f"),
                      ("of_bound", "of bound", ".1%")]),
-        f"bound: fp32 matmul {gf:.1f} GFLOP/s ({args.threads} thread(s); before/after {gf_before:.1f}/"
-        f"{gf_after:.1f}) / (6 x params) = {bound:.1f} tok/s; effective tokens = n x (prompt + completion) = {effective}",
-        *[f"{r['mode']}: overhead vs fwd+bwd+AdamW {r['vs_textbook']:+.1%} (goal <= {GOAL_OVERHEAD:.0%}), "
+        *[f"bound {d}: matmul {gf[d]:.1f} GFLOP/s ({args.threads} thread(s); before/after {gf_before[d]:.1f}/"
+          f"{gf_after[d]:.1f}) / (6 x params) = {bound[d]:.1f} tok/s" for d in args.dtypes],
+        f"effective tokens = n x (prompt + completion) = {effective}",
+        *[f"{r['dtype']} {r['mode']}: overhead vs fwd+bwd+AdamW {r['vs_textbook']:+.1%} (goal <= {GOAL_OVERHEAD:.0%}), "
           f"computed tok/s {r['of_bound']:.1%} of bound (goal >= {GOAL_BOUND:.0%})" for r in ds_rows],
         f"peak RSS {rss_gb:.1f} GB; wall {time.perf_counter() - t_start:.0f} s",
     ])
     goals = []
     for r in ds_rows:
-        goals += [goal(f"learner ({r['mode']}): overhead vs torch fwd+bwd+AdamW", r["vs_textbook"],
+        goals += [goal(f"learner ({r['dtype']}, {r['mode']}): overhead vs torch fwd+bwd+AdamW", r["vs_textbook"],
                        GOAL_OVERHEAD, False),
-                  goal(f"learner ({r['mode']}): computed tok/s of 6N bound", r["of_bound"], GOAL_BOUND, True)]
-    write("learner", {"args": vars(args), "steps": steps, "parameters": params, "gflops_fp32": gf,
+                  goal(f"learner ({r['dtype']}, {r['mode']}): computed tok/s of 6N bound", r["of_bound"],
+                       GOAL_BOUND, True)]
+    write("learner", {"args": vars(args), "steps": steps, "parameters": params, "gflops": gf,
                       "bound_tokens_per_s": bound, "rows": rows, "peak_rss_gb": rss_gb, "goals": goals}, text)
 
 

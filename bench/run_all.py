@@ -25,6 +25,7 @@ BENCHES = {
     "sampler_scale": (["--sizes", "10000", "100000", "1000000", "--steps", "10"], []),
     "rollout": (["--prompts", "4", "--n", "10", "--max-tokens", "64"], []),
     "weight_push": (["--reps", "3"], []),
+    "mismatch": (["--prompts", "4", "--n", "10", "--max-tokens", "64"], []),
     "learner": (["--groups", "2", "--n", "4", "--prompt-len", "256", "--completion-len", "32"], []),
     "driver_scale": (["--workers", "16", "--steps", "3"], []),
     "trl_compare": (["--steps", "2"], ["--steps", "2"]),

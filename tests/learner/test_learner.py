@@ -224,3 +224,18 @@ def test_bf16_computes_in_bf16_and_keeps_float32_master_weights(ray_local, tiny_
     # and the master weights are not bf16 values in float32 clothing
     rounded = torch.from_numpy(master[name]).to(torch.bfloat16).float().numpy()
     assert np.abs(master[name] - rounded).max() > 0
+
+
+def test_float32_head_ignores_bf16_autocast():
+    from toolexpander.learner.learner import _float32_head
+
+    torch.manual_seed(0)
+    head, hidden = torch.nn.Linear(16, 32, bias=False), torch.randn(3, 16)
+    exact = hidden @ head.weight.T
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head(hidden).dtype == torch.bfloat16       # what autocast does to a plain head
+        _float32_head(head, "cpu")
+        out = head(hidden.to(torch.bfloat16))              # a bf16 hidden state, as the last norm gives
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, hidden.to(torch.bfloat16).float() @ head.weight.T, rtol=0, atol=1e-6)
+    assert (out - exact).abs().max() > 0                   # only the input carries bf16 rounding

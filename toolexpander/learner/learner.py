@@ -62,6 +62,16 @@ def groups_from_table(table: pa.Table) -> list[Group]:
     return groups
 
 
+def _float32_head(head: torch.nn.Linear, device_type: str) -> None:
+    """Make `head` compute in float32 even inside a bf16 autocast region (its weights are float32)."""
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, enabled=False):
+            bias = None if head.bias is None else head.bias.float()
+            return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
+
+    head.forward = forward
+
+
 def ds_config(cfg: LearnerConfig) -> dict:
     """DeepSpeed's config; no LR scheduler: Learner.step sets the LR per training step itself.
     Always float32 (master weights, gradients, optimizer state): model.dtype bfloat16 is torch autocast
@@ -104,6 +114,8 @@ class Learner:
         if attn == "auto":
             attn = "sdpa" if on_gpu else "eager"
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attn)
+        if self.cfg.lm_head_fp32 and dtype == "bfloat16":
+            _float32_head(model.get_output_embeddings(), "cuda" if on_gpu else "cpu")
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = True
