@@ -193,7 +193,7 @@ class Pipeline:
 
 
 # Shown in LEARNING.md's protocol line; the whole resolved config is in every run directory.
-SETTINGS = ("sft.rows", "sft.epochs", "sft.lr", "rollout.n", "rollout.temperature", "rollout.max_tokens",
+SETTINGS = ("model.dtype", "sft.rows", "sft.epochs", "sft.lr", "rollout.n", "rollout.temperature", "rollout.max_tokens",
             "sampler.batch_prompts", "sampler.max_draw_rounds", "learner.lr", "learner.lr_gamma")
 
 
@@ -234,15 +234,40 @@ def _commit() -> str:
     return f"`{sha}`" + (" with uncommitted changes" if dirty else "")
 
 
-def write_report(run_dir: Path, out: Path) -> Path:
-    """LEARNING.md and the PNGs under out/, from RUN_DIR's learning.json, eval JSONs and metrics."""
-    state = json.loads((run_dir / "learning.json").read_text())
+def run_settings(run_dir: Path, state: dict) -> dict:
+    """learning.json's settings, plus the ones it did not record yet, read from a stage's resolved config."""
+    found = dict(state.get("settings") or {})
+    for stage in ("sft", *(arm_dir(a) for a in state["arms"])):
+        path = run_dir / stage / "config.json"
+        if path.is_file():
+            resolved = json.loads(path.read_text())
+            for key in SETTINGS:
+                section, field = key.split(".")
+                if key not in found and field in resolved.get(section, {}):
+                    found[key] = resolved[section][field]
+            break
+    return found
+
+
+def stage_rows(run_dir: Path, state: dict) -> tuple[list[dict], dict]:
     stages = {}
     for stage in ("base", "sft", *state["arms"]):
         metrics = run_dir / arm_dir(stage) / "metrics.jsonl"
         stages[stage] = {"toolrl": load_summary(run_dir, stage, "toolrl"), "bfcl": load_summary(run_dir, stage, "bfcl"),
                          "metrics": read_metrics(metrics) if stage in report.ARMS else None}
-    rows = report.table_rows(stages)
+    return report.table_rows(stages), stages
+
+
+def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
+    """LEARNING.md and the PNGs under out/, from RUN_DIR's learning.json, eval JSONs and metrics;
+    with `compare`, an earlier run's directory, a table of both runs' evaluations stage by stage."""
+    state = json.loads((run_dir / "learning.json").read_text())
+    rows, stages = stage_rows(run_dir, state)
+    if compare is not None:
+        other = json.loads((compare / "learning.json").read_text())
+        mine, theirs = run_settings(run_dir, state), run_settings(compare, other)
+        differences = {k: (mine.get(k, "-"), theirs.get(k, "-")) for k in SETTINGS if mine.get(k) != theirs.get(k)}
+        state["compare"] = report.markdown_compare(rows, stage_rows(compare, other)[0], other, differences)
     metrics = {arm: s["metrics"] for arm, s in stages.items() if s["metrics"]}
     plots = report.write_plots(rows, metrics, out / "learning")
     m = machine()
@@ -261,14 +286,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, help="where LEARNING.md and learning/*.png go (default: bench/, "
                     "or the temp directory under --smoke)")
     ap.add_argument("--report-only", type=Path, metavar="RUN_DIR", help="rewrite the report from a finished run")
+    ap.add_argument("--compare", type=Path, metavar="RUN_DIR", help="an earlier run's directory: the report "
+                    "sets its evaluations beside this run's, stage by stage, with the settings that differ")
     args = ap.parse_args(argv)
     out = args.out.resolve() if args.out else None
+    compare = args.compare.resolve() if args.compare else None
+    if compare is not None and not (compare / "learning.json").is_file():
+        ap.error(f"--compare {args.compare}: no learning.json there (not a learning-benchmark run directory)")
     os.chdir(REPO)  # the config's relative paths (models/, data/) are relative to the repository
     arms = [a for a in args.arms.split(",") if a]
     if not arms or set(arms) - set(report.ARMS):
         ap.error(f"--arms: choose from {','.join(report.ARMS)}, got {args.arms!r}")
     if args.report_only:
-        print(f"wrote {write_report(args.report_only.resolve(), out or REPO / 'bench')}")
+        print(f"wrote {write_report(args.report_only.resolve(), out or REPO / 'bench', compare)}")
         return
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     if args.smoke:
@@ -285,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     p.evaluate("sft", sft_model)
     for arm in arms:
         p.evaluate(arm, p.train(arm, sft_model))
-    path = write_report(run_dir, out)
+    path = write_report(run_dir, out, compare)
     log(f"wrote {_relative(path)} (raw outputs: {_relative(run_dir)})")
 
 

@@ -127,6 +127,31 @@ def noise_note(rows: list[dict], reference: str = "sft") -> str:
             "are within noise; training columns average only a few steps of a few groups each.")
 
 
+def markdown_compare(rows: list[dict], other: list[dict], other_info: dict, differences: dict) -> str:
+    """This run's eval columns next to an earlier run's, stage by stage (the stages both ran), with
+    the settings that differ ({key: (this, other)}) and where the other run came from."""
+    theirs = {r["stage"]: r for r in other}
+    head = ["stage", "ToolRL correct %: this / earlier", "ToolRL format %: this / earlier",
+            "BFCL non-live %: this / earlier", "train correct, last 3: this / earlier"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        o = theirs.get(r["stage"])
+        if o is None:
+            continue
+        lines.append(f"| {r['label']} | {_pct(r['toolrl_correct'])} / {_pct(o['toolrl_correct'])} | "
+                     f"{_pct(r['toolrl_format'])} / {_pct(o['toolrl_format'])} | "
+                     f"{_pct(r['bfcl_non_live'])} / {_pct(o['bfcl_non_live'])} | "
+                     f"{_num(r['correct_last'])} / {_num(o['correct_last'])} |")
+    diff = "; ".join(f"{k}: {a} here, {b} there" for k, (a, b) in differences.items()) or "none recorded"
+    return "\n".join([
+        f"The earlier run: `{other_info.get('command', '?')}`, run directory `{other_info.get('run_dir', '?')}`, "
+        f"commit {other_info.get('commit', '?')}, seed {other_info.get('seed', '?')}, {other_info.get('steps', '?')} "
+        f"steps per arm. Settings that differ: {diff}.",
+        "",
+        *lines,
+    ])
+
+
 def _status(value: float | None, target: float, unit: str, higher_is_better: bool = True) -> str:
     if value is None:
         return "not run"
@@ -228,6 +253,7 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         "",
         noise_note(rows),
         "",
+        *(["## Against an earlier run", "", info["compare"], ""] if info.get("compare") else []),
         "## Goals",
         "",
         markdown_goals(goals(rows)),

@@ -183,3 +183,19 @@ def test_noise_note_gives_the_binomial_standard_error_of_the_sft_rate():
     assert "rate (10.0%) the standard error of a ToolRL correct rate is 3.4 points" in note
     assert "smaller than about 6.7 points" in note
     assert report.noise_note(report.table_rows({"base": STAGES["base"]})) == ""
+
+
+def test_compare_sets_two_runs_side_by_side_stage_by_stage():
+    rows = report.table_rows(STAGES)
+    earlier = report.table_rows({"sft": {"toolrl": toolrl(4, 80, 0.25), "bfcl": bfcl(ZERO)},
+                                 "a": {"toolrl": toolrl(6, 80, 0.5), "bfcl": bfcl(ZERO),
+                                       "metrics": metrics([0.0, 0.1, 0.1], [1.0, 0.9, 0.9])}})
+    text = report.markdown_compare(rows, earlier, {"command": "make learn", "run_dir": "runs/x", "commit": "`abc`",
+                                                   "seed": 0, "steps": 3},
+                                   {"model.dtype": ("bfloat16", "float32")})
+    lines = text.splitlines()
+    assert "Settings that differ: model.dtype: bfloat16 here, float32 there." in lines[0]
+    assert "runs/x" in lines[0] and "3 steps per arm" in lines[0]
+    table = [line for line in lines if line.startswith("| ")][1:]
+    assert table == ["| SFT | 10.0 / 5.0 | 50.0 / 25.0 | 2.5 / 0.0 | - / - |",
+                     "| (a) plain GRPO | 12.5 / 7.5 | 60.0 / 50.0 | 5.0 / 0.0 | 0.400 / 0.067 |"]  # base: not in both
