@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -93,8 +94,12 @@ class Trainer:
         pad_id = AutoTokenizer.from_pretrained(self.model_path).pad_token_id or 0
         self.sampler = ray.remote(Sampler).options(num_cpus=0).remote(
             cfg.sampler.model_dump(), tasks, cfg.reward.exemplar_bonus, cfg.reward.weights)
-        self.rollout = RolloutGroup(cfg, str(self.model_path))
-        self.learner = LearnerGroup(cfg, str(self.model_path), pad_id)
+        # The learner's ranks start while the engines load: each side is seconds of imports and
+        # set-up in processes of its own, and neither needs the other until the first weight push.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            learner = pool.submit(LearnerGroup, cfg, str(self.model_path), pad_id)
+            self.rollout = RolloutGroup(cfg, str(self.model_path))
+            self.learner = learner.result()
         self.sync = WeightSync(self.learner, self.rollout, cfg)
         self.ckpt_root = run_dir / "checkpoints"
         self.step, self.version = 0, 0
