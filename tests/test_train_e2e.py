@@ -26,8 +26,12 @@ def run_train(repo, *args, timeout=600):
                           capture_output=True, text=True, timeout=timeout, cwd=repo)
 
 
-def test_three_steps_end_to_end(repo, tiny_model, tmp_path):
-    run_dir, dumps = tmp_path / "run", tmp_path / "rollouts"
+@pytest.fixture(scope="module")
+def three_steps(repo, tiny_model, tmp_path_factory):
+    """One 3-step run with its rollouts dumped: the end-to-end test reads it, the replay test
+    replays its dumps (a run costs tens of seconds, most of it starting Ray, vLLM and DeepSpeed)."""
+    root = tmp_path_factory.mktemp("three_steps")
+    run_dir, dumps = root / "run", root / "rollouts"
     # A pessimistic prior for unseen prompts makes failed prompts come back at once, so the
     # hard-sample rounds show within 3 steps.
     out = run_train(repo, "--output-dir", str(run_dir), "--save-rollouts", str(dumps),
@@ -35,6 +39,11 @@ def test_three_steps_end_to_end(repo, tiny_model, tmp_path):
                     "--data.limit", "24", "--sampler.prior_mean", "1", "--sampler.prior_std", "0",
                     "--sampler.cooldown", "5", "--eval.every", "3", "--eval.limit", "1",
                     "--eval.max_tokens", "8", "--eval.before", "true")
+    return out, run_dir, dumps
+
+
+def test_three_steps_end_to_end(three_steps):
+    out, run_dir, dumps = three_steps
     assert out.returncode == 0, out.stderr[-3000:]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["steps"] == 3 and config["rollout"]["n"] == 4 and config["rollout"]["max_tokens"] == 8
@@ -86,13 +95,11 @@ def test_existing_run_is_not_overwritten(repo, tiny_model, tmp_path):
     assert out.returncode == 1 and "already holds a run" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_replay_runs_the_learner_alone_on_dumped_rollouts(repo, tiny_model, tmp_path):
-    dumps = tmp_path / "rollouts"
-    out = run_train(repo, "--output-dir", str(tmp_path / "run"), "--save-rollouts", str(dumps),
-                    "--train.steps", "2", "--rollout.n", "4", "--rollout.max_tokens", "8")
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_replay_runs_the_learner_alone_on_dumped_rollouts(repo, three_steps, tmp_path):
+    trained, _, dumps = three_steps
+    assert trained.returncode == 0, trained.stderr[-3000:]
     out = run_train(repo, "--output-dir", str(tmp_path / "replay"), "--replay-rollouts", str(dumps))
     assert out.returncode == 0, out.stderr[-3000:]
     lines = (tmp_path / "replay" / "replay_metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["file"] for line in lines] == ["step_000000.parquet", "step_000001.parquet"]
+    assert [json.loads(line)["file"] for line in lines] == [f"step_{i:06d}.parquet" for i in range(3)]
     assert all(math.isfinite(json.loads(line)["learner/loss"]) for line in lines)
