@@ -54,3 +54,19 @@ def test_converted_smollm2_matches_the_gguf_and_answers(repo):
     assert gap < 1e-4, gap
     answer = converted.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1]:]
     assert "Paris" in tokenizer.decode(answer)
+
+
+@pytest.mark.parametrize("role", ["rollout", "learner"])
+def test_an_actor_without_the_model_on_its_node_names_node_and_path(tmp_path, role):
+    # The check runs first in each actor's __init__, before vLLM or DeepSpeed load anything.
+    missing = tmp_path / "models" / "not-here"
+    if role == "rollout":
+        from toolexpander.actors.rollout import RolloutWorker
+
+        with pytest.raises(ModelError, match=r"rollout worker 3 on node 127\.0\.0\.1: model directory .*not-here"):
+            RolloutWorker(3, str(missing), {}, {})
+    else:
+        from toolexpander.learner.learner import Learner
+
+        with pytest.raises(ModelError, match=r"learner rank 1 on node 127\.0\.0\.1: model directory .*not-here"):
+            Learner(1, 2, "127.0.0.1", 1, str(missing), {})

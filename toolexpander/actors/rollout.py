@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from toolexpander.cluster.local import redirect_output
 from toolexpander.config import RewardConfig, RolloutConfig
+from toolexpander.models import check_model_dir
 from toolexpander.prompt import prompt_ids
 from toolexpander.rewards import GroupScore, score_group
 from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, PromptRequest, RolloutStats
@@ -56,6 +57,7 @@ class RolloutWorker:
     def __init__(self, worker_index: int, model_path: str, rollout: dict, reward: dict,
                  dtype: str = "float32"):
         redirect_output(f"rollout-{worker_index}")
+        check_model_dir(model_path, f"rollout worker {worker_index}")
         self.index = worker_index
         self.dtype = dtype  # the engine's, and the weight pushes'
         self.cfg = RolloutConfig.model_validate(rollout)

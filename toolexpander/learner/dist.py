@@ -14,6 +14,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def rendezvous_endpoint() -> tuple[str, int]:
+    """Where a process group's rank 0 can listen: this node's address and a port free on it. Run it
+    on rank 0's node (LearnerGroup schedules it into rank 0's placement bundle)."""
+    host = node_ip()
+    return host, free_port(host)
+
+
 def node_ip() -> str:
     """This node's address as Ray sees it (127.0.0.1 in local mode)."""
     import ray

@@ -18,6 +18,7 @@ from toolexpander.cluster.local import redirect_output
 from toolexpander.config import LearnerConfig
 from toolexpander.learner.dist import init_distributed
 from toolexpander.learner.grpo import behaviour_weights, clipped_surrogate, group_advantages, lr_lambda
+from toolexpander.models import check_model_dir
 from toolexpander.learner.shared_prompt import completion_logprobs_plain, completion_logprobs_shared
 
 
@@ -96,6 +97,7 @@ class Learner:
                  model_path: str, learner: dict, dtype: str = "float32", seed: int = 0,
                  pad_id: int = 0, temperature: float = 1.0):
         redirect_output(f"learner-{rank}")
+        check_model_dir(model_path, f"learner rank {rank}")
         import deepspeed
         from transformers import AutoModelForCausalLM
 
@@ -346,9 +348,9 @@ class Learner:
 
     def sync_endpoint(self) -> tuple[str, int]:
         """Where this rank can host the weight group's rendezvous (its node's address, a free port)."""
-        from toolexpander.learner.dist import free_port, node_ip
+        from toolexpander.learner.dist import rendezvous_endpoint
 
-        return node_ip(), free_port()
+        return rendezvous_endpoint()
 
     def init_weight_group(self, backend: str, host: str, port: int, world_size: int, bucket_bytes: int,
                           dtype: str = "float32") -> None:
