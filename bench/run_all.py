@@ -23,12 +23,12 @@ from bench.common import REPO, RESULTS, goal, machine, table
 # name -> (short flags, full flags); each runs as `python -m bench.<module> FLAGS`.
 BENCHES = {
     "sampler_scale": (["--sizes", "10000", "100000", "1000000", "--steps", "10"], []),
-    "rollout": (["--prompts", "4", "--n", "10", "--max-tokens", "64"], []),
+    "rollout": (["--prompts", "4", "--n", "10", "--max-tokens", "64", "--dtype", "bfloat16"], ["--dtype", "bfloat16"]),
     "weight_push": (["--reps", "3"], []),
     "mismatch": (["--prompts", "4", "--n", "10", "--max-tokens", "64"], []),
     "learner": (["--groups", "2", "--n", "4", "--prompt-len", "256", "--completion-len", "32"], []),
     "driver_scale": (["--workers", "16", "--steps", "3"], []),
-    "trl_compare": (["--steps", "2"], ["--steps", "2"]),
+    "trl_compare": (["--steps", "4"], ["--steps", "6"]),
 }
 MODULE = {name: f"bench.{name}" for name in BENCHES}
 MARKER = "<!-- ANALYSIS: everything below this line is written by hand and kept by bench/run_all.py -->"
@@ -73,12 +73,16 @@ def fmt(value: float, unit: str) -> str:
     return f"{value:.1%}"
 
 
-def report() -> str:
+def report(not_run: dict[str, str] | None = None, since: str | None = None) -> str:
+    """RESULTS.md's text. not_run: benchmarks this run did not measure, with why; since: this run's
+    start (ISO time): a section measured before it says that it comes from an earlier run."""
+    not_run = not_run or {}
     sections, goals = [], []
     for name in BENCHES:
         data = load(name)
         if data is None:
-            sections.append(f"## {name}\n\nnot run (no bench/results/{name}.json).\n")
+            sections.append(f"## {name}\n\nnot run (no bench/results/{name}.json)"
+                            f"{': ' + not_run[name] if name in not_run else ''}.\n")
             continue
         if name == "sampler_scale":
             text, g = sampler_section(data)
@@ -89,8 +93,12 @@ def report() -> str:
             m = data["machine"]
             where = (f"`python -m bench.{name} {' '.join(data['argv'])}` on {m['date']}, "
                      f"1-min load average at the end {m['loadavg_1m']:.1f} on {m['nproc']} cores")
-        goals += [{**x, "bench": name} for x in g]
-        sections.append(f"## {name}\n\n{where}\n\n```\n{text}\n```\n")
+        stale = ""
+        if name in not_run or (since and name != "sampler_scale" and data["machine"]["date"] < since):
+            stale = (f"**Not measured in this run{': ' + not_run[name] if name in not_run else ''}.** "
+                     "These are the results of an earlier run:\n\n")
+        goals += [{**x, "bench": name, "stale": bool(stale)} for x in g]
+        sections.append(f"## {name}\n\n{stale}{where}\n\n```\n{text}\n```\n")
     m = machine()
     head = [
         "# Benchmark results",
@@ -105,9 +113,11 @@ def report() -> str:
         "",
         "| benchmark | what | goal | measured | met |",
         "|---|---|---|---|---|",
-        *[f"| {g['bench']} | {g['name']} | {g['goal']} | {fmt(g['value'], g['unit'])} | "
-          f"{'yes' if g['met'] else '**no**'} |" for g in goals],
+        *[f"| {g['bench']} | {g['name']} | {g['goal']} | {fmt(g['value'], g['unit'])}"
+          f"{' (earlier run)' if g.get('stale') else ''} | {'yes' if g['met'] else '**no**'} |" for g in goals],
         "",
+        *([f"Not measured in this run: {'; '.join(f'{k} ({v})' for k, v in not_run.items())}.", ""]
+          if not_run else []),
     ]
     return "\n".join(head + sections)
 
@@ -120,20 +130,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
     args = ap.parse_args(argv)
-    failed = []
+    failed, not_run, since = [], {}, None
     if not args.report_only:
-        for name in args.only or list(BENCHES):
-            if name in args.skip:
-                continue
-            if name == "trl_compare" and importlib.util.find_spec("trl") is None:
-                print("=== trl_compare: skipped (trl is not installed; see bench/RESULTS.md)")
-                continue
-            if not run(name, args.full, args.timeout):
+        since = machine()["date"]
+        for name in BENCHES:
+            if args.only and name not in args.only:
+                not_run[name] = "not in --only"
+            elif name in args.skip:
+                not_run[name] = "--skip"
+            elif name == "trl_compare" and importlib.util.find_spec("trl") is None:
+                not_run[name] = "trl is not installed: `make bench` installs the bench extra"
+                print(f"=== {name}: skipped ({not_run[name]})")
+            elif not run(name, args.full, args.timeout):
                 failed.append(name)
+                not_run[name] = "it failed or timed out, see the console"
     analysis = ""
     if OUT.exists() and MARKER in OUT.read_text():
         analysis = OUT.read_text().split(MARKER, 1)[1]
-    OUT.write_text(report() + "\n" + MARKER + (analysis or "\n\n## Analysis\n\n(to be written)\n"))
+    OUT.write_text(report(not_run, since) + "\n" + MARKER + (analysis or "\n\n## Analysis\n\n(to be written)\n"))
     print(f"wrote {OUT.relative_to(REPO)}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     if failed:
         raise SystemExit(1)

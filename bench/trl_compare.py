@@ -5,7 +5,11 @@ local mode, on SmolLM2-135M, 2 prompts x n=4 completions x 32 tokens per step, t
     python -m bench.trl_compare --side ours      # `toolexpander train` through the CLI
     python -m bench.trl_compare                  # both, then the comparison
 
-Each side runs --steps steps (default 2) and the LAST step's time counts (the first carries lazy set-up).
+Each side runs --steps steps (default 4): the first carries lazy set-up and is left out, the ratio uses
+the MEDIAN of the others (at least 3 timed steps by default).
+Both sides in bf16 mixed precision by default (--dtype), the fastest each supports on a CPU with bf16
+instructions: float32 weights and optimizer, bf16 compute. TRL: GRPOConfig(bf16=True), i.e. the
+Trainer's CPU autocast; ours: model.dtype bfloat16 (bf16 vLLM engines, learner autocast).
 TRL: GRPOConfig(per_device_train_batch_size=8, num_generations=4, max_completion_length=32, beta=0,
 num_iterations=1, use_cpu), reward = our reward total on the task, prompts = our chat messages for the
 first training tasks that fit data.max_prompt_tokens; the step is timed by a TrainerCallback.
@@ -22,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +37,12 @@ GOAL_X = 10.0
 PROMPTS, N, TOKENS, TEMPERATURE = 2, 4, 32, 0.7
 
 
-def run_trl(steps: int) -> dict:
+def median_after_first(times: list[float]) -> float:
+    """The median step time, leaving out the first step (lazy set-up) when there are others."""
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def run_trl(steps: int, dtype: str) -> dict:
     import tempfile
 
     import torch
@@ -70,7 +80,7 @@ def run_trl(steps: int) -> dict:
     out = tempfile.mkdtemp(prefix="trl-bench-")
     args = GRPOConfig(output_dir=out, per_device_train_batch_size=PROMPTS * N, num_generations=N,
                       max_completion_length=TOKENS, temperature=TEMPERATURE, learning_rate=cfg.learner.lr,
-                      beta=0.0, num_iterations=1, max_steps=steps, use_cpu=True, bf16=False,
+                      beta=0.0, num_iterations=1, max_steps=steps, use_cpu=True, bf16=dtype == "bfloat16",
                       logging_steps=1, report_to=[], save_strategy="no", seed=0, shuffle_dataset=False,
                       dataloader_num_workers=0)
     start = time.perf_counter()
@@ -79,20 +89,21 @@ def run_trl(steps: int) -> dict:
     setup_s = time.perf_counter() - start
     trainer.train()
     shutil.rmtree(out, ignore_errors=True)
-    return {"side": "trl", "steps": steps, "step_times": timer.times, "step_s": timer.times[-1],
-            "completions_per_step": PROMPTS * N, "completions_per_s": PROMPTS * N / timer.times[-1],
+    step_s = median_after_first(timer.times)
+    return {"side": "trl", "dtype": dtype, "steps": steps, "step_times": timer.times, "step_s": step_s,
+            "completions_per_step": PROMPTS * N, "completions_per_s": PROMPTS * N / step_s,
             "prompt_len_mean": prompt_len, "setup_s": setup_s, "wall_s": time.perf_counter() - start,
             "torch_threads": torch.get_num_threads()}
 
 
-def run_ours(steps: int) -> dict:
+def run_ours(steps: int, dtype: str) -> dict:
     import pyarrow.parquet as pq
 
     run_dir = REPO / "runs" / f"bench-trl-ours-{int(time.time())}"
     dumps = run_dir / "rollouts"
     cmd = [sys.executable, "-m", "toolexpander", "train", "--config", "configs/local-smollm2.yaml",
            "--output-dir", str(run_dir), "--save-rollouts", str(dumps),
-           "--train.steps", str(steps), "--sampler.batch_prompts", str(PROMPTS), "--rollout.n", str(N),
+           "--train.steps", str(steps), "--model.dtype", dtype, "--sampler.batch_prompts", str(PROMPTS), "--rollout.n", str(N),
            "--rollout.max_tokens", str(TOKENS), "--rollout.temperature", str(TEMPERATURE),
            "--sampler.max_draw_rounds", "1", "--sampler.filter_zero_signal", "false",
            "--train.save_every", "0", "--logging.tensorboard", "false", "--logging.progress", "plain"]
@@ -100,17 +111,21 @@ def run_ours(steps: int) -> dict:
     subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.perf_counter() - start
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    last = rows[-1]
+    timed = rows[1:] if len(rows) > 1 else rows
+    step_s = median_after_first([r["time/step_s"] for r in rows])
     batch = pq.read_table(sorted(dumps.glob("step_*.parquet"))[-1])
-    completions = batch.num_rows
+    completions = batch.num_rows  # every step trains PROMPTS x N completions (no filtering)
     prompt_len = sum(len(p) for p in batch.column("prompt_ids").to_pylist()) / max(completions, 1)
     for heavy in ("checkpoints", "hf"):   # ~2 GB of DeepSpeed state and export the comparison never reads
         shutil.rmtree(run_dir / heavy, ignore_errors=True)
-    return {"side": "ours", "steps": steps, "step_times": [r["time/step_s"] for r in rows],
-            "step_s": last["time/step_s"], "completions_per_step": completions,
-            "completions_per_s": completions / last["time/step_s"], "prompt_len_mean": prompt_len,
-            "rollout_s": last["time/rollout_s"], "learner_s": last["time/learner_s"],
-            "push_s": last["time/weight_push_total_s"], "wall_s": wall, "run_dir": str(run_dir)}
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in timed if r.get(key) is not None)
+
+    return {"side": "ours", "dtype": dtype, "steps": steps, "step_times": [r["time/step_s"] for r in rows],
+            "step_s": step_s, "completions_per_step": completions,
+            "completions_per_s": completions / step_s, "prompt_len_mean": prompt_len,
+            "rollout_s": median("time/rollout_s"), "learner_s": median("time/learner_s"),
+            "push_s": median("time/weight_push_total_s"), "wall_s": wall, "run_dir": str(run_dir)}
 
 
 def compare() -> None:
@@ -124,14 +139,19 @@ def compare() -> None:
     ratio = sides["ours"]["completions_per_s"] / sides["trl"]["completions_per_s"]
     rows = [{"system": "TRL GRPOTrainer (transformers generate, CPU)", **sides["trl"]},
             {"system": "toolexpander local (2 vLLM workers + DeepSpeed)", **sides["ours"]}]
+    for r in rows:
+        r.setdefault("dtype", "float32")   # results written before the dtype was recorded
+        r["timed_steps"] = max(len(r["step_times"]) - 1, 1)
     text = "\n".join([
         f"TRL comparison: {MODEL.name}, {PROMPTS} prompts x n={N} x {TOKENS} tokens per step, "
-        f"temperature {TEMPERATURE}; last of each side's steps",
-        table(rows, [("system", "system", ""), ("step_s", "s/step", ".2f"),
+        f"temperature {TEMPERATURE}; s/step = median of each side's steps after the first",
+        table(rows, [("system", "system", ""), ("dtype", "dtype", ""), ("timed_steps", "timed steps", "d"),
+                     ("step_s", "s/step", ".2f"),
                      ("completions_per_step", "completions", "d"), ("completions_per_s", "completions/s", ".3f"),
                      ("prompt_len_mean", "mean prompt tok", ".0f"), ("wall_s", "wall s (incl. start-up)", ".0f")]),
         f"ours: rollout {sides['ours']['rollout_s']:.2f} s, learner {sides['ours']['learner_s']:.2f} s, "
-        f"push {sides['ours']['push_s']:.2f} s; TRL step times {[round(t, 1) for t in sides['trl']['step_times']]}",
+        f"push {sides['ours']['push_s']:.2f} s (medians); step times: TRL "
+        f"{[round(t, 1) for t in sides['trl']['step_times']]}, ours {[round(t, 1) for t in sides['ours']['step_times']]}",
         f"ratio ours/TRL: {ratio:.2f}x (goal >= {GOAL_X:g}x: {'met' if ratio >= GOAL_X else 'MISSED'})",
     ])
     write("trl_compare", {"sides": sides, "ratio": ratio,
@@ -142,10 +162,12 @@ def compare() -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--side", choices=["trl", "ours", "both", "compare"], default="both")
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=4, help="steps per side; the first is not timed")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16",
+                    help="both sides: bfloat16 = bf16 mixed precision (float32 master weights)")
     args = ap.parse_args(argv)
     for side in (["trl", "ours"] if args.side == "both" else [args.side] if args.side != "compare" else []):
-        result = run_trl(args.steps) if side == "trl" else run_ours(args.steps)
+        result = run_trl(args.steps, args.dtype) if side == "trl" else run_ours(args.steps, args.dtype)
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"trl_compare_{side}.json").write_text(json.dumps({"result": result}, indent=2) + "\n")
         print(f"{side}: {result['step_s']:.2f} s/step, {result['completions_per_s']:.3f} completions/s")

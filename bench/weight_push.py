@@ -3,7 +3,9 @@ the object store (LearnerGroup.weights_ref() + RolloutGroup.push: gather, object
 prefix-cache reset) and the gloo broadcast group (WeightSync, the CPU default); beside a plain memcpy
 of the same bytes and vLLM's own in-process reload_weights of a ready state dict.
 
-    python -m bench.weight_push [--reps 5] [--workers 2]
+    python -m bench.weight_push [--reps 5] [--workers 2] [--dtype bfloat16]
+
+--dtype is the engines' and so the wire's (model.dtype): bfloat16 (the demo's) sends half of float32's bytes.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from bench.common import MODEL, cores, goal, log, private_ray, table, write
 GOAL_S = 0.35
 
 
-def make_cfg(workers: int, sync: str = "object_store"):
+def make_cfg(workers: int, sync: str = "object_store", dtype: str = "bfloat16"):
     from toolexpander.config import Config
 
     return Config.model_validate({
-        "model": {"path": str(MODEL), "prepare": None, "dtype": "float32"},
+        "model": {"path": str(MODEL), "prepare": None, "dtype": dtype},
         "rollout": {"num_workers": workers, "n": 2, "max_tokens": 8, "max_model_len": 2048,
                     "cpu_kvcache_gb": 1, "cpus_per_worker": 1},
         "learner": {"zero_stage": 0, "cpus_per_rank": 1, "world_size": 1, "weight_sync": sync}})
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5, help="timed pushes per setting (after one warm-up)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     args = ap.parse_args(argv)
 
     import copy
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     from toolexpander.actors.group import LearnerGroup, RolloutGroup, WeightSync
     from toolexpander.actors.rollout import engine_env
 
-    cfg = make_cfg(args.workers)
+    cfg = make_cfg(args.workers, dtype=args.dtype)
     pad_id = AutoTokenizer.from_pretrained(MODEL).pad_token_id or 0
     t_start = time.perf_counter()
     rows, version = [], 0
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         for w in sorted({1, args.workers}):
             sub = copy.copy(group)
             sub.workers = group.workers[:w]
-            sync = WeightSync(learner, sub, make_cfg(w, "gloo"))   # forms the broadcast group
+            sync = WeightSync(learner, sub, make_cfg(w, "gloo", args.dtype))   # forms the broadcast group
             times = []
             for rep in range(args.reps + 1):
                 version += 1
@@ -124,9 +127,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)  # as RolloutWorker on CPU (torch is imported, so OMP_NUM_THREADS comes too late)
     from vllm import LLM
 
-    llm = LLM(model=str(MODEL), dtype="float32", enforce_eager=True, max_model_len=2048, seed=0,
+    from toolexpander.learner.sync import from_wire
+
+    llm = LLM(model=str(MODEL), dtype=args.dtype, enforce_eager=True, max_model_len=2048, seed=0,
               gpu_memory_utilization=0.5, enable_prefix_caching=True, enable_chunked_prefill=False)
-    tensors = [(name, torch.from_numpy(d)) for name, d in zip(names, dst)]
+    tensors = [(name, from_wire(d, args.dtype)) for name, d in zip(names, dst)]
 
     def reload():
         llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(tensors)})
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     pushes = [r for r in rows if " push, " in r["what"]]
     worst = max(r["total_s"] for r in pushes)
     text = "\n".join([
-        f"weight push: {MODEL.name}, {len(names)} tensors, {nbytes / 2**20:.0f} MiB fp32; "
+        f"weight push: {MODEL.name}, {len(names)} tensors, {nbytes / 2**20:.0f} MiB {args.dtype}; "
         f"median of {args.reps} after a warm-up; memcpy {nbytes / memcpy_s / 2**30:.2f} GiB/s",
         table(rows, [("what", "what", ""), ("total_s", "seconds", ".3f"), ("gather_s", "gather", ".3f"),
                      ("transfer_s", "transfer+sched", ".3f"), ("worker_load_s", "worker load", ".3f"),

@@ -255,7 +255,8 @@ class Trainer:
             out = self.run_dir / "eval" / f"{tag or f'step_{self.step:06d}'}_{suite}.json"
             summary = run_eval(model=str(self.model_path), suite=suite, categories=None,
                                limit=self.cfg.eval.limit, out=str(out), max_tokens=self.cfg.eval.max_tokens,
-                               worker=self.rollout)
+                               worker=self.rollout, label=f"the policy at step {self.step} (version "
+                               f"{self.version}, trained from {self.model_path})")
             metrics.update(eval_metrics(summary, suite))
         return metrics
 

@@ -242,13 +242,14 @@ def _generate_fn(worker, max_tokens: int) -> GenerateFn:
 
 
 def run_eval(model: str, suite: str, categories: list[str] | None, limit: int | None, out: str,
-             max_tokens: int = 256, worker=None, max_model_len: int | None = None) -> dict:
+             max_tokens: int = 256, worker=None, max_model_len: int | None = None, label: str | None = None) -> dict:
     """Evaluate `model` (a local model directory) on `suite`; write `out` (JSON); return the summary.
 
     worker: a RolloutWorker, its Ray actor handle or a RolloutGroup to generate with; by default
     one is built in-process with a context of min(model max, 8192). max_model_len: the worker's
     context, to leave out prompts that do not fit; read from a worker or group, else pass the
-    training config's rollout.max_model_len for an actor handle (default 4096)."""
+    training config's rollout.max_model_len for an actor handle (default 4096). label: what the
+    printed table and the summary call the model (default: `model`), e.g. a training run's policy."""
     path = Path(model)
     if not (path / "config.json").is_file():
         raise EvalError(f"--model {model}: not a model directory (no config.json)")
@@ -276,8 +277,8 @@ def run_eval(model: str, suite: str, categories: list[str] | None, limit: int | 
         return len(prompt_ids(tokenizer, task)) + max_tokens <= max_model_len
 
     report = evaluate_with(_generate_fn(worker, max_tokens), items, suite, fits=fits)
-    summary = {"model": str(model), "limit": limit, "max_tokens": max_tokens, **report["summary"]}
-    print(f"\n{suite} on {model}" + (f" (first {limit} per category)" if limit else ""))
+    summary = {"model": label or str(model), "limit": limit, "max_tokens": max_tokens, **report["summary"]}
+    print(f"\n{suite} on {label or model}" + (f" (first {limit} per category)" if limit else ""))
     print(format_table(summary))
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
