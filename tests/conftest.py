@@ -26,9 +26,14 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
+    from filelock import FileLock
+
     from toolexpander.models import prepare_model
 
-    return prepare_model("tiny", REPO / "models" / "tiny")
+    out = REPO / "models" / "tiny"
+    out.parent.mkdir(exist_ok=True)
+    with FileLock(out.parent / ".tiny.lock"):  # `make test`'s pytest-xdist workers: one prepares, one waits
+        return prepare_model("tiny", out)
 
 
 @pytest.fixture(scope="session")
