@@ -36,7 +36,7 @@ class FakeRolloutWorker:
 
     def __init__(self, index: int, delay: float, n: int, max_prompts: int, prompt_len: int,
                  completion_len: int, seed: int):
-        self.index, self.delay, self.n = index, delay, n
+        self.index, self.delay, self.n, self.version = index, delay, n, 0
         rng = np.random.default_rng(seed)
         rows = max_prompts * n
         self.heavy = {  # the per-row payload that dominates the batch's size
@@ -64,7 +64,7 @@ class FakeRolloutWorker:
                  "subtask": pa.array([r.task.subtask for r in requests for _ in range(n)]),
                  "demo_round": pa.array(np.repeat([r.demo_round for r in requests], n), pa.int8()),
                  "num_demos": pa.array(np.repeat([len(r.demos) for r in requests], n), pa.int8()),
-                 "policy_version": pa.array(np.zeros(k * n, np.int64))}
+                 "policy_version": pa.array(np.full(k * n, self.version, np.int64))}
         columns = [light[f.name] if f.name in light else self.heavy[f.name].slice(0, k * n)
                    for f in ROLLOUT_SCHEMA]
         batch = pa.RecordBatch.from_arrays(columns, schema=ROLLOUT_SCHEMA)
@@ -75,6 +75,7 @@ class FakeRolloutWorker:
         return batch, stats
 
     def update_weights(self, version: int, named_tensors) -> float:
+        self.version = version
         return 0.0
 
 
@@ -102,18 +103,66 @@ class SimulatedRolloutGroup(RolloutGroup):
 
 class SimulatedLearnerGroup(LearnerGroup):
     def __init__(self, ranks):
-        self.pg, self.ranks = None, ranks
+        self.pg, self.ranks, self.dtype = None, ranks, "float32"
 
     def shutdown(self) -> None:
         for r in self.ranks:
             ray.kill(r, no_restart=True)
 
 
+def simulated_trainer(cfg, tasks, workers: list, learner_actor):
+    """A Trainer over fake actors (its __init__ would start real ones): the real Sampler on `tasks`,
+    RolloutGroup over `workers`, LearnerGroup over `learner_actor`, WeightSync over the object store.
+    close_simulated() stops them."""
+    from toolexpander.sampling.sampler import Sampler
+    from toolexpander.train import Trainer
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.cfg = cfg
+    trainer.sampler = ray.remote(Sampler).options(num_cpus=0).remote(
+        cfg.sampler.model_dump(), tasks, cfg.reward.exemplar_bonus, cfg.reward.weights)
+    trainer.rollout = SimulatedRolloutGroup(cfg, workers)
+    trainer.rollout.ready()
+    trainer.learner = SimulatedLearnerGroup([learner_actor])
+    trainer.sync = WeightSync(trainer.learner, trainer.rollout, cfg)
+    trainer.step, trainer.version, trainer.save_rollouts, trainer.metrics, trainer.prefetch = 0, 0, None, None, None
+    return trainer
+
+
+def simulate_each(simulate, values: list, args) -> list[dict]:
+    """simulate(value, args, tasks) for each value, in one private Ray, on the shipped training tasks."""
+    from toolexpander.data import load_tasks
+
+    tasks = load_tasks(TRAIN_DATA)
+    with private_ray(num_cpus=cores()):
+        return [simulate(v, args, tasks) for v in values]
+
+
+def timed_steps(trainer, steps: int, label: str) -> list[tuple[float, dict]]:
+    """(wall seconds, metrics) of `steps` Trainer.train_step calls after one untimed warm-up step."""
+    out = []
+    for k in range(steps + 1):
+        start = time.perf_counter()
+        m = trainer.train_step()
+        wall = time.perf_counter() - start
+        trainer.step += 1
+        if k:
+            out.append((wall, m))
+        log(f"{label}, step {k}: {wall:.3f} s")
+    return out
+
+
+def close_simulated(trainer) -> None:
+    if trainer.prefetch is not None:
+        trainer.prefetch.result()
+    trainer.rollout.shutdown()
+    trainer.learner.shutdown()
+    ray.kill(trainer.sampler, no_restart=True)
+
+
 def simulate(workers: int, args, tasks) -> dict:
     """Median timings of args.steps Trainer.train_step calls (after a warm-up) over `workers` fakes."""
     from toolexpander.config import Config
-    from toolexpander.sampling.sampler import Sampler
-    from toolexpander.train import Trainer
 
     cfg = Config.model_validate({
         "model": {"prepare": None},
@@ -125,33 +174,16 @@ def simulate(workers: int, args, tasks) -> dict:
         "learner": {"weight_sync": "object_store"},
         "logging": {"output_dir": str(REPO / "runs" / "bench-driver-scale")}})
     start = time.perf_counter()
-    sampler = ray.remote(Sampler).options(num_cpus=0).remote(
-        cfg.sampler.model_dump(), tasks, cfg.reward.exemplar_bonus, cfg.reward.weights)
     worker_cls = ray.remote(FakeRolloutWorker).options(num_cpus=0, max_concurrency=1)
-    rollout = SimulatedRolloutGroup(cfg, [
+    trainer = simulated_trainer(cfg, tasks, [
         worker_cls.remote(i, args.delay, args.n, args.prompts_per_worker, args.prompt_len,
-                          args.completion_len, seed=i) for i in range(workers)])
-    rollout.ready()
-    learner = SimulatedLearnerGroup([ray.remote(FakeLearner).options(num_cpus=0).remote()])
+                          args.completion_len, seed=i) for i in range(workers)],
+        ray.remote(FakeLearner).options(num_cpus=0).remote())
     started_s = time.perf_counter() - start
-    # Trainer.train_step itself; __init__ is skipped because it would start real actors.
-    trainer = Trainer.__new__(Trainer)
-    trainer.cfg, trainer.sampler, trainer.rollout, trainer.learner = cfg, sampler, rollout, learner
-    trainer.sync = WeightSync(learner, rollout, cfg)
-    trainer.step, trainer.version, trainer.save_rollouts, trainer.metrics = 0, 0, None, None
-    steps = []
-    for k in range(args.steps + 1):
-        start = time.perf_counter()
-        m = trainer.train_step()
-        wall = time.perf_counter() - start
-        trainer.step += 1
-        if k:
-            steps.append({"wall": wall, "rollout": m["time/rollout_s"], "learner": m["time/learner_s"],
-                          "push": m["time/weight_push_total_s"], "rows": m["rollout/groups"] * args.n})
-        log(f"{workers} workers, step {k}: {wall:.3f} s")
-    rollout.shutdown()
-    learner.shutdown()
-    ray.kill(sampler, no_restart=True)
+    steps = [{"wall": wall, "rollout": m["time/rollout_s"], "learner": m["time/learner_s"],
+              "push": m["time/weight_push_total_s"], "rows": m["rollout/groups"] * args.n}
+             for wall, m in timed_steps(trainer, args.steps, f"{workers} workers")]
+    close_simulated(trainer)
     med = {k: statistics.median(s[k] for s in steps) for k in steps[0]}
     d = args.delay
     return {"workers": workers, "rows": int(steps[0]["rows"]), "actors_up_s": started_s, "steps": steps,
@@ -170,13 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompt-len", type=int, default=600)
     ap.add_argument("--completion-len", type=int, default=96)
     args = ap.parse_args(argv)
-
-    from toolexpander.data import load_tasks
-
-    tasks = load_tasks(TRAIN_DATA)
     t_start = time.perf_counter()
-    with private_ray(num_cpus=cores()):
-        runs = [simulate(w, args, tasks) for w in args.workers]
+    runs = simulate_each(simulate, args.workers, args)
     parts = [("generate", "rollout.generate beyond the delay (fan-out, get, concat, sort)"),
              ("learner", "learner.call('step', batch) (the batch to the learner actor)"),
              ("push", "weights_ref + push to every worker"),

@@ -28,6 +28,7 @@ BENCHES = {
     "mismatch": (["--prompts", "4", "--n", "10", "--max-tokens", "64"], []),
     "learner": (["--groups", "2", "--n", "4", "--prompt-len", "256", "--completion-len", "32"], []),
     "driver_scale": (["--workers", "16", "--steps", "3"], []),
+    "overlap": (["--steps", "4"], []),
     "trl_compare": (["--steps", "4"], ["--steps", "6"]),
 }
 MODULE = {name: f"bench.{name}" for name in BENCHES}

@@ -181,6 +181,9 @@ class LearnerConfig(Section):
     max_nonfinite_in_row: int = Field(3, ge=1)
     weight_sync: Literal["auto", "gloo", "object_store", "nccl"] = "auto"
     weight_sync_bucket_mb: int = Field(64, ge=1)
+    weight_sync_timeout_s: float = Field(120.0, gt=0.0, le=3600.0, description="gloo weight group: how "
+                                         "long a push waits on a member before failing; the driver then "
+                                         "replaces dead workers, rebuilds the group and pushes again")
     cpus_per_rank: float = Field(1.0, gt=0.0)
     torch_threads: int | None = Field(None, ge=1, description="CPU only; default: the node's cores / "
                                       "world_size (rollouts sleep while the learner runs)")
@@ -189,6 +192,11 @@ class LearnerConfig(Section):
 
 class TrainConfig(Section):
     steps: int = Field(20, ge=1)
+    max_staleness: int = Field(0, ge=0, le=1, description="0: synchronous (generate, learn, push). 1: "
+                               "one-step off-policy: the workers generate step t+1's batch with the weights "
+                               "they hold while the learner trains on step t's, so each batch is trained by a "
+                               "policy one version newer than the one that generated it (the loss corrects "
+                               "for it: learner.is_cap). Pushes still wait for the engines to be idle")
     save_every: int = Field(10, ge=0, description="checkpoint every K steps (0 = only at the end)")
     keep_last: int = Field(2, ge=1)
     hf_export_every: int = Field(0, ge=0, description="HF export every K steps (0 = only at the end)")

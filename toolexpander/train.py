@@ -3,12 +3,15 @@
 Each step: sampler.next_batch -> rollout.generate (all workers in parallel) -> sampler.record
 (refill until B informative groups or the draw budget) -> learner.step -> push weights -> metrics
 -> eval every K steps -> checkpoint every K steps. SIGTERM/Ctrl-C finish the step, checkpoint, exit 0.
+With train.max_staleness 1 the next step's sampler/rollout part runs in a thread (Prefetch) while
+learner.step runs; the push waits for it.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +21,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from toolexpander.actors.group import WorkerDied
 from toolexpander.config import Config, dump_config
 from toolexpander.data import DataError, load_tasks
 from toolexpander.learner import checkpoint
@@ -69,6 +71,101 @@ def reward_metrics(table: pa.Table) -> dict[str, float]:
     return out
 
 
+# In a checkpoint taken with max_staleness 1: the next step's rollout phase, which the sampler state
+# saved beside it has recorded: its Arrow tables (Parquet) and the rest (JSON).
+PREFETCH_DIR = "prefetch"
+PHASE_FIELDS = ("step", "seed", "rollout_s", "version", "sampler_end", "records")
+
+
+def save_phase(phase: dict, directory: Path) -> None:
+    directory.mkdir(parents=True)
+    pq.write_table(phase["table"], directory / "table.parquet")
+    pq.write_table(phase["batch"], directory / "batch.parquet")
+    rest = {k: phase[k] for k in PHASE_FIELDS} | {"stats": [s.model_dump() for s in phase["stats"]]}
+    (directory / "phase.json").write_text(json.dumps(rest, default=lambda x: x.item()))  # numpy scalars
+
+
+def load_phase(directory: Path) -> dict:
+    from toolexpander.types import RolloutStats
+
+    rest = json.loads((directory / "phase.json").read_text())
+    return {**{k: rest[k] for k in PHASE_FIELDS}, "stats": [RolloutStats.model_validate(s) for s in rest["stats"]],
+            "table": pq.read_table(directory / "table.parquet"), "batch": pq.read_table(directory / "batch.parquet")}
+
+
+class Prefetch:
+    """The next step's rollout phase, in a thread of its own (train.max_staleness 1), and the handshake
+    that keeps weight pushes out of generations: the driver pushes only while the phase is done or
+    waiting for a push (a rollout worker it replaced needs the current weights before it generates).
+    States: running -> (waiting_push -> running)* -> done."""
+
+    _local = threading.local()
+
+    def __init__(self, fn, step: int):
+        self._cond = threading.Condition()
+        self._state, self._result, self._error = "running", None, None
+        self._thread = threading.Thread(target=self._run, args=(fn, step), name=f"prefetch-step-{step}", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def finished(cls, result: dict) -> "Prefetch":
+        """A phase that is already done (restored from a checkpoint)."""
+        self = cls.__new__(cls)
+        self._cond, self._thread = threading.Condition(), None
+        self._state, self._result, self._error = "done", result, None
+        return self
+
+    @classmethod
+    def current(cls) -> "Prefetch | None":
+        """The Prefetch whose thread is calling, or None in the driver's own thread."""
+        return getattr(cls._local, "prefetch", None)
+
+    def _run(self, fn, step: int) -> None:
+        Prefetch._local.prefetch = self
+        try:
+            self._result = fn(step)
+        except BaseException as e:  # re-raised in the driver's thread by result()
+            self._error = e
+        finally:
+            with self._cond:
+                self._state = "done"
+                self._cond.notify_all()
+
+    # the prefetch thread
+    def wait_for_push(self) -> None:
+        """Block until the driver has pushed the current weights (its engines are idle meanwhile)."""
+        with self._cond:
+            self._state = "waiting_push"
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._state == "running")
+
+    # the driver's thread
+    @property
+    def needs_push(self) -> bool:
+        with self._cond:
+            return self._state == "waiting_push"
+
+    def wait_idle(self) -> float:
+        """Seconds until no generation is in flight (done, or waiting for a push)."""
+        start = time.perf_counter()
+        with self._cond:
+            self._cond.wait_for(lambda: self._state in ("waiting_push", "done"))
+        return time.perf_counter() - start
+
+    def pushed(self) -> None:
+        with self._cond:
+            if self._state == "waiting_push":
+                self._state = "running"
+                self._cond.notify_all()
+
+    def result(self) -> dict:
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool, save_rollouts: str | None):
         import ray
@@ -103,6 +200,7 @@ class Trainer:
         self.sync = WeightSync(self.learner, self.rollout, cfg)
         self.ckpt_root = run_dir / "checkpoints"
         self.step, self.version = 0, 0
+        self.prefetch: Prefetch | None = None   # the next step's rollout phase (train.max_staleness 1)
         if resume:
             self._restore()
         self.metrics = MetricsWriter(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project,
@@ -118,9 +216,13 @@ class Trainer:
         for worker, shard in lost:
             self.metrics.event(self.step, "worker_restart", f"rollout worker {worker} died; restarting it")
             self.rollout.restart(worker)
-            self.sync.connect()
-            if self.version > 0:
-                self.sync.push(self.version)
+            prefetch = Prefetch.current()
+            if prefetch is not None:  # the learner is training: the driver connects and pushes after it
+                prefetch.wait_for_push()
+            else:
+                self.sync.connect()
+                if self.version > 0:
+                    self.sync.push(self.version)
             again, more, still_lost = self.rollout.generate(shard, step_seed)
             if still_lost:
                 raise TrainError(f"rollout worker {worker} died twice in one step; giving up")
@@ -131,18 +233,11 @@ class Trainer:
 
     def _push(self) -> float:
         """Push the current weights; a worker that died meanwhile is replaced and the push redone."""
-        import ray
-
-        try:
-            return self.sync.push(self.version)
-        except (WorkerDied, ray.exceptions.RayTaskError) as e:
-            dead = self.rollout.heal()
-            if not dead:
-                raise
+        seconds, dead, error = self.sync.push_healing(self.version)
+        if dead:
             self.metrics.event(self.step, "worker_restart", f"rollout worker(s) {dead} died during a "
-                               f"weight push ({type(e).__name__}); restarted")
-            self.sync.connect()
-            return self.sync.push(self.version)
+                               f"weight push ({error}); restarted")
+        return seconds
 
     def _fill_batch(self, step_seed: int):
         """Draw, generate and record until B informative groups or the draw budget (DAPO-style).
@@ -168,13 +263,34 @@ class Trainer:
         keep_ids = pa.array(kept[: cfg.sampler.batch_prompts], pa.int64())
         return table, table.filter(pc.is_in(table.column("group_id"), keep_ids)), records, stats
 
-    def train_step(self) -> dict[str, float]:
+    def _rollout_phase(self, step: int) -> dict:
+        """Everything step `step` needs from the rollout side: its batch (draw, generate, record,
+        DAPO-style refills) and the sampler's end of step. Runs in the driver's thread (max_staleness
+        0) or in the prefetch thread while the learner trains on the step before (1); in both cases
+        the sampler sees the same calls in the same order, so its ledger is the same."""
         import ray
 
-        cfg, t0 = self.cfg, time.perf_counter()
-        step_seed = cfg.train.seed * 1_000_003 + self.step
+        t0 = time.perf_counter()
+        version = self.version   # the engines' weights while this batch is generated
+        step_seed = self.cfg.train.seed * 1_000_003 + step
         table, batch, records, stats = self._fill_batch(step_seed)
         rollout_s = time.perf_counter() - t0
+        return {"step": step, "seed": step_seed, "table": table, "batch": batch, "records": records,
+                "stats": stats, "rollout_s": rollout_s, "version": version,
+                "sampler_end": ray.get(self.sampler.end_step.remote())}
+
+    def train_step(self) -> dict[str, float]:
+        cfg, t0 = self.cfg, time.perf_counter()
+        if self.prefetch is not None:
+            phase = self.prefetch.result()   # generated while the learner trained the step before
+            self.prefetch = None
+        else:
+            phase = self._rollout_phase(self.step)
+        if phase["step"] != self.step:
+            raise TrainError(f"internal: the batch of step {phase['step']} arrived at step {self.step}")
+        if cfg.train.max_staleness and self.step + 1 < cfg.train.steps:
+            self.prefetch = Prefetch(self._rollout_phase, self.step + 1)
+        table, batch, records, stats = phase["table"], phase["batch"], phase["records"], phase["stats"]
         if self.save_rollouts is not None:
             self.save_rollouts.mkdir(parents=True, exist_ok=True)
             pq.write_table(batch, self.save_rollouts / f"step_{self.step:06d}.parquet")
@@ -182,9 +298,12 @@ class Trainer:
         m.update(self._sampler_metrics(records))
         carried = pc.greater(table.column("num_demos"), 0).cast(pa.float32())
         m["sampler/demo_rate"] = float(pc.mean(carried).as_py() or 0.0)  # prompts that carried demos
+        if batch.num_rows:  # versions between the weights that generated a row and those training on it
+            lag = self.version - batch.column("policy_version").to_numpy()
+            m["rollout/policy_lag_mean"], m["rollout/policy_lag_max"] = float(lag.mean()), float(lag.max())
         t = time.perf_counter()
         if batch.num_rows:
-            m.update(self.learner.call("step", batch, step_seed, self.step)[0])
+            m.update(self.learner.call("step", batch, phase["seed"], self.step)[0])
         else:  # no informative group: nothing to learn from; the contract metrics have no value
             nan = float("nan")
             m.update({"learner/skipped": 0.0, "learner/applied": 0.0, "learner/loss": nan,
@@ -192,17 +311,33 @@ class Trainer:
                       "learner/approx_kl": nan, "learner/lr": self.learner.call("lr")[0]})
         learner_s = time.perf_counter() - t
         t = time.perf_counter()
+        # A push must not change an engine's weights mid-generation: wait for the prefetch first
+        # (it may be waiting for a push, to bring a worker it replaced up to date).
+        wait_s = self.prefetch.wait_idle() if self.prefetch is not None else 0.0
         m["time/weight_push_s"] = float("nan")
-        if m["learner/applied"] > 0:  # unchanged weights keep their version and are not pushed
+        if self.prefetch is not None and self.prefetch.needs_push:
+            self.sync.connect()   # the replaced worker joins the weight group
+        pushed = m["learner/applied"] > 0
+        if pushed:  # unchanged weights keep their version and are not pushed
             self.version += 1
             m["time/weight_push_s"] = self._push()
-        push_s = time.perf_counter() - t
-        m.update(ray.get(self.sampler.end_step.remote()))
+        while self.prefetch is not None and self.prefetch.needs_push:  # the prefetch ends before this step does
+            if not pushed and self.version > 0:
+                self._push()
+            self.prefetch.pushed()
+            wait_s += self.prefetch.wait_idle()
+            pushed = False
+            if self.prefetch.needs_push:
+                self.sync.connect()
+        push_s = time.perf_counter() - t - wait_s
+        m.update(phase["sampler_end"])
         tokens = sum(s.completion_tokens for s in stats)
         # every group generated this step: completions scored 0 because scoring raised (worker logs say why)
         m["reward/scorer_errors"] = sum(s.scorer_errors for s in stats)
+        rollout_s = phase["rollout_s"]
         m.update({"policy_version": self.version, "time/rollout_s": rollout_s,
                   "time/learner_s": learner_s, "time/weight_push_total_s": push_s,
+                  "time/rollout_wait_s": wait_s,
                   "rollout/tokens_per_s": tokens / max(rollout_s, 1e-9),
                   "rollout/completion_tokens": tokens, "rollout/groups": table.num_rows / cfg.rollout.n,
                   "rollout/draw_rounds": len(records), "learner/groups": batch.num_rows / cfg.rollout.n,
@@ -229,6 +364,8 @@ class Trainer:
         self.learner.call("save", str(tmp / "learner"), client)
         ray.get(self.sampler.save.remote(str(tmp / "sampler.npz")))
         (tmp / "driver.json").write_text(json.dumps({"step": self.step, "policy_version": self.version}))
+        if self.prefetch is not None:  # the next step's batch, generated and recorded by the sampler already
+            save_phase(self.prefetch.result(), tmp / PREFETCH_DIR)
         return checkpoint.commit(tmp, self.ckpt_root, self.step, self.cfg.train.keep_last)
 
     def _restore(self) -> None:
@@ -241,6 +378,8 @@ class Trainer:
         ray.get(self.sampler.load.remote(str(directory / "sampler.npz")))
         state = json.loads((directory / "driver.json").read_text())
         self.step, self.version = state["step"], state["policy_version"]
+        if (directory / PREFETCH_DIR).is_dir():  # trained next, exactly as the interrupted run would have
+            self.prefetch = Prefetch.finished(load_phase(directory / PREFETCH_DIR))
         self._push()
         print(f"resumed from {directory} at step {self.step} (policy version {self.version})", flush=True)
 

@@ -206,10 +206,16 @@ def test_bf16_computes_in_bf16_and_keeps_float32_master_weights(ray_local, tiny_
         group = LearnerGroup(cfg, str(tiny_model), pad_id=2)
         try:
             out[dtype] = group.call("step", table, 0, 0)[0]
-            weights[dtype] = dict(ray.get(group.weights_ref()))
+            first = group.weights_ref()
             master = {k: np.array(v) for k, v in ray.get(group.ranks[0].named_weights.remote("float32"))}
+            if dtype == "bfloat16":  # a second step and push reuse the conversion buffers...
+                group.call("step", table, 1, 1)
+                second = dict(ray.get(group.weights_ref()))
+            weights[dtype] = dict(ray.get(first))
         finally:
             group.shutdown()
+    # ...without touching what the first push put in the object store
+    assert any(np.any(second[k] != weights["bfloat16"][k]) for k in second)
     fp32, bf16 = out["float32"], out["bfloat16"]
     assert bf16["learner/applied"] == 1 and np.isfinite(bf16["learner/grad_norm"])
     assert fp32["rollout/logprob_gap"] < 1e-4 < bf16["rollout/logprob_gap"] < 0.2

@@ -66,3 +66,52 @@ def test_push_makes_workers_generate_what_the_learner_predicts(ray_local, tiny_m
     finally:
         rollout.shutdown()
         learner.shutdown()
+
+
+def test_gloo_push_to_a_dead_worker_times_out_then_replaces_it_and_pushes_again(ray_local, tiny_model, train_tasks,
+                                                                                tmp_path):
+    # Deterministic: worker 1's process is SIGKILLed before the push, so the broadcast meets a dead
+    # member every time. The push fails within learner.weight_sync_timeout_s, the dead worker is
+    # replaced, the group rebuilt and the push redone (WeightSync.push_healing, the driver's path);
+    # afterwards both workers generate what the learner's weights predict.
+    import os
+    import signal
+    import time
+
+    from transformers import AutoModelForCausalLM
+
+    import ray
+
+    from toolexpander.actors.group import LearnerGroup, RolloutGroup, WeightSync, WorkerDied
+    from toolexpander.config import Config
+    from toolexpander.types import PromptRequest
+    from tests.learner.test_learner import batch
+
+    timeout = 5.0
+    cfg = Config.model_validate({
+        "model": {"path": str(tiny_model), "prepare": None},
+        "rollout": {"num_workers": 2, "n": 2, "max_tokens": 8, "max_model_len": 2048},
+        "learner": {"lr": 1e-3, "weight_sync": "gloo", "is_cap": None, "weight_sync_timeout_s": timeout}})
+    learner = LearnerGroup(cfg, str(tiny_model), pad_id=2)
+    rollout = RolloutGroup(cfg, str(tiny_model))
+    try:
+        sync = WeightSync(learner, rollout, cfg)
+        learner.call("step", batch(0), 0)
+        os.kill(rollout.ready()[1]["pid"], signal.SIGKILL)
+        start = time.perf_counter()
+        with pytest.raises((WorkerDied, ray.exceptions.RayTaskError)):  # the plain push just fails...
+            sync.push(1)
+        assert time.perf_counter() - start < timeout + 30  # ...within the timeout (it was a fixed 120 s)
+        seconds, dead, error = sync.push_healing(1)        # the driver's push replaces the worker
+        assert dead == [1] and error and seconds > 0
+        assert [info["policy_version"] for info in rollout.ready()] == [1, 1]
+        task = next(t for t in train_tasks if t.subtask == "single" and len(str(t.tools)) < 800)
+        after, _, _ = rollout.generate([PromptRequest(task=task, demo_round=0, group_id=i) for i in range(2)], 0,
+                                       greedy=True, max_tokens=8)
+        learner.call("export_hf", str(tmp_path / "hf"), str(tiny_model))
+        trained = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+        for row in after.to_pylist():  # the survivor and the replacement both hold the pushed weights
+            assert (torch.tensor(row["logprobs"]) - teacher_forced(trained, row)).abs().max() < 1e-3
+    finally:
+        rollout.shutdown()
+        learner.shutdown()

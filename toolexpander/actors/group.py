@@ -171,6 +171,7 @@ class WeightSync:
         self.mode, self.learner, self.rollout = mode, learner, rollout
         self.tp = cfg.rollout.tensor_parallel_size
         self.bucket_bytes = cfg.learner.weight_sync_bucket_mb << 20
+        self.timeout_s = cfg.learner.weight_sync_timeout_s
         if mode != "object_store":
             self.connect()
 
@@ -181,12 +182,25 @@ class WeightSync:
         meta = self.learner.call("weight_meta")[0]
         host, port = _get([self.learner.ranks[0].sync_endpoint.remote()], "learner rank")[0]
         world = 1 + len(self.rollout.workers) * self.tp
-        refs = [r.init_weight_group.remote(self.mode, host, port, world, self.bucket_bytes, self.learner.dtype)
-                for r in self.learner.ranks]
+        refs = [r.init_weight_group.remote(self.mode, host, port, world, self.bucket_bytes, self.learner.dtype,
+                                           self.timeout_s) for r in self.learner.ranks]
         refs += [w.init_weight_group.remote(self.mode, host, port, 1 + i * self.tp, world, meta,
-                                            self.bucket_bytes)
+                                            self.bucket_bytes, self.timeout_s)
                  for i, w in enumerate(self.rollout.workers)]
         _get(refs, "weight-sync member")
+
+    def push_healing(self, version: int) -> tuple[float, list[int], str]:
+        """push(version); when it fails because rollout workers died (a dead receiver, or a broadcast
+        that gave up on one after learner.weight_sync_timeout_s), replace them, rebuild the group and
+        push again. Returns (seconds of the push that landed, replaced worker indices, the error)."""
+        try:
+            return self.push(version), [], ""
+        except (WorkerDied, ray.exceptions.RayTaskError) as e:
+            dead = self.rollout.heal()
+            if not dead:
+                raise
+            self.connect()
+            return self.push(version), dead, type(e).__name__
 
     def push(self, version: int) -> float:
         """Seconds until every worker holds `version` (gather, transfer, load, cache reset)."""

@@ -184,10 +184,10 @@ class RolloutWorker:
 
 
     def init_weight_group(self, backend: str, host: str, port: int, rank_offset: int, world_size: int,
-                          meta: list, bucket_bytes: int) -> None:
+                          meta: list, bucket_bytes: int, timeout_s: float = 120.0) -> None:
         """Join the learner's broadcast group (every vLLM worker of this engine takes a rank)."""
         self.llm.collective_rpc("init_weight_group", args=(backend, host, port, rank_offset, world_size, meta,
-                                                           bucket_bytes, self.dtype))
+                                                           bucket_bytes, self.dtype, timeout_s))
 
     def receive_weights(self, version: int) -> float:
         """Receive one broadcast push into the running engine; returns seconds taken."""

@@ -6,22 +6,25 @@ from __future__ import annotations
 
 import torch
 
-from toolexpander.learner.sync import open_group, plan_buckets, receive
+from toolexpander.learner.sync import open_group, plan_buckets, receive, wire_dtype
 
 
 class WeightReceiver:
     def init_weight_group(self, backend: str, host: str, port: int, rank_offset: int, world_size: int,
-                          meta: list, bucket_bytes: int, dtype: str = "float32") -> None:
+                          meta: list, bucket_bytes: int, dtype: str = "float32", timeout_s: float = 120.0) -> None:
         rank = rank_offset + int(getattr(self, "rank", 0))  # one rank per tensor-parallel worker
         device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         self._weight_meta = [(name, tuple(shape)) for name, shape in meta]
         self._weight_dtype = dtype
         self._weight_buckets = plan_buckets(self._weight_meta, bucket_bytes, dtype)
         self._weight_device = device
-        self._weight_broadcast = open_group(backend, host, port, rank, world_size, device)
+        self._weight_broadcast = open_group(backend, host, port, rank, world_size, device, timeout_s)
+        self._weight_flats = [torch.empty(sum(int(torch.Size(self._weight_meta[i][1]).numel()) for i in bucket),
+                                          dtype=wire_dtype(dtype), device=device) for bucket in self._weight_buckets]
 
     def receive_weights(self) -> None:
+        # reload_weights copies out of the received views, so the same buffers take the next push.
         named = receive(self._weight_broadcast, self._weight_meta, self._weight_buckets, self._weight_device,
-                        self._weight_dtype)
+                        self._weight_dtype, self._weight_flats)
         # reload_weights, not load_weights: on CPU, oneDNN repacks weights at load time.
         self.reload_weights(weights_iterator=iter(named))

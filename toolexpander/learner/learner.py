@@ -141,6 +141,7 @@ class Learner:
         self.pad_id = pad_id
         self.updates = 0
         self.nonfinite_in_row = 0
+        self._wire_buffers: dict[str, torch.Tensor] = {}   # named_weights' conversion buffers, reused
         self._gap = [0.0, 0]
         # transformers drops the KV cache under gradient checkpointing, so sharing needs it off.
         shared = self.cfg.share_prompt and not self.cfg.gradient_checkpointing
@@ -328,18 +329,26 @@ class Learner:
         rank 0; None on other ranks. Every rank must call it (ZeRO-3 gathers the partitions)."""
         import deepspeed
 
-        from toolexpander.learner.sync import to_wire
+        from toolexpander.learner.sync import to_wire, wire_dtype
 
         params = list(self.engine.module.named_parameters())
         with deepspeed.zero.GatheredParameters([p for _, p in params], enabled=self.cfg.zero_stage == 3):
             if self.rank != 0:
                 return None
             gathered = self.cfg.zero_stage == 3  # ZeRO-3's gathered data is freed on leaving the block
-            # numpy views, no copy: Ray serialises each array's own bytes (a torch view would pickle
-            # its whole flat ZeRO buffer) straight into the object store when this call returns,
-            # before the next step can change them.
-            return [(name, np.array(a, copy=True) if gathered else a)
-                    for name, a in ((name, to_wire(p, dtype)) for name, p in params)]
+            # numpy views of the parameters (float32) or of reused conversion buffers (bf16): Ray
+            # serialises each array's own bytes (a torch view would pickle its whole flat ZeRO buffer)
+            # straight into the object store when this call returns, before the next step changes them.
+            out = []
+            for name, p in params:
+                buffer = None
+                if p.dtype != wire_dtype(dtype):
+                    buffer = self._wire_buffers.get(name)
+                    if buffer is None or buffer.shape != p.shape:
+                        buffer = self._wire_buffers[name] = torch.empty(p.shape, dtype=wire_dtype(dtype))
+                a = to_wire(p, dtype, out=buffer)
+                out.append((name, np.array(a, copy=True) if gathered and buffer is None else a))
+            return out
 
     # ---- weight push over a broadcast group (learner/sync.py) -----------------------------------
     def weight_meta(self) -> list[tuple[str, tuple[int, ...]]]:
@@ -353,7 +362,7 @@ class Learner:
         return rendezvous_endpoint()
 
     def init_weight_group(self, backend: str, host: str, port: int, world_size: int, bucket_bytes: int,
-                          dtype: str = "float32") -> None:
+                          dtype: str = "float32", timeout_s: float = 120.0) -> None:
         """Rank 0 joins the weight group as its root; the buckets carry `dtype` (the engine's)."""
         if self.rank != 0:
             return
@@ -362,7 +371,8 @@ class Learner:
         self._sync_device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         self._sync_dtype = dtype
         self._sync_buckets = plan_buckets(self.weight_meta(), bucket_bytes, dtype)
-        self._sync_broadcast = open_group(backend, host, port, 0, world_size, self._sync_device)
+        self._sync_flats = None   # the buckets' flat buffers, allocated by the first push
+        self._sync_broadcast = open_group(backend, host, port, 0, world_size, self._sync_device, timeout_s)
 
     def broadcast_weights(self) -> float:
         """Every rank calls it (ZeRO-3 gathers); rank 0 sends the buckets. Returns seconds."""
@@ -374,7 +384,8 @@ class Learner:
         params = [p for _, p in self.engine.module.named_parameters()]
         with deepspeed.zero.GatheredParameters(params, enabled=self.cfg.zero_stage == 3):
             if self.rank == 0:
-                send(self._sync_broadcast, params, self._sync_buckets, self._sync_device, self._sync_dtype)
+                self._sync_flats = send(self._sync_broadcast, params, self._sync_buckets, self._sync_device,
+                                        self._sync_dtype, self._sync_flats)
         return time.perf_counter() - start
 
     def param_digest(self) -> str:

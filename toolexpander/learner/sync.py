@@ -17,8 +17,6 @@ import numpy as np
 import torch
 
 Meta = list[tuple[str, tuple[int, ...]]]   # (parameter name, shape), in broadcast order
-# A member that died leaves the others waiting this long before the driver can rebuild the group.
-TIMEOUT = timedelta(seconds=120)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -30,10 +28,16 @@ def wire_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def to_wire(p: torch.Tensor, dtype: str) -> np.ndarray:
+def to_wire(p: torch.Tensor, dtype: str, out: torch.Tensor | None = None) -> np.ndarray:
     """A parameter as the numpy array the object store carries, in `dtype`. numpy has no bfloat16, so
-    bfloat16 travels as its int16 bit pattern (from_wire reads it back)."""
-    t = p.detach().to(device="cpu", dtype=wire_dtype(dtype))
+    bfloat16 travels as its int16 bit pattern (from_wire reads it back). A CPU float32 parameter is
+    returned as a view (no copy); a conversion goes into `out` when given (a buffer of the wire dtype
+    and the parameter's shape, reused push after push: fresh memory would cost page faults every time)."""
+    target = wire_dtype(dtype)
+    if out is not None and (p.dtype != target or p.device.type != "cpu"):
+        t = out.copy_(p.detach())
+    else:
+        t = p.detach().to(device="cpu", dtype=target)
     return t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
 
 
@@ -60,14 +64,18 @@ def plan_buckets(meta: Meta, bucket_bytes: int, dtype: str = "float32") -> list[
     return buckets
 
 
-def open_group(backend: str, host: str, port: int, rank: int, world_size: int, device=None):
-    """A broadcast group of its own (rank 0 = the learner). Returns a callable broadcast(tensor)."""
+def open_group(backend: str, host: str, port: int, rank: int, world_size: int, device=None,
+               timeout_s: float = 120.0):
+    """A broadcast group of its own (rank 0 = the learner). Returns a callable broadcast(tensor).
+    gloo: a member that died makes the others' broadcast fail after timeout_s (learner.weight_sync_timeout_s),
+    so that the driver can replace it and rebuild the group."""
     if backend == "gloo":
         from toolexpander.learner.dist import bind_gloo_to_node, tcp_store
 
         bind_gloo_to_node()
-        store = tcp_store(host, port, rank, world_size, TIMEOUT)
-        group = torch.distributed.ProcessGroupGloo(store, rank, world_size, TIMEOUT)
+        timeout = timedelta(seconds=timeout_s)
+        store = tcp_store(host, port, rank, world_size, timeout)
+        group = torch.distributed.ProcessGroupGloo(store, rank, world_size, timeout)
 
         def broadcast(tensor: torch.Tensor) -> None:
             opts = torch.distributed.BroadcastOptions()
@@ -90,21 +98,30 @@ def open_group(backend: str, host: str, port: int, rank: int, world_size: int, d
     raise ValueError(f"learner.weight_sync: unknown broadcast backend {backend!r}")
 
 
-def send(broadcast, params: list[torch.Tensor], buckets: list[list[int]], device, dtype: str = "float32") -> None:
-    """Rank 0: flatten each bucket (in `dtype`) and broadcast it."""
-    for bucket in buckets:
-        flat = torch.cat([params[i].detach().to(device=device, dtype=wire_dtype(dtype)).reshape(-1)
-                          for i in bucket])
+def send(broadcast, params: list[torch.Tensor], buckets: list[list[int]], device, dtype: str = "float32",
+         flats: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Rank 0: flatten each bucket (in `dtype`) and broadcast it. `flats`: the buckets' flat buffers
+    from the previous push, refilled in place (converting on the way); returns the buffers used."""
+    used = []
+    for k, bucket in enumerate(buckets):
+        sizes = [params[i].numel() for i in bucket]
+        flat = flats[k] if flats else torch.empty(sum(sizes), dtype=wire_dtype(dtype), device=device)
+        for piece, i in zip(flat.split(sizes), bucket):
+            piece.copy_(params[i].detach().reshape(-1))
         broadcast(flat)
+        used.append(flat)
+    return used
 
 
-def receive(broadcast, meta: Meta, buckets: list[list[int]], device, dtype: str = "float32"
-            ) -> list[tuple[str, torch.Tensor]]:
-    """Other ranks: receive each bucket (in `dtype`) and cut it back into named tensors (views, no copy)."""
+def receive(broadcast, meta: Meta, buckets: list[list[int]], device, dtype: str = "float32",
+            flats: list[torch.Tensor] | None = None) -> list[tuple[str, torch.Tensor]]:
+    """Other ranks: receive each bucket (in `dtype`) and cut it back into named tensors (views, no copy).
+    `flats`: buffers to receive into (reused push after push; the caller must have consumed the views
+    of the previous push), else new ones."""
     out = []
-    for bucket in buckets:
+    for k, bucket in enumerate(buckets):
         sizes = [int(torch.Size(meta[i][1]).numel()) for i in bucket]
-        flat = torch.empty(sum(sizes), dtype=wire_dtype(dtype), device=device)
+        flat = flats[k] if flats else torch.empty(sum(sizes), dtype=wire_dtype(dtype), device=device)
         broadcast(flat)
         for i, piece in zip(bucket, flat.split(sizes)):
             out.append((meta[i][0], piece.view(meta[i][1])))
