@@ -152,3 +152,29 @@ def test_bad_input():
         completion_logprobs_shared(model, [], [[1]])
     with pytest.raises(ValueError, match="temperature"):
         completion_logprobs_plain(model, [1], [[1]], temperature=0.0)
+
+
+@pytest.mark.parametrize("path", [completion_logprobs_plain, completion_logprobs_shared])
+def test_chunked_head_matches_one_chunk_values_gradients_and_entropy(model, path):
+    # 16 completion tokens in chunks of 3: six head calls, each recomputed in the backward pass;
+    # the same logprobs, gradients and entropy as one chunk, and as the unpadded reference.
+    prompt, completions = group()
+    whole, mask, ent_whole = path(model, prompt, completions, temperature=0.7, return_entropy=True, chunk_tokens=64)
+    parts, mask_c, ent_parts = path(model, prompt, completions, temperature=0.7, return_entropy=True, chunk_tokens=3)
+    torch.testing.assert_close(parts, whole, rtol=0, atol=LOGPROB_ATOL)
+    torch.testing.assert_close(parts.detach(), reference(model, prompt, completions, temperature=0.7),
+                               rtol=0, atol=LOGPROB_ATOL)
+    assert ent_parts == pytest.approx(ent_whole, abs=1e-5)
+    assert_grads_close(model, grads(model, whole, mask), grads(model, parts, mask_c))
+
+
+def test_entropy_is_the_mean_over_completion_tokens_only(model):
+    prompt, completions = group(lengths=(2, 1))
+    _, mask, ent = completion_logprobs_plain(model, prompt, completions, return_entropy=True)
+    with torch.no_grad():  # by hand: the distributions that score each completion token, no padding
+        expected = []
+        for c in completions:
+            logits = model(input_ids=torch.tensor([prompt + c])).logits[0]
+            logp = torch.log_softmax(logits, dim=-1)[len(prompt) - 1: len(prompt) - 1 + len(c)]
+            expected += (-(logp.exp() * logp).sum(-1)).tolist()
+    assert ent == pytest.approx(sum(expected) / len(expected), abs=1e-5)

@@ -194,13 +194,19 @@ def behaviour_weights(
 
 
 @torch.no_grad()
+def entropy(logits_V: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of softmax(logits) over the last dimension, in float32; no grad."""
+    logp_V = torch.log_softmax(logits_V.float(), dim=-1)
+    return -(logp_V.exp() * logp_V).sum(dim=-1)
+
+
+@torch.no_grad()
 def token_entropy(logits_BTV: torch.Tensor, mask_BT: torch.Tensor) -> float:
     """Mean entropy (nats) of the next-token distributions at the masked positions; no grad.
 
     The caller divides the logits by the sampling temperature first if it wants the sampled distribution.
     """
-    logp_BTV = torch.log_softmax(logits_BTV.float(), dim=-1)
-    entropy_BT = -(logp_BTV.exp() * logp_BTV).sum(dim=-1)
+    entropy_BT = entropy(logits_BTV)
     mask_BT = mask_BT.bool()
     return (torch.where(mask_BT, entropy_BT, 0.0).sum() / mask_BT.sum().clamp(min=1)).item()
 

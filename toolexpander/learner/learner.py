@@ -169,7 +169,8 @@ class Learner:
     def logprobs(self, group: Group, grad: bool):
         with torch.set_grad_enabled(grad), self._compute():
             return self._logprobs(self.engine.module, group.prompt, group.completions,
-                                  temperature=self.temperature, pad_id=self.pad_id, return_entropy=grad)
+                                  temperature=self.temperature, pad_id=self.pad_id, return_entropy=grad,
+                                  chunk_tokens=self.cfg.logit_chunk_tokens)
 
     def step(self, table: pa.Table, step_seed: int = 0, train_step: int | None = None) -> dict[str, float]:
         """ppo_epochs x mini_batches updates on one batch of groups; returns learner metrics.
@@ -445,7 +446,7 @@ class Learner:
         for prompt, answer, weight in share:
             with self._compute():
                 logprobs_1T, _ = completion_logprobs_plain(self.engine.module, prompt, [answer], temperature=1.0,
-                                                           pad_id=self.pad_id)
+                                                           pad_id=self.pad_id, chunk_tokens=self.cfg.logit_chunk_tokens)
             nll_sum = -logprobs_1T.sum()
             self.engine.backward(nll_sum * (weight * scale))
             nll += weight * float(nll_sum.detach())
