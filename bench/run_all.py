@@ -27,6 +27,7 @@ BENCHES = {
     "weight_push": (["--reps", "3"], []),
     "mismatch": (["--prompts", "4", "--n", "10", "--max-tokens", "64"], []),
     "learner": (["--groups", "2", "--n", "4", "--prompt-len", "256", "--completion-len", "32"], []),
+    "learner_memory": ([], ["--n", "16", "--completion-len", "1024"]),
     "driver_scale": (["--workers", "16", "--steps", "3"], []),
     "overlap": (["--steps", "4"], []),
     "trl_compare": (["--steps", "4"], ["--steps", "6"]),

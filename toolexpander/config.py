@@ -172,9 +172,10 @@ class LearnerConfig(Section):
                                  "behaviour policy (the logprobs the rollout engine sampled with): each "
                                  "token's loss is weighted by min(pi_old / mu, is_cap); None turns the "
                                  "correction off (rollout/mismatch_k3_kl is logged either way)")
-    logit_chunk_tokens: int = Field(2048, ge=16, le=1 << 20, description="the LM head scores at most this "
-                                    "many completion tokens at once (a (chunk, vocab) float32 tensor); a larger "
-                                    "group is scored in chunks, each recomputed in the backward pass")
+    logit_chunk_mb: int = Field(256, ge=1, le=1 << 20, description="the LM head scores at most as many "
+                                "completion tokens at once as fit this many MiB of float32 logits (MiB / "
+                                "(vocab x 4 B) tokens: 1365 for SmolLM2's 49k vocabulary, 441 for Qwen2.5's "
+                                "152k); a larger group is scored in chunks, each recomputed in the backward pass")
     lm_head_fp32: bool = Field(True, description="with model.dtype bfloat16, compute the LM head (the "
                                "logits) in float32 outside autocast: it lowers the k3 KL to a bf16 engine's "
                                "logprobs by about a quarter at no measurable cost (bench/mismatch.py)")

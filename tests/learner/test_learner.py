@@ -245,3 +245,11 @@ def test_float32_head_ignores_bf16_autocast():
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, hidden.to(torch.bfloat16).float() @ head.weight.T, rtol=0, atol=1e-6)
     assert (out - exact).abs().max() > 0                   # only the input carries bf16 rounding
+
+
+def test_logit_chunk_is_a_memory_budget():
+    from toolexpander.learner.learner import logit_chunk_tokens
+
+    assert logit_chunk_tokens(256, 49152) == 1365        # SmolLM2: 256 MiB of float32 logits
+    assert logit_chunk_tokens(256, 151936) == 441        # Qwen2.5
+    assert logit_chunk_tokens(1, 10**7) == 16            # never fewer than 16 positions

@@ -73,6 +73,11 @@ def _float32_head(head: torch.nn.Linear, device_type: str) -> None:
     head.forward = forward
 
 
+def logit_chunk_tokens(chunk_mb: int, vocab_size: int) -> int:
+    """How many positions the LM head scores at once: learner.logit_chunk_mb of float32 logits."""
+    return max(16, (chunk_mb << 20) // (4 * vocab_size))
+
+
 def ds_config(cfg: LearnerConfig) -> dict:
     """DeepSpeed's config; no LR scheduler: Learner.step sets the LR per training step itself.
     Always float32 (master weights, gradients, optimizer state): model.dtype bfloat16 is torch autocast
@@ -139,6 +144,7 @@ class Learner:
         # distribution the tokens were drawn from (vLLM returns processed logprobs at the same T).
         self.temperature = temperature
         self.pad_id = pad_id
+        self.chunk_tokens = logit_chunk_tokens(self.cfg.logit_chunk_mb, model.config.vocab_size)
         self.updates = 0
         self.nonfinite_in_row = 0
         self._wire_buffers: dict[str, torch.Tensor] = {}   # named_weights' conversion buffers, reused
@@ -170,7 +176,7 @@ class Learner:
         with torch.set_grad_enabled(grad), self._compute():
             return self._logprobs(self.engine.module, group.prompt, group.completions,
                                   temperature=self.temperature, pad_id=self.pad_id, return_entropy=grad,
-                                  chunk_tokens=self.cfg.logit_chunk_tokens)
+                                  chunk_tokens=self.chunk_tokens)
 
     def step(self, table: pa.Table, step_seed: int = 0, train_step: int | None = None) -> dict[str, float]:
         """ppo_epochs x mini_batches updates on one batch of groups; returns learner metrics.
@@ -446,7 +452,7 @@ class Learner:
         for prompt, answer, weight in share:
             with self._compute():
                 logprobs_1T, _ = completion_logprobs_plain(self.engine.module, prompt, [answer], temperature=1.0,
-                                                           pad_id=self.pad_id, chunk_tokens=self.cfg.logit_chunk_tokens)
+                                                           pad_id=self.pad_id, chunk_tokens=self.chunk_tokens)
             nll_sum = -logprobs_1T.sum()
             self.engine.backward(nll_sum * (weight * scale))
             nll += weight * float(nll_sum.detach())
