@@ -70,3 +70,18 @@ def test_an_actor_without_the_model_on_its_node_names_node_and_path(tmp_path, ro
 
         with pytest.raises(ModelError, match=r"learner rank 1 on node 127\.0\.0\.1: model directory .*not-here"):
             Learner(1, 2, "127.0.0.1", 1, str(missing), {})
+
+
+def test_two_processes_preparing_one_directory_do_not_collide(tmp_path):
+    # make test's two xdist workers (or two runs) may both ask for a model that is not there yet:
+    # one writes it under the lock, the other waits and finds it prepared.
+    import subprocess
+    import sys
+
+    out = tmp_path / "models" / "tiny"
+    cmd = [sys.executable, "-m", "toolexpander", "prepare-model", "tiny", "--out", str(out)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    assert (out / MARKER).is_file() and (out / "config.json").is_file()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".tiny.") and p.is_dir()]  # no leftovers

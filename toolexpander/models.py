@@ -106,10 +106,21 @@ def prepare_model(kind: str, out: str | Path, seed: int = 0, force: bool = False
     out = Path(out)
     if is_prepared(out, kind) and not force:
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock
+
+    # Two processes preparing the same directory (two test workers, two runs): one writes, the other
+    # waits and then finds it prepared.
+    with FileLock(out.parent / f".{out.name}.lock"):
+        if is_prepared(out, kind) and not force:
+            return out
+        return _write(kind, out, seed)
+
+
+def _write(kind: str, out: Path, seed: int) -> Path:
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
         raise ModelError(f"{out} exists and was not written by prepare-model; choose another --out")
     model, tokenizer = _build(kind, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
