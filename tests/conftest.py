@@ -26,14 +26,10 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    from filelock import FileLock
-
     from toolexpander.models import prepare_model
 
-    out = REPO / "models" / "tiny"
-    out.parent.mkdir(exist_ok=True)
-    with FileLock(out.parent / ".tiny.lock"):  # `make test`'s pytest-xdist workers: one prepares, one waits
-        return prepare_model("tiny", out)
+    # `make test`'s pytest-xdist workers may both get here first: prepare_model locks, one writes.
+    return prepare_model("tiny", REPO / "models" / "tiny")
 
 
 @pytest.fixture(scope="session")
