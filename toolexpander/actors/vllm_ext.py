@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from toolexpander.learner.sync import open_group, plan_buckets, receive, wire_dtype
+from toolexpander.learner.sync import open_group, plan_buckets, receive
 
 
 class WeightReceiver:
@@ -19,12 +19,11 @@ class WeightReceiver:
         self._weight_buckets = plan_buckets(self._weight_meta, bucket_bytes, dtype)
         self._weight_device = device
         self._weight_broadcast = open_group(backend, host, port, rank, world_size, device, timeout_s)
-        self._weight_flats = [torch.empty(sum(int(torch.Size(self._weight_meta[i][1]).numel()) for i in bucket),
-                                          dtype=wire_dtype(dtype), device=device) for bucket in self._weight_buckets]
+        self._weight_flats = None   # receive's buffers, allocated by the first push and reused
 
     def receive_weights(self) -> None:
         # reload_weights copies out of the received views, so the same buffers take the next push.
-        named = receive(self._weight_broadcast, self._weight_meta, self._weight_buckets, self._weight_device,
-                        self._weight_dtype, self._weight_flats)
+        named, self._weight_flats = receive(self._weight_broadcast, self._weight_meta, self._weight_buckets,
+                                            self._weight_device, self._weight_dtype, self._weight_flats)
         # reload_weights, not load_weights: on CPU, oneDNN repacks weights at load time.
         self.reload_weights(weights_iterator=iter(named))

@@ -114,15 +114,16 @@ def send(broadcast, params: list[torch.Tensor], buckets: list[list[int]], device
 
 
 def receive(broadcast, meta: Meta, buckets: list[list[int]], device, dtype: str = "float32",
-            flats: list[torch.Tensor] | None = None) -> list[tuple[str, torch.Tensor]]:
+            flats: list[torch.Tensor] | None = None) -> tuple[list[tuple[str, torch.Tensor]], list[torch.Tensor]]:
     """Other ranks: receive each bucket (in `dtype`) and cut it back into named tensors (views, no copy).
-    `flats`: buffers to receive into (reused push after push; the caller must have consumed the views
-    of the previous push), else new ones."""
-    out = []
+    `flats`: the buffers of the previous push to receive into (the caller must have consumed its
+    views), else new ones. Returns the named tensors and the buffers used, as send does."""
+    out, used = [], []
     for k, bucket in enumerate(buckets):
         sizes = [int(torch.Size(meta[i][1]).numel()) for i in bucket]
         flat = flats[k] if flats else torch.empty(sum(sizes), dtype=wire_dtype(dtype), device=device)
         broadcast(flat)
+        used.append(flat)
         for i, piece in zip(bucket, flat.split(sizes)):
             out.append((meta[i][0], piece.view(meta[i][1])))
-    return out
+    return out, used
