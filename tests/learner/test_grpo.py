@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from toolexpander.learner.grpo import all_finite, behaviour_weights, clipped_surrogate, group_advantages, lr_lambda, token_entropy
+from toolexpander.learner.grpo import all_finite, behaviour_weights, clipped_surrogate, group_advantages, lr_lambda, entropy
 
 torch.set_num_threads(1)
 EPS = 1e-6
@@ -197,10 +197,12 @@ def test_shape_errors_name_the_shapes():
         clipped_surrogate(new, old, ADV, torch.ones(2, 3))
 
 
-def test_token_entropy_by_hand():
-    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1e9, -1e9], [9.0, 0.0, 0.0, 0.0]]])  # (1, 3, 4)
-    mask = torch.tensor([[True, True, False]])
-    assert token_entropy(logits, mask) == pytest.approx((math.log(4) + math.log(2)) / 2, rel=1e-6)
+def test_entropy_by_hand():
+    # uniform over 4, uniform over 2 (the others at -1e9); the mean over completion tokens only is
+    # shared_prompt's (tests/learner/test_shared_prompt.py)
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1e9, -1e9]])
+    assert entropy(logits).tolist() == pytest.approx([math.log(4), math.log(2)], rel=1e-6)
+    assert entropy(logits.to(torch.bfloat16)).dtype == torch.float32
 
 
 def test_lr_lambda_warmup_decay_floor():

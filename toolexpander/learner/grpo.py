@@ -200,17 +200,6 @@ def entropy(logits_V: torch.Tensor) -> torch.Tensor:
     return -(logp_V.exp() * logp_V).sum(dim=-1)
 
 
-@torch.no_grad()
-def token_entropy(logits_BTV: torch.Tensor, mask_BT: torch.Tensor) -> float:
-    """Mean entropy (nats) of the next-token distributions at the masked positions; no grad.
-
-    The caller divides the logits by the sampling temperature first if it wants the sampled distribution.
-    """
-    entropy_BT = entropy(logits_BTV)
-    mask_BT = mask_BT.bool()
-    return (torch.where(mask_BT, entropy_BT, 0.0).sum() / mask_BT.sum().clamp(min=1)).item()
-
-
 class WarmupExpDecay:
     """LR multiplier for torch.optim.lr_scheduler.LambdaLR: linear warm-up, exponential decay, floor.
 
