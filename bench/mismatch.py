@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import time
 
 from bench.common import MODEL, cores, log, private_ray, table, write
@@ -47,12 +46,17 @@ def generate(args, dtype: str, chunk) -> list[dict]:
 
 
 def compare(learner_lp: list[list[float]], engine_lp: list[list[float]]) -> dict:
-    diffs = [a - b for la, lb in zip(learner_lp, engine_lp) for a, b in zip(la, lb)]
-    k3 = [math.exp(d) - 1 - d for d in diffs]   # log r = log pi - log mu, as grpo.behaviour_weights
-    out_of_range = sum(1 for d in diffs if abs(d) > math.log(2))
-    return {"tokens": len(diffs), "mean_abs": statistics.fmean(abs(d) for d in diffs),
-            "max_abs": max(abs(d) for d in diffs), "k3": statistics.fmean(k3),
-            "outside": out_of_range / len(diffs)}
+    import torch
+
+    from toolexpander.learner.grpo import behaviour_weights
+
+    pi = torch.tensor([[x for row in learner_lp for x in row]], dtype=torch.float64)
+    mu = torch.tensor([[x for row in engine_lp for x in row]], dtype=torch.float64)
+    diffs = (pi - mu)[0]
+    # the k3 estimator training logs as rollout/mismatch_k3_kl, over the same tokens
+    _, metrics = behaviour_weights(pi, mu, torch.ones_like(pi, dtype=torch.bool), cap=None)
+    return {"tokens": len(diffs), "mean_abs": float(diffs.abs().mean()), "max_abs": float(diffs.abs().max()),
+            "k3": metrics["rollout/mismatch_k3_kl"], "outside": float((diffs.abs() > math.log(2)).double().mean())}
 
 
 def main(argv: list[str] | None = None) -> None:
