@@ -180,8 +180,14 @@ class LearnerConfig(Section):
                                "logits) in float32 outside autocast: it lowers the k3 KL to a bf16 engine's "
                                "logprobs by about a quarter at no measurable cost (bench/mismatch.py)")
     attn_implementation: Literal["auto", "eager", "sdpa"] = Field(
-        "auto", description="the learner's attention kernels; auto: eager on CPU (faster there for the "
-        "learner's forward and backward, bench/learner.py), sdpa on GPU")
+        "auto", description="the learner's attention kernels; auto: sdpa on GPU; on CPU, eager for a group "
+        "whose prompt + longest completion fits in eager_max_tokens, sdpa beyond. Measured on SmolLM2-135M, "
+        "bf16 autocast, one thread, n=10 x 100 completion tokens, forward + backward (2026-12-02, AMD): "
+        "prompt 500: eager 9.9 s / 5.3 GB of activations, sdpa 13.4 s / 3.9 GB; prompt 1000: 18.6 s / "
+        "8.0 GB vs 19.2 s / 4.8 GB; prompt 2000: 70 s / 15.9 GB vs 36 s / 6.8 GB (eager keeps T x T "
+        "attention weights per layer)")
+    eager_max_tokens: int = Field(1024, ge=1, description="attn_implementation auto on CPU: the longest "
+                                  "sequence (prompt + completion) scored with eager attention")
     max_nonfinite_in_row: int = Field(3, ge=1)
     weight_sync: Literal["auto", "gloo", "object_store", "nccl"] = "auto"
     weight_sync_bucket_mb: int = Field(64, ge=1)

@@ -253,3 +253,28 @@ def test_logit_chunk_is_a_memory_budget():
     assert logit_chunk_tokens(256, 49152) == 1365        # SmolLM2: 256 MiB of float32 logits
     assert logit_chunk_tokens(256, 151936) == 441        # Qwen2.5
     assert logit_chunk_tokens(1, 10**7) == 16            # never fewer than 16 positions
+
+
+def test_auto_attention_on_cpu_switches_to_sdpa_for_long_groups(ray_local, tiny_model):
+    # attn_implementation auto, eager_max_tokens 20: the 8-token prompt's group (<= 14 tokens) runs
+    # eager, the 40-token one sdpa; the update is the all-eager learner's up to kernel rounding.
+    short, long_ = batch(1, groups=1, prompt_len=8), batch(2, groups=1, prompt_len=40)
+    long_ = long_.set_column(0, "group_id", pa.array([1] * long_.num_rows, pa.int64()))
+    both = pa.concat_tables([short, long_])
+    auto = LearnerGroup(make_cfg(tiny_model, eager_max_tokens=20), str(tiny_model), pad_id=2)
+    eager = LearnerGroup(make_cfg(tiny_model, attn_implementation="eager"), str(tiny_model), pad_id=2)
+    attention = lambda group: ray.get(group.ranks[0].__ray_call__.remote(  # noqa: E731
+        lambda learner: learner.engine.module.config._attn_implementation))
+    try:
+        assert attention(auto) == "eager"
+        a = auto.call("step", both, 0)[0]
+        assert attention(auto) == "sdpa"                 # the last group scored was the long one
+        auto.call("step", short, 0)
+        assert attention(auto) == "eager"
+        b = eager.call("step", both, 0)[0]
+        assert attention(eager) == "eager"
+    finally:
+        auto.shutdown()
+        eager.shutdown()
+    assert a["learner/loss"] == pytest.approx(b["learner/loss"], rel=1e-4, abs=1e-6)
+    assert a["learner/grad_norm"] == pytest.approx(b["learner/grad_norm"], rel=1e-4)

@@ -118,6 +118,8 @@ class Learner:
         torch.manual_seed(seed)
         on_gpu = self.backend == "nccl"
         attn = self.cfg.attn_implementation
+        # auto on CPU: eager for short groups, sdpa for long ones (chosen per group in logprobs)
+        self._attn_by_length = attn == "auto" and not on_gpu
         if attn == "auto":
             attn = "sdpa" if on_gpu else "eager"
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attn)
@@ -172,7 +174,18 @@ class Learner:
         device_type, enabled = self._autocast
         return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
 
+    def _attention_for(self, group: Group) -> None:
+        """attn_implementation auto on CPU: eager up to eager_max_tokens, sdpa beyond (its memory
+        grows with T, eager's with T x T). Switching is a config flag read at each forward."""
+        if not self._attn_by_length:
+            return
+        longest = len(group.prompt) + max((len(c) for c in group.completions), default=0)
+        want = "eager" if longest <= self.cfg.eager_max_tokens else "sdpa"
+        if self.engine.module.config._attn_implementation != want:
+            self.engine.module.set_attn_implementation(want)
+
     def logprobs(self, group: Group, grad: bool):
+        self._attention_for(group)
         with torch.set_grad_enabled(grad), self._compute():
             return self._logprobs(self.engine.module, group.prompt, group.completions,
                                   temperature=self.temperature, pad_id=self.pad_id, return_entropy=grad,
