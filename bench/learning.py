@@ -213,7 +213,7 @@ class Pipeline:
 
 
 # Shown in LEARNING.md's protocol line; the whole resolved config is in every run directory.
-SETTINGS = ("model.dtype", "sft.rows", "sft.epochs", "sft.lr", "rollout.n", "rollout.temperature", "rollout.max_tokens",
+SETTINGS = ("model.dtype", "data.subset", "sft.rows", "sft.epochs", "sft.lr", "rollout.n", "rollout.temperature", "rollout.max_tokens",
             "sampler.batch_prompts", "sampler.max_draw_rounds", "learner.lr", "learner.lr_gamma")
 
 
