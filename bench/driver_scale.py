@@ -80,7 +80,7 @@ class FakeRolloutWorker:
 
 
 class FakeLearner:
-    def step(self, table: pa.Table, step_seed: int = 0, train_step: int | None = None) -> dict:
+    def step(self, table: pa.Table, step_seed: int = 0, train_step: int | None = None, padding: int = 0) -> dict:
         return {"learner/loss": 0.0, "learner/grad_norm": 0.0, "learner/skipped": 0.0, "learner/applied": 1.0}
 
     def named_weights(self, dtype: str = "float32"):

@@ -31,7 +31,7 @@ class SlowLearner(FakeLearner):
     def __init__(self, seconds: float):
         self.seconds = seconds
 
-    def step(self, table, step_seed: int = 0, train_step: int | None = None) -> dict:
+    def step(self, table, step_seed: int = 0, train_step: int | None = None, padding: int = 0) -> dict:
         time.sleep(self.seconds)
         return super().step(table, step_seed, train_step)
 

@@ -114,7 +114,7 @@ def test_the_sampler_ledger_is_the_same_with_and_without_overlap(ray_local, trai
         def __init__(self):
             self.trained = []
 
-        def step(self, table, step_seed=0, train_step=None):
+        def step(self, table, step_seed=0, train_step=None, padding=0):
             self.trained.append(sorted(set(zip(table.column("group_id").to_pylist(),
                                                table.column("task_id").to_pylist()))))
             return super().step(table, step_seed, train_step)

@@ -303,7 +303,7 @@ class Trainer:
             m["rollout/policy_lag_mean"], m["rollout/policy_lag_max"] = float(lag.mean()), float(lag.max())
         t = time.perf_counter()
         if batch.num_rows:
-            m.update(self.learner.call("step", batch, phase["seed"], self.step)[0])
+            m.update(self.learner.step(batch, phase["seed"], self.step))
         else:  # no informative group: nothing to learn from; the contract metrics have no value
             nan = float("nan")
             m.update({"learner/skipped": 0.0, "learner/applied": 0.0, "learner/loss": nan,

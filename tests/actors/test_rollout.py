@@ -106,7 +106,7 @@ def test_rollout_and_learner_logprobs_are_the_sampled_distribution(group, train_
                               pa.array([float(i % 2) for i in range(table.num_rows)], pa.float32()))
     learner = LearnerGroup(make_cfg(tiny_model, temperature=T), str(tiny_model), pad_id=2)
     try:
-        gap = learner.call("step", scored, 0, 0)[0]["rollout/logprob_gap"]
+        gap = learner.step(scored, 0, 0)["rollout/logprob_gap"]
     finally:
         learner.shutdown()
     assert gap < 1e-4, gap

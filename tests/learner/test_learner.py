@@ -41,7 +41,7 @@ def batch(seed=0, groups=2, n=4, prompt_len=12, completion_len=6, nan=False):
 def test_surrogate_falls_within_a_batch(ray_local, tiny_model, stage):
     group = LearnerGroup(make_cfg(tiny_model, zero_stage=stage, ppo_epochs=4), str(tiny_model), pad_id=2)
     try:
-        m = group.call("step", batch(), 0)[0]
+        m = group.step(batch(), 0)
         assert m["learner/skipped"] == 0 and m["learner/updates"] == 4
         assert m["learner/loss_last_update"] < m["learner/loss_first_update"] - 1e-3
         assert np.isfinite(m["learner/grad_norm"]) and m["learner/grad_norm"] > 0
@@ -56,8 +56,8 @@ def test_one_update_uses_its_own_logprobs_as_the_old_ones(ray_local, tiny_model)
     one = LearnerGroup(make_cfg(tiny_model), str(tiny_model), pad_id=2)
     two = LearnerGroup(make_cfg(tiny_model, ppo_epochs=2), str(tiny_model), pad_id=2)
     try:
-        a = one.call("step", batch(3, groups=1), 0)[0]
-        b = two.call("step", batch(3, groups=1), 0)[0]
+        a = one.step(batch(3, groups=1), 0)
+        b = two.step(batch(3, groups=1), 0)
     finally:
         one.shutdown()
         two.shutdown()
@@ -71,16 +71,16 @@ def test_checkpoint_round_trip_continues_identically(ray_local, tiny_model, tmp_
     cfg = make_cfg(tiny_model, lr_gamma=0.5, warmup_steps=1)
     a = LearnerGroup(cfg, str(tiny_model), pad_id=2)
     try:
-        a.call("step", batch(1), 1)
+        a.step(batch(1), 1)
         a.call("save", str(tmp_path / "ckpt"), {"step": 1})
-        expected = a.call("step", batch(2), 2)[0]
+        expected = a.step(batch(2), 2)
     finally:
         a.shutdown()
     b = LearnerGroup(cfg, str(tiny_model), pad_id=2)
     try:
         client = b.call("load", str(tmp_path / "ckpt"))[0]
         assert client["step"] == 1 and client["updates"] == 1
-        got = b.call("step", batch(2), 2)[0]
+        got = b.step(batch(2), 2)
     finally:
         b.shutdown()
     assert got["learner/loss"] == expected["learner/loss"]
@@ -92,7 +92,7 @@ def test_two_ranks_stay_identical(ray_local, tiny_model):
     group = LearnerGroup(make_cfg(tiny_model, world_size=2, zero_stage=2), str(tiny_model), pad_id=2)
     try:
         before = group.call("param_digest")
-        group.call("step", batch(3, groups=3), 3)
+        group.step(batch(3, groups=3), 3)
         after = group.call("param_digest")
         assert after[0] == after[1] and after[0] != before[0]
     finally:
@@ -103,11 +103,11 @@ def test_nonfinite_update_is_skipped_and_counted(ray_local, tiny_model):
     group = LearnerGroup(make_cfg(tiny_model), str(tiny_model), pad_id=2)
     try:
         before = group.call("param_digest")[0]
-        m = group.call("step", batch(4, nan=True), 4)[0]
+        m = group.step(batch(4, nan=True), 4)
         assert m["learner/skipped"] == 1 and m["learner/nonfinite"] == 1.0
         assert group.call("nonfinite_streak")[0] == 1
         assert group.call("param_digest")[0] == before
-        group.call("step", batch(5), 5)
+        group.step(batch(5), 5)
         assert group.call("nonfinite_streak")[0] == 0
     finally:
         group.shutdown()
@@ -121,13 +121,13 @@ def test_two_ranks_take_the_update_of_one(ray_local, tiny_model, stage):
     table = batch(6, groups=3, completion_len=9)
     one = LearnerGroup(make_cfg(tiny_model), str(tiny_model), pad_id=2)
     try:
-        a = one.call("step", table, 0, 0)[0]
+        a = one.step(table, 0, 0)
         weights_a = dict(ray.get(one.weights_ref()))
     finally:
         one.shutdown()
     two = LearnerGroup(make_cfg(tiny_model, world_size=2, zero_stage=stage), str(tiny_model), pad_id=2)
     try:
-        b = two.call("step", table, 0, 0)[0]
+        b = two.step(table, 0, 0)
         weights_b = dict(ray.get(two.weights_ref()))
     finally:
         two.shutdown()
@@ -146,12 +146,12 @@ def test_lr_decays_once_per_training_step(ray_local, tiny_model):
     cfg = make_cfg(tiny_model, mini_batches=2, lr_gamma=0.5, warmup_steps=0, lr_min=0.0)
     group = LearnerGroup(cfg, str(tiny_model), pad_id=2)
     try:
-        first = group.call("step", batch(7), 0, 0)[0]
-        second = group.call("step", batch(8), 1, 1)[0]
+        first = group.step(batch(7), 0, 0)
+        second = group.step(batch(8), 1, 1)
         assert first["learner/applied"] == second["learner/applied"] == 2
         assert first["learner/lr"] == pytest.approx(1e-3)
         assert second["learner/lr"] == pytest.approx(0.5e-3)
-        again = group.call("step", batch(8), 1, 5)[0]  # the driver's step decides, not a counter
+        again = group.step(batch(8), 1, 5)  # the driver's step decides, not a counter
         assert again["learner/lr"] == pytest.approx(1e-3 * 0.5 ** 5)
     finally:
         group.shutdown()
@@ -182,7 +182,7 @@ def test_behaviour_correction_weights_the_update(ray_local, tiny_model):
     for name, cap, table in [("own", 2.0, own), ("own_off", None, own), ("fake", 2.0, fake), ("fake_off", None, fake)]:
         group = LearnerGroup(make_cfg(tiny_model, is_cap=cap), str(tiny_model), pad_id=2)
         try:
-            out[name] = group.call("step", table, 0, 0)[0]
+            out[name] = group.step(table, 0, 0)
         finally:
             group.shutdown()
     assert out["own"]["rollout/mismatch_k3_kl"] < 1e-8 and out["own"]["rollout/logprob_gap"] < 1e-4
@@ -205,11 +205,11 @@ def test_bf16_computes_in_bf16_and_keeps_float32_master_weights(ray_local, tiny_
         cfg.model.dtype = dtype
         group = LearnerGroup(cfg, str(tiny_model), pad_id=2)
         try:
-            out[dtype] = group.call("step", table, 0, 0)[0]
+            out[dtype] = group.step(table, 0, 0)
             first = group.weights_ref()
             master = {k: np.array(v) for k, v in ray.get(group.ranks[0].named_weights.remote("float32"))}
             if dtype == "bfloat16":  # a second step and push reuse the conversion buffers...
-                group.call("step", table, 1, 1)
+                group.step(table, 1, 1)
                 second = dict(ray.get(group.weights_ref()))
             weights[dtype] = dict(ray.get(first))
         finally:
@@ -267,11 +267,11 @@ def test_auto_attention_on_cpu_switches_to_sdpa_for_long_groups(ray_local, tiny_
         lambda learner: learner.engine.module.config._attn_implementation))
     try:
         assert attention(auto) == "eager"
-        a = auto.call("step", both, 0)[0]
+        a = auto.step(both, 0)
         assert attention(auto) == "sdpa"                 # the last group scored was the long one
-        auto.call("step", short, 0)
+        auto.step(short, 0)
         assert attention(auto) == "eager"
-        b = eager.call("step", both, 0)[0]
+        b = eager.step(both, 0)
         assert attention(eager) == "eager"
     finally:
         auto.shutdown()

@@ -17,6 +17,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from toolexpander.actors.rollout import RolloutWorker
 from toolexpander.config import Config
 from toolexpander.learner.dist import rendezvous_endpoint
+from toolexpander.learner.shards import shard_tables
 from toolexpander.types import PromptRequest, RolloutStats
 
 
@@ -145,6 +146,15 @@ class LearnerGroup:
     def call(self, method: str, *args, **kwargs) -> list:
         """The same method on every rank (collectives need them all); one result per rank."""
         return _get([getattr(r, method).remote(*args, **kwargs) for r in self.ranks], "learner rank")
+
+    def step(self, table: pa.Table, step_seed: int, train_step: int | None = None) -> dict[str, float]:
+        """One GRPO step on every rank, each given only its own groups (one object each, put once):
+        dealt by tokens (learner/shards.py), padded to the same count with zero-advantage copies of the
+        rank's shortest group. Returns rank 0's metrics (the ranks reduce them among themselves)."""
+        shards = [(table, 0)] if len(self.ranks) == 1 else shard_tables(table, len(self.ranks))
+        refs = [r.step.remote(ray.put(shard), step_seed, train_step, padding=pad)
+                for r, (shard, pad) in zip(self.ranks, shards)]
+        return _get(refs, "learner rank")[0]
 
     def weights_ref(self):
         """Rank 0's full weights in the engines' dtype, left in the object store; every rank joins the gather."""

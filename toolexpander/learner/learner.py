@@ -162,12 +162,13 @@ class Learner:
         mine = items[self.rank::self.world_size]
         return mine, math.ceil(len(items) / self.world_size) - len(mine)
 
-    def _my_groups(self, groups: list[Group]) -> list[Group]:
-        """This rank's groups; padding copies get zero advantage and count no tokens."""
-        mine, pad = self._share(groups)
-        g = groups[-1]
-        return mine + [Group(g.prompt, g.completions, g.rollout_logprobs, np.zeros_like(g.rewards_n),
-                             padding=True) for _ in range(pad)]
+    @staticmethod
+    def _padded(groups: list[Group], padding: int) -> list[Group]:
+        """The last `padding` groups are copies that only keep the collectives paired (LearnerGroup.step
+        deals the groups): zero advantage, and they count no tokens."""
+        for g in groups[len(groups) - padding:]:
+            g.rewards_n, g.padding = np.zeros_like(g.rewards_n), True
+        return groups
 
     def _compute(self):
         """The context of every forward pass: bf16 autocast when model.dtype is bfloat16."""
@@ -191,8 +192,10 @@ class Learner:
                                   temperature=self.temperature, pad_id=self.pad_id, return_entropy=grad,
                                   chunk_tokens=self.chunk_tokens)
 
-    def step(self, table: pa.Table, step_seed: int = 0, train_step: int | None = None) -> dict[str, float]:
-        """ppo_epochs x mini_batches updates on one batch of groups; returns learner metrics.
+    def step(self, table: pa.Table, step_seed: int = 0, train_step: int | None = None,
+             padding: int = 0) -> dict[str, float]:
+        """ppo_epochs x mini_batches updates on this rank's groups (`table`, of which the last `padding`
+        groups are padding copies: LearnerGroup.step deals them); returns learner metrics.
 
         train_step (the driver's step; default: the steps this learner has taken) sets the LR:
         lr * schedule(train_step), however many updates the step makes. `learner/applied` counts
@@ -201,7 +204,7 @@ class Learner:
         start = time.perf_counter()
         self.train_steps = self.train_steps if train_step is None else train_step
         self._set_lr(self.train_steps)
-        groups = self._my_groups(groups_from_table(table))
+        groups = self._padded(groups_from_table(table), padding)
         self.engine.module.eval()  # no dropout: ratios must be 1 on the first pass
         one_update = self.cfg.ppo_epochs == 1 and min(self.cfg.mini_batches, len(groups)) == 1
         self._gap = [0.0, 0]  # |learner - vLLM| logprob summed over completion tokens, token count
