@@ -167,6 +167,12 @@ class LearnerConfig(Section):
     zero_stage: Literal[0, 1, 2, 3] = 0
     world_size: int = Field(1, ge=1)
     share_prompt: bool = Field(True, description="forward each group's prompt once, reuse its KV")
+    max_tokens_per_micro_batch: int | None = Field(
+        None, ge=1, description="split a group whose prompt + completions exceed this many tokens into "
+        "parts of consecutive completions that fit (at least one each), every part with its own prompt "
+        "forward and backward; advantages stay the whole group's and the loss the same token mean, so the "
+        "update is unchanged while the peak holds one part's activations (verl's ppo_max_token_len_per_gpu, "
+        "OpenRLHF's packing budget). None: a group is one micro-batch")
     gradient_checkpointing: bool = False
     is_cap: float | None = Field(2.0, gt=0.0, description="truncated importance sampling against the "
                                  "behaviour policy (the logprobs the rollout engine sampled with): each "

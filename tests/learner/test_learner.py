@@ -113,11 +113,13 @@ def test_nonfinite_update_is_skipped_and_counted(ray_local, tiny_model):
         group.shutdown()
 
 
-@pytest.mark.parametrize("stage", [0, 2])
-def test_two_ranks_take_the_update_of_one(ray_local, tiny_model, stage):
-    # 3 groups of unequal lengths: rank 0 gets groups 0 and 2, rank 1 group 1 and a padding copy.
+@pytest.mark.parametrize("stage,max_tokens", [(0, None), (2, None), (2, 20)])
+def test_two_ranks_take_the_update_of_one(ray_local, tiny_model, stage, max_tokens):
+    # 3 groups of unequal lengths, dealt by tokens: one rank gets two, the other one and a padding copy.
     # The loss is the mean over every completion token of the batch, whichever rank holds it, so
-    # the gradient (its norm before clipping), the loss and the update equal one rank's.
+    # the gradient (its norm before clipping), the loss and the update equal one rank's. With a
+    # 20-token micro-batch budget (12-token prompts, completions of 2-9 tokens) the groups split into
+    # different numbers of parts on the two ranks, which filler parts pair up: still the same update.
     table = batch(6, groups=3, completion_len=9)
     one = LearnerGroup(make_cfg(tiny_model), str(tiny_model), pad_id=2)
     try:
@@ -125,7 +127,8 @@ def test_two_ranks_take_the_update_of_one(ray_local, tiny_model, stage):
         weights_a = dict(ray.get(one.weights_ref()))
     finally:
         one.shutdown()
-    two = LearnerGroup(make_cfg(tiny_model, world_size=2, zero_stage=stage), str(tiny_model), pad_id=2)
+    two = LearnerGroup(make_cfg(tiny_model, world_size=2, zero_stage=stage, max_tokens_per_micro_batch=max_tokens),
+                       str(tiny_model), pad_id=2)
     try:
         b = two.step(table, 0, 0)
         weights_b = dict(ray.get(two.weights_ref()))
@@ -278,3 +281,22 @@ def test_auto_attention_on_cpu_switches_to_sdpa_for_long_groups(ray_local, tiny_
         eager.shutdown()
     assert a["learner/loss"] == pytest.approx(b["learner/loss"], rel=1e-4, abs=1e-6)
     assert a["learner/grad_norm"] == pytest.approx(b["learner/grad_norm"], rel=1e-4)
+
+
+def test_a_group_splits_into_consecutive_parts_within_the_token_budget():
+    from toolexpander.learner.learner import Group
+
+    # prompt 4 tokens, completions of 3, 2, 5, 1 tokens; budget 9: [3, 2] (4 + 5 = 9), [5] (9), [1].
+    # A completion longer than the budget still gets a part of its own.
+    g = Group([1, 2, 3, 4], [[5] * 3, [6] * 2, [7] * 5, [8]], [[-0.1] * 3, [-0.2] * 2, [-0.3] * 5, [-0.4]],
+              np.array([1.0, 0.0, 1.0, 0.0], np.float32), advantages_n=torch.tensor([1.0, -1.0, 1.0, -1.0]),
+              old_logprobs_nT=torch.arange(20, dtype=torch.float32).reshape(4, 5))
+    parts = g.split(9)
+    assert [p.completions for p in parts] == [[[5] * 3, [6] * 2], [[7] * 5], [[8]]]
+    assert [p.advantages_n.tolist() for p in parts] == [[1.0, -1.0], [1.0], [-1.0]]
+    assert parts[0].old_logprobs_nT.tolist() == [[0, 1, 2], [5, 6, 7]]          # rows 0-1, width 3
+    assert parts[2].old_logprobs_nT.tolist() == [[15]]
+    assert [p.tokens for p in parts] == [5, 5, 1] and sum(p.tokens for p in parts) == g.tokens
+    assert g.split(None) == [g] and len(g.split(1)) == 4
+    filler = g.filler()
+    assert filler.padding and filler.tokens == 0 and filler.completions == [[5]]

@@ -41,9 +41,38 @@ class Group:
     # (n, T_c max) log mu: rollout_logprobs as a padded tensor (0 at padding), built once per step.
     behaviour_nT: torch.Tensor = field(default=None)
 
+    # The micro-batches the group is computed in (learner.max_tokens_per_micro_batch); [self] unsplit.
+    parts: list = field(default=None)
+
     @property
     def tokens(self) -> int:
         return 0 if self.padding else sum(len(c) for c in self.completions)
+
+    def split(self, max_tokens: int | None) -> list["Group"]:
+        """Consecutive completions whose prompt + completion tokens fit max_tokens (at least one per
+        part), each part carrying its rows of the group's advantages and logprobs."""
+        if max_tokens is None:
+            return [self]
+        bounds, used = [0], len(self.prompt)
+        for i, c in enumerate(self.completions):
+            if i > bounds[-1] and used + len(c) > max_tokens:
+                bounds.append(i)
+                used = len(self.prompt)
+            used += len(c)
+        bounds.append(len(self.completions))
+        return [self._rows(a, b) for a, b in zip(bounds, bounds[1:])]
+
+    def _rows(self, a: int, b: int) -> "Group":
+        completions = self.completions[a:b]
+        width = max(len(c) for c in completions)
+        old = None if self.old_logprobs_nT is None else self.old_logprobs_nT[a:b, :width]
+        return Group(self.prompt, completions, self.rollout_logprobs[a:b], self.rewards_n[a:b],
+                     padding=self.padding, advantages_n=self.advantages_n[a:b], old_logprobs_nT=old)
+
+    def filler(self) -> "Group":
+        """A one-token padding part: keeps a rank's backward passes paired with the others'."""
+        return Group(self.prompt, [self.completions[0][:1]], [self.rollout_logprobs[0][:1]],
+                     np.zeros(1, np.float32), padding=True, advantages_n=torch.zeros(1))
 
 
 def groups_from_table(table: pa.Table) -> list[Group]:
@@ -162,6 +191,18 @@ class Learner:
         mine = items[self.rank::self.world_size]
         return mine, math.ceil(len(items) / self.world_size) - len(mine)
 
+    def _pair_parts(self, groups: list[Group]) -> None:
+        """Every rank must run as many backward passes as the others (under ZeRO each one reduces
+        gradients): group k gets one-token filler parts up to the most parts any rank split its
+        group k into."""
+        if self.world_size == 1:
+            return
+        device = "cuda" if self.backend == "nccl" else "cpu"
+        most = torch.tensor([len(g.parts) for g in groups], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
+        for g, k in zip(groups, most.tolist()):
+            g.parts += [g.filler() for _ in range(k - len(g.parts))]
+
     @staticmethod
     def _padded(groups: list[Group], padding: int) -> list[Group]:
         """The last `padding` groups are copies that only keep the collectives paired (LearnerGroup.step
@@ -212,10 +253,13 @@ class Learner:
             rewards = torch.as_tensor(g.rewards_n).unsqueeze(0)  # (1, n)
             g.advantages_n = group_advantages(rewards, std_norm=self.cfg.adv_std_norm)[0]
             g.old_logprobs_nT = None
+            g.parts = g.split(self.cfg.max_tokens_per_micro_batch)
+        self._pair_parts(groups)
+        for part in (p for g in groups for p in g.parts):
             if not one_update:
-                lp, mask = self.logprobs(g, grad=False)
-                g.old_logprobs_nT = lp.detach()
-                self._add_gap(g, lp, mask)
+                lp, mask = self.logprobs(part, grad=False)
+                part.old_logprobs_nT = lp.detach()
+                self._add_gap(part, lp, mask)
         rng = np.random.default_rng(step_seed)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
@@ -274,7 +318,7 @@ class Learner:
         # DeepSpeed averages gradients over ranks, so each rank divides by global_tokens / world_size.
         token_count = max(global_tokens, 1.0) / self.world_size
         merged: dict[str, float] = {"learner/is_nonfinite": 0.0}
-        for g in groups:
+        for g in (part for group in groups for part in group.parts):
             lp, mask, entropy = self.logprobs(g, grad=True)
             old = g.old_logprobs_nT
             if old is None:
