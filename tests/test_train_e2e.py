@@ -103,3 +103,20 @@ def test_replay_runs_the_learner_alone_on_dumped_rollouts(repo, three_steps, tmp
     lines = (tmp_path / "replay" / "replay_metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["file"] for line in lines] == [f"step_{i:06d}.parquet" for i in range(3)]
     assert all(math.isfinite(json.loads(line)["learner/loss"]) for line in lines)
+
+
+def test_a_subset_is_drawn_from_the_prompts_that_fit(repo, tiny_model):
+    from toolexpander.config import Config
+    from toolexpander.train import training_tasks
+
+    def cfg(**data):
+        return Config.model_validate({"model": {"path": str(tiny_model), "prepare": None},
+                                      "data": {"train_path": str(repo / "data" / "tool_calls_train.jsonl"),
+                                               "limit": 200, "max_prompt_tokens": 700, **data}})
+
+    everything, left_out = training_tasks(cfg(), tiny_model)
+    assert left_out > 20 and len(everything) == 200 - left_out          # some of the 200 rows are too long
+    subset, left_out_too = training_tasks(cfg(subset=64), tiny_model)
+    assert len(subset) == 64 and left_out_too == left_out               # 64 prompts, all of them fitting
+    assert {t.id for t in subset} <= {t.id for t in everything}
+    assert [t.id for t in training_tasks(cfg(subset=64), tiny_model)[0]] == [t.id for t in subset]  # seeded

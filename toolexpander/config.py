@@ -47,7 +47,8 @@ class DataConfig(Section):
     train_path: str = "data/tool_calls_train.jsonl"
     max_prompt_tokens: int = Field(1536, ge=64, description="longer prompts are left out, counted")
     limit: int | None = Field(None, ge=1, description="use only the first N rows (debugging)")
-    subset: int | None = Field(None, ge=1, description="train on a random subset of N rows (seed: train.seed)")
+    subset: int | None = Field(None, ge=1, description="train on a random subset of N rows, drawn from the "
+                               "rows whose prompt fits max_prompt_tokens (seed: train.seed)")
 
 
 class RolloutConfig(Section):

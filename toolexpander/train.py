@@ -45,6 +45,19 @@ def fitting_tasks(tasks: list[Task], model_path: Path, cfg: Config) -> tuple[lis
     return kept, len(tasks) - len(kept)
 
 
+def training_tasks(cfg: Config, model_path: Path) -> tuple[list[Task], int]:
+    """The tasks a run trains on and how many were left out as too long: data.train_path (its first
+    data.limit rows), those that fit, then data.subset of them (seeded by train.seed), so that a
+    subset of 64 trains on 64 prompts."""
+    tasks, too_long = fitting_tasks(load_tasks(cfg.data.train_path)[: cfg.data.limit], model_path, cfg)
+    if not tasks:
+        raise TrainError(f"data.train_path: no task fits data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
+    if cfg.data.subset and cfg.data.subset < len(tasks):
+        pick = np.random.default_rng(cfg.train.seed).choice(len(tasks), cfg.data.subset, replace=False)
+        tasks = [tasks[i] for i in sorted(pick)]
+    return tasks, too_long
+
+
 class StopFlag:
     """SIGTERM / SIGINT ask the loop to stop after the current step."""
 
@@ -177,13 +190,7 @@ class Trainer:
         self.cfg, self.run_dir = cfg, run_dir
         self.save_rollouts = Path(save_rollouts) if save_rollouts else None
         self.model_path = ensure_model(cfg.model.path, cfg.model.prepare)
-        tasks = load_tasks(cfg.data.train_path)[: cfg.data.limit]
-        if cfg.data.subset and cfg.data.subset < len(tasks):
-            pick = np.random.default_rng(cfg.train.seed).choice(len(tasks), cfg.data.subset, replace=False)
-            tasks = [tasks[i] for i in sorted(pick)]
-        tasks, too_long = fitting_tasks(tasks, self.model_path, cfg)
-        if not tasks:
-            raise TrainError(f"data.train_path: no task fits data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
+        tasks, too_long = training_tasks(cfg, self.model_path)
         self.too_long = too_long
         self.mode = connect(cfg, log_dir=run_dir / "logs")
         from transformers import AutoTokenizer
