@@ -302,6 +302,20 @@ def stage_rows(run_dir: Path, state: dict) -> tuple[list[dict], dict]:
     return report.table_rows(stages), stages
 
 
+def arm_prompts(run_dir: Path, arms: list[str]) -> str:
+    """What each arm's start event says it trained on ("tasks=25 too_long=39"), arms with the same
+    numbers together: e.g. "(a) (b) 25 prompts, 39 rows left out as too long; (c) 30 prompts, ..."."""
+    said: dict[str, list[str]] = {}
+    for arm in arms:
+        events = read_metrics(run_dir / arm_dir(arm) / "events.jsonl")
+        start = next((e["message"] for e in events if e.get("event") == "start"), "")
+        fields = dict(part.split("=", 1) for part in start.split() if "=" in part)
+        if "tasks" in fields:
+            text = f"{fields['tasks']} prompts, {fields.get('too_long', '?')} rows left out as too long"
+            said.setdefault(text, []).append(f"({arm})")
+    return "; ".join(f"{' '.join(names)} {text}" for text, names in said.items())
+
+
 def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     """LEARNING.md and the PNGs under out/, from RUN_DIR's learning.json, eval JSONs and metrics;
     with `compare`, an earlier run's directory, a table of both runs' evaluations stage by stage."""
@@ -315,6 +329,7 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     metrics = {arm: s["metrics"] for arm, s in stages.items() if s["metrics"]}
     plots = report.write_plots(rows, metrics, out / "learning")
     m = machine()
+    state["prompts"] = arm_prompts(run_dir, state["arms"])
     info = {**state, "date": m["date"], "cpu": m["cpu"], "cores": m["nproc"], "loadavg": m["loadavg_1m"]}
     text = report.document(info, rows, [str(p.relative_to(out)) for p in plots])
     (out / "LEARNING.md").write_text(text)

@@ -236,7 +236,9 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         "",
         f"Protocol: config `{info['config']}`{settings}. The base model is evaluated, warm-started with "
         "`toolexpander sft`, evaluated again; then each GRPO arm trains from the SFT model for "
-        f"{info['steps']} steps with the same seed, and its HF export is evaluated. Evaluation: greedy, "
+        f"{info['steps']} steps with the same seed, and its HF export is evaluated."
+        + (f" Prompts each arm drew from (the run's start event): {info['prompts']}." if info.get("prompts") else "")
+        + " Evaluation: greedy, "
         f"at most {info['max_tokens']} new tokens; the ToolRL test set ({_count(rows, 'toolrl_n')} questions, "
         "scored by our reward's `correct`); BFCL non-live AST, the first "
         f"{info['bfcl_limit']} questions of each of {', '.join(info['bfcl_categories'])} "

@@ -250,3 +250,17 @@ def test_a_cached_evaluation_is_reused_and_said_so(tmp_path, monkeypatch):
     (model / "model.safetensors").write_bytes(b"weightz")
     p2.evaluate("sft", model, cache=True)
     assert calls == ["eval sft", "eval sft"]
+
+
+def test_arm_prompts_reads_each_arms_start_event(tmp_path):
+    import json
+
+    from bench.learning import arm_prompts
+
+    for arm, message in [("a", "mode=local tasks=25 too_long=39"), ("b", "mode=local tasks=25 too_long=39"),
+                         ("c", "mode=cluster tasks=64 too_long=0")]:
+        (tmp_path / f"arm_{arm}").mkdir()
+        (tmp_path / f"arm_{arm}" / "events.jsonl").write_text(
+            json.dumps({"step": 0, "event": "start", "message": message}) + "\n")
+    assert arm_prompts(tmp_path, ["a", "b", "c", "d"]) == (
+        "(a) (b) 25 prompts, 39 rows left out as too long; (c) 64 prompts, 0 rows left out as too long")
