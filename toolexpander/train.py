@@ -169,6 +169,7 @@ class Prefetch:
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool, save_rollouts: str | None):
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from toolexpander.actors.group import LearnerGroup, RolloutGroup, WeightSync
         from toolexpander.cluster.local import connect
@@ -189,7 +190,10 @@ class Trainer:
         from transformers import AutoTokenizer
 
         pad_id = AutoTokenizer.from_pretrained(self.model_path).pad_token_id or 0
-        self.sampler = ray.remote(Sampler).options(num_cpus=0).remote(
+        # The sampler holds the run's per-prompt state: it lives on the driver's node (the head under
+        # `ray job submit`), never on a rollout or learner node that may be lost mid-run.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.sampler = ray.remote(Sampler).options(num_cpus=0, scheduling_strategy=here).remote(
             cfg.sampler.model_dump(), tasks, cfg.reward.exemplar_bonus, cfg.reward.weights)
         # The learner's ranks start while the engines load: each side is seconds of imports and
         # set-up in processes of its own, and neither needs the other until the first weight push.
@@ -206,6 +210,17 @@ class Trainer:
         self.metrics = MetricsWriter(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project,
                                      cfg.model_dump(mode="json"), resume, start_step=self.step)
         self.metrics.event(self.step, "start", f"mode={self.mode} tasks={len(tasks)} too_long={too_long}")
+        self._log_placement()
+
+    def _log_placement(self) -> None:
+        """events.jsonl: the Ray node id of the driver (and sampler), each rollout worker and each rank."""
+        import ray
+
+        from toolexpander.actors.group import bundle_nodes
+
+        self.metrics.event(self.step, "placement", "the Ray node of each actor",
+                           driver=ray.get_runtime_context().get_node_id(),
+                           rollout=bundle_nodes(self.rollout.pg), learner=bundle_nodes(self.learner.pg))
 
     # ---- one step ------------------------------------------------------------------------------
     def _generate(self, requests, step_seed: int):
@@ -216,6 +231,7 @@ class Trainer:
         for worker, shard in lost:
             self.metrics.event(self.step, "worker_restart", f"rollout worker {worker} died; restarting it")
             self.rollout.restart(worker)
+            self._log_placement()
             prefetch = Prefetch.current()
             if prefetch is not None:  # the learner is training: the driver connects and pushes after it
                 prefetch.wait_for_push()
@@ -237,6 +253,7 @@ class Trainer:
         if dead:
             self.metrics.event(self.step, "worker_restart", f"rollout worker(s) {dead} died during a "
                                f"weight push ({error}); restarted")
+            self._log_placement()
         return seconds
 
     def _fill_batch(self, step_seed: int):
