@@ -467,10 +467,22 @@ class Trainer:
         ray.shutdown()
 
 
+def absolute_paths(cfg: Config) -> Config:
+    """model.path, data.train_path and logging.output_dir resolved in the driver's working directory,
+    before any actor sees a path under them (an actor's working directory is its raylet's, another on
+    every node) and before config.json records them (a resume then works from any directory)."""
+    def resolved(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    return cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"path": resolved(cfg.model.path)}),
+        "data": cfg.data.model_copy(update={"train_path": resolved(cfg.data.train_path)}),
+        "logging": cfg.logging.model_copy(update={"output_dir": resolved(cfg.logging.output_dir)})})
+
+
 def train(cfg: Config, resume: bool = False, save_rollouts: str | None = None) -> Path:
-    # Absolute before any actor sees a path under it (checkpoints, exports, logs): an actor's
-    # working directory is its raylet's, not the driver's.
-    run_dir = Path(cfg.logging.output_dir).resolve()
+    cfg = absolute_paths(cfg)
+    run_dir = Path(cfg.logging.output_dir)
     if run_dir.exists() and (run_dir / "metrics.jsonl").exists() and not resume:
         raise TrainError(f"logging.output_dir: {run_dir} already holds a run; pass --resume or "
                          f"choose another --output-dir")
