@@ -89,3 +89,15 @@ def test_ablation_switches_default_on_and_override():
     assert (s.hard_rounds, s.priority, s.curriculum) == (False, "uniform", False)
     with pytest.raises(ConfigError, match=r"sampler\.priority"):
         load_config(None, {"sampler.priority": "random"})
+
+
+def test_relative_paths_are_made_absolute_at_the_driver(tmp_path, monkeypatch):
+    from toolexpander.train import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = absolute_paths(load_config(None, {"model.path": "models/tiny", "data.train_path": "d/train.jsonl",
+                                            "logging.output_dir": "runs/x", "learner.lr": 1e-5}))
+    assert (cfg.model.path, cfg.data.train_path, cfg.logging.output_dir) == (
+        str(tmp_path / "models/tiny"), str(tmp_path / "d/train.jsonl"), str(tmp_path / "runs/x"))
+    assert cfg.learner.lr == 1e-5
+    assert absolute_paths(cfg) == cfg

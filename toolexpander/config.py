@@ -25,6 +25,13 @@ def known_dims(per_dim: dict[str, float]) -> dict[str, float]:
     return per_dim
 
 
+# rollout.node_resource and learner.node_resource: which nodes a role may use, as a Ray custom resource.
+NODE_RESOURCE = ("a custom Ray resource that marks the nodes {role} actors may run on (`ray start "
+                 "--resources='{{\"{role}\": 1}}'` on those nodes, `resources:` in a cluster YAML's node "
+                 "type); each actor's placement bundle asks for 0.001 of it, so the amount a node "
+                 "advertises is a mark, not a count. None: any node with the CPUs and GPUs free")
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -68,6 +75,7 @@ class RolloutConfig(Section):
     cpu_kvcache_gb: int = Field(1, ge=1, le=1024, description="VLLM_CPU_KVCACHE_SPACE (GiB)")
     cpus_per_worker: float = Field(1.0, gt=0.0, description="Ray CPUs reserved per worker")
     gpus_per_worker: float = Field(0.0, ge=0.0)
+    node_resource: str | None = Field(None, min_length=1, description=NODE_RESOURCE.format(role="rollout"))
     enforce_eager: bool = True
 
 
@@ -205,6 +213,7 @@ class LearnerConfig(Section):
     torch_threads: int | None = Field(None, ge=1, description="CPU only; default: the node's cores / "
                                       "world_size (rollouts sleep while the learner runs)")
     gpus_per_rank: float = Field(0.0, ge=0.0)
+    node_resource: str | None = Field(None, min_length=1, description=NODE_RESOURCE.format(role="learner"))
 
 
 class TrainConfig(Section):

@@ -67,10 +67,12 @@ class MetricsWriter:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in metrics.items() if _finite(v)}, step=step)
 
-    def event(self, step: int, kind: str, message: str) -> None:
-        """Out-of-band events (worker restarts, skipped steps) go to events.jsonl beside the metrics."""
+    def event(self, step: int, kind: str, message: str, **fields) -> None:
+        """Out-of-band events (worker restarts, skipped steps, where actors run) go to events.jsonl
+        beside the metrics; `fields` (JSON values) join the row."""
         with (self.path.parent / "events.jsonl").open("a") as f:
-            f.write(json.dumps({"step": step, "time": time.time(), "event": kind, "message": message}) + "\n")
+            f.write(json.dumps({"step": step, "time": time.time(), "event": kind, "message": message, **fields})
+                    + "\n")
 
     def close(self) -> None:
         self.file.close()

@@ -182,6 +182,7 @@ class Prefetch:
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool, save_rollouts: str | None):
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from toolexpander.actors.group import LearnerGroup, RolloutGroup, WeightSync
         from toolexpander.cluster.local import connect
@@ -196,7 +197,10 @@ class Trainer:
         from transformers import AutoTokenizer
 
         pad_id = AutoTokenizer.from_pretrained(self.model_path).pad_token_id or 0
-        self.sampler = ray.remote(Sampler).options(num_cpus=0).remote(
+        # The sampler holds the run's per-prompt state: it lives on the driver's node (the head under
+        # `ray job submit`), never on a rollout or learner node that may be lost mid-run.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.sampler = ray.remote(Sampler).options(num_cpus=0, scheduling_strategy=here).remote(
             cfg.sampler.model_dump(), tasks, cfg.reward.exemplar_bonus, cfg.reward.weights)
         # The learner's ranks start while the engines load: each side is seconds of imports and
         # set-up in processes of its own, and neither needs the other until the first weight push.
@@ -213,6 +217,17 @@ class Trainer:
         self.metrics = MetricsWriter(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project,
                                      cfg.model_dump(mode="json"), resume, start_step=self.step)
         self.metrics.event(self.step, "start", f"mode={self.mode} tasks={len(tasks)} too_long={too_long}")
+        self._log_placement()
+
+    def _log_placement(self) -> None:
+        """events.jsonl: the Ray node id of the driver (and sampler), each rollout worker and each rank."""
+        import ray
+
+        from toolexpander.actors.group import bundle_nodes
+
+        self.metrics.event(self.step, "placement", "the Ray node of each actor",
+                           driver=ray.get_runtime_context().get_node_id(),
+                           rollout=bundle_nodes(self.rollout.pg), learner=bundle_nodes(self.learner.pg))
 
     # ---- one step ------------------------------------------------------------------------------
     def _generate(self, requests, step_seed: int):
@@ -223,6 +238,7 @@ class Trainer:
         for worker, shard in lost:
             self.metrics.event(self.step, "worker_restart", f"rollout worker {worker} died; restarting it")
             self.rollout.restart(worker)
+            self._log_placement()
             prefetch = Prefetch.current()
             if prefetch is not None:  # the learner is training: the driver connects and pushes after it
                 prefetch.wait_for_push()
@@ -244,6 +260,7 @@ class Trainer:
         if dead:
             self.metrics.event(self.step, "worker_restart", f"rollout worker(s) {dead} died during a "
                                f"weight push ({error}); restarted")
+            self._log_placement()
         return seconds
 
     def _fill_batch(self, step_seed: int):
@@ -457,10 +474,22 @@ class Trainer:
         ray.shutdown()
 
 
+def absolute_paths(cfg: Config) -> Config:
+    """model.path, data.train_path and logging.output_dir resolved in the driver's working directory,
+    before any actor sees a path under them (an actor's working directory is its raylet's, another on
+    every node) and before config.json records them (a resume then works from any directory)."""
+    def resolved(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    return cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"path": resolved(cfg.model.path)}),
+        "data": cfg.data.model_copy(update={"train_path": resolved(cfg.data.train_path)}),
+        "logging": cfg.logging.model_copy(update={"output_dir": resolved(cfg.logging.output_dir)})})
+
+
 def train(cfg: Config, resume: bool = False, save_rollouts: str | None = None) -> Path:
-    # Absolute before any actor sees a path under it (checkpoints, exports, logs): an actor's
-    # working directory is its raylet's, not the driver's.
-    run_dir = Path(cfg.logging.output_dir).resolve()
+    cfg = absolute_paths(cfg)
+    run_dir = Path(cfg.logging.output_dir)
     if run_dir.exists() and (run_dir / "metrics.jsonl").exists() and not resume:
         raise TrainError(f"logging.output_dir: {run_dir} already holds a run; pass --resume or "
                          f"choose another --output-dir")

@@ -27,9 +27,21 @@ class WorkerDied(RuntimeError):
         super().__init__(f"{role} {index} died: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
 
 
-def _bundles(n: int, cpus: float, gpus: float) -> list[dict[str, float]]:
-    bundle = {"CPU": cpus} | ({"GPU": gpus} if gpus > 0 else {})
+# What a bundle asks of a role's node_resource: enough to need a node that has it, small enough that
+# any node marked with it (amount 1 and up) holds as many bundles as its CPUs and GPUs allow.
+NODE_MARK = 0.001
+
+
+def _bundles(n: int, cpus: float, gpus: float, node_resource: str | None) -> list[dict[str, float]]:
+    bundle = ({"CPU": cpus} | ({"GPU": gpus} if gpus > 0 else {})
+              | ({node_resource: NODE_MARK} if node_resource else {}))
     return [dict(bundle) for _ in range(n)]
+
+
+def bundle_nodes(pg) -> list[str]:
+    """The node id of each bundle of a placement group, in bundle order."""
+    nodes = ray.util.placement_group_table(pg)["bundles_to_node_id"]
+    return [nodes.get(i, "") for i in range(len(nodes))]
 
 
 def _placed(pg, index: int):
@@ -52,7 +64,7 @@ class RolloutGroup:
         r = cfg.rollout
         self.cfg, self.model_path = cfg, model_path
         gpus = r.gpus_per_worker * r.tensor_parallel_size
-        self.pg = placement_group(_bundles(r.num_workers, r.cpus_per_worker, gpus),
+        self.pg = placement_group(_bundles(r.num_workers, r.cpus_per_worker, gpus, r.node_resource),
                                   strategy=cfg.cluster.placement_strategy)
         ray.get(self.pg.ready())
         self.workers = [self._spawn(i) for i in range(r.num_workers)]
@@ -130,7 +142,7 @@ class LearnerGroup:
 
         lc = cfg.learner
         self.dtype = cfg.model.dtype  # the rollout engines' too: pushes carry it
-        self.pg = placement_group(_bundles(lc.world_size, lc.cpus_per_rank, lc.gpus_per_rank),
+        self.pg = placement_group(_bundles(lc.world_size, lc.cpus_per_rank, lc.gpus_per_rank, lc.node_resource),
                                   strategy=cfg.cluster.placement_strategy)
         ray.get(self.pg.ready())
         cls = ray.remote(Learner)

@@ -5,6 +5,7 @@ Local mode binds every port and the dashboard to 127.0.0.1 and gives actors the 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -62,6 +63,18 @@ def actor_env() -> dict[str, str]:
     env["TORCH_EXTENSIONS_DIR"] = os.environ.get(
         "TORCH_EXTENSIONS_DIR", str(Path.cwd() / ".cache" / "torch_extensions"))
     return env
+
+
+def unset_by_job(env: dict[str, str]) -> dict[str, str]:
+    """The entries of `env` that the job's own runtime env (`ray job submit --runtime-env`) leaves
+    unset. Ray refuses to merge two values of one key into a job's runtime env, and the job's values
+    reach every actor anyway. Only the job's runtime env counts, not this process's environment: a
+    driver started by hand on the head has the offline variables (cli sets them), its actors do not."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}")
+    taken = (job.get("runtime_env") or {}).get("env_vars") or {}
+    return {k: v for k, v in env.items() if k not in taken}
 
 
 def _probe(address: str, timeout_s: float = 5.0) -> None:
@@ -125,9 +138,7 @@ def connect(cfg: Config, log_dir: Path | None = None) -> str:
     runtime_env = {"env_vars": actor_env()}
     if address:
         _probe(address)
-        # Under `ray job submit` the job's runtime env already sets most of these; Ray refuses to
-        # merge two values of one key, so pass only what the job left unset.
-        env = {k: v for k, v in runtime_env["env_vars"].items() if k not in os.environ}
+        env = unset_by_job(runtime_env["env_vars"])
         try:
             ray.init(address=address, namespace=cfg.cluster.namespace,
                      runtime_env={"env_vars": env} if env else None, log_to_driver=True)

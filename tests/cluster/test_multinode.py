@@ -1,0 +1,214 @@
+"""A multi-node run on one host: a ray.cluster_utils.Cluster shaped like the cloud YAMLs (a 0-CPU head
+for the driver and the sampler, a rollout node, a learner node with 2 ZeRO-2 ranks), each node's
+processes started in a working directory of its own, and `toolexpander train` attached to it with
+--cluster.address from yet another directory, with relative paths typed as a user would."""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from toolexpander.cluster.local import LOOPBACK_ENV, _loopback_only
+
+pytestmark = pytest.mark.slow
+
+STEPS = ["--rollout.n", "4", "--rollout.max_tokens", "8", "--data.limit", "16", "--eval.every", "0"]
+PLACEMENT = ["--learner.world_size", "2", "--learner.zero_stage", "2",
+             "--rollout.node_resource", "rollout", "--learner.node_resource", "learner"]
+
+
+def running_in(directory: Path) -> list[int]:
+    """PIDs of the processes whose working directory is `directory` or below: one node's Ray
+    processes and their workers, and no one else's."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")).is_relative_to(directory):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+class NodeCluster:
+    """A 0-CPU head, a learner node (2 CPUs) and a rollout node (1 CPU), marked with the custom
+    resources the run's node_resource options name. Each node is started from a directory of its
+    own (its raylet and workers keep it as their working directory, as on a real node), on loopback."""
+
+    def __init__(self, root: Path):
+        from ray.cluster_utils import Cluster
+
+        self.root, self.dirs = root, {}
+        self.cluster = Cluster(initialize_head=False)
+        self.head = self.add("head", num_cpus=0)
+        self.learner = self.add("learner", num_cpus=2, resources={"learner": 1})
+        self.rollout = self.add("rollout", num_cpus=1, resources={"rollout": 1})
+
+    def add(self, name: str, **args):
+        """Start a node (the head first); on a loaded machine a raylet can miss Ray's fixed 30 s to
+        register, so a node that failed to start is killed and started again once, elsewhere."""
+        for attempt in range(2):
+            directory = self.root / (name if attempt == 0 else f"{name}-again")
+            directory.mkdir()
+            try:
+                with contextlib.chdir(directory), _loopback_only():
+                    node = self.cluster.add_node(node_ip_address="127.0.0.1", include_dashboard=False, **args)
+            except Exception as e:   # Ray raises a bare Exception for this
+                kill_all(running_in(directory))
+                if attempt:
+                    raise
+                warnings.warn(f"Ray node {name} failed to start ({e}); starting it again")
+                continue
+            self.cluster.wait_for_nodes(timeout=120)
+            self.dirs[name] = directory
+            return node
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model):
+    # A private Ray temp dir: Cluster records its address in $RAY_TMPDIR/ray/ray_current_cluster, where
+    # any plain ray.init() on this machine would otherwise find it and attach to it.
+    root = Path(tempfile.mkdtemp(prefix="mn", dir="/tmp"))   # short: Ray's socket paths live under it
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = str(root / "t")
+    (root / "t").mkdir()
+    test_cluster = None
+    try:
+        test_cluster = NodeCluster(root)
+        yield test_cluster
+    finally:
+        if test_cluster is not None:
+            test_cluster.cluster.shutdown()
+        kill_all(running_in(root))   # whatever a failed start or a removed node left behind
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def user_dir(repo, tiny_model, tmp_path_factory):
+    """Where the user types commands: a checkout's configs/ and data/, and models/tiny."""
+    home = tmp_path_factory.mktemp("user")
+    for name in ("configs", "data"):
+        (home / name).symlink_to(repo / name)
+    (home / "models").mkdir()
+    (home / "models" / "tiny").symlink_to(tiny_model)
+    return home
+
+
+def train(user_dir: Path, *args, wait=True):
+    cmd = [sys.executable, "-m", "toolexpander", "train", *args]
+    # Loopback: Ray would otherwise swap the cluster's 127.0.0.1 for this machine's address.
+    proc = subprocess.Popen(cmd, cwd=user_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **LOOPBACK_ENV}, start_new_session=True)
+    if not wait:
+        return proc
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, (stdout[-2000:], stderr[-4000:])
+    return stdout
+
+
+def events(run_dir: Path, kind: str) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["event"] == kind]
+
+
+def steps_logged(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_workers_run_where_their_node_started(cluster, repo):
+    """The premise of the other tests: a worker's directory is its node's, and it runs this checkout."""
+    import ray
+
+    with _loopback_only():
+        ray.init(address=cluster.address)
+    try:
+        @ray.remote(num_cpus=1, resources={"rollout": 0.001})
+        def where():
+            import toolexpander
+
+            return os.getcwd(), toolexpander.__file__
+
+        cwd, module = ray.get(where.remote())
+    finally:
+        ray.shutdown()
+    assert Path(cwd) == cluster.dirs["rollout"]
+    assert Path(module).is_relative_to(repo)
+
+
+def test_attach_checkpoint_export_and_resume(cluster, user_dir):
+    run = user_dir / "runs" / "mn"
+    common = ["--output-dir", "runs/mn", "--cluster.address", cluster.address]
+    train(user_dir, "--config", "configs/smoke.yaml", "--model.path", "models/tiny", "--train.steps", "2",
+          *common, *STEPS, *PLACEMENT)
+    assert steps_logged(run) == [0, 1]
+    assert (run / "checkpoints" / "step_00000002" / "COMPLETE").is_file()
+    assert (run / "hf" / "model.safetensors").is_file()
+    placed = events(run, "placement")[0]
+    assert placed["driver"] == cluster.head.node_id
+    assert placed["rollout"] == [cluster.rollout.node_id]
+    assert placed["learner"] == [cluster.learner.node_id] * 2
+
+    # A new driver resumes from the run directory's config (as `--resume` alone does) and goes on.
+    out = train(user_dir, "--resume", *common, "--train.steps", "3")
+    assert "resumed from" in out and "at step 2" in out
+    assert steps_logged(run) == [0, 1, 2]
+    assert (run / "checkpoints" / "step_00000003" / "COMPLETE").is_file()
+    # Nothing was written relative to a node's own working directory.
+    for node, directory in cluster.dirs.items():
+        assert not list(directory.iterdir()), node
+
+
+def test_losing_the_rollout_node_mid_run(cluster, user_dir):
+    run, dumps = user_dir / "runs" / "loss", user_dir / "rollouts"
+    proc = train(user_dir, "--config", "configs/smoke.yaml", "--model.path", "models/tiny", "--train.steps", "4",
+                 "--output-dir", "runs/loss", "--save-rollouts", "rollouts", "--cluster.address", cluster.address,
+                 *STEPS, *PLACEMENT, wait=False)
+    try:
+        metrics = run / "metrics.jsonl"
+        start = time.time()
+        while not (metrics.is_file() and metrics.read_text().strip()):
+            assert proc.poll() is None, proc.stderr.read()[-4000:]
+            assert time.time() - start < 600, "no step logged"
+            time.sleep(0.2)
+        lost = cluster.rollout
+        cluster.cluster.remove_node(lost)
+        cluster.rollout = cluster.add("rollout-2", num_cpus=1, resources={"rollout": 1})
+        stdout, stderr = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, (stdout[-2000:], stderr[-4000:])
+    assert steps_logged(run) == [0, 1, 2, 3]
+    assert events(run, "worker_restart"), (run / "events.jsonl").read_text()
+    assert events(run, "placement")[-1]["rollout"] == [cluster.rollout.node_id]
+    # Every group the sampler drew was generated, recorded and trained once, with all n completions
+    # (smoke.yaml trains on every group: filter_zero_signal is false).
+    per_group = {}
+    for path in sorted(dumps.glob("*.parquet")):
+        for gid in pq.read_table(path).column("group_id").to_pylist():
+            per_group[gid] = per_group.get(gid, 0) + 1
+    assert sorted(per_group) == list(range(4 * 2)) and set(per_group.values()) == {4}
