@@ -112,11 +112,11 @@ class Pipeline:
                       "run_dir": _relative(run_dir)}
         self._save()
 
-    def resume(self, run_dir: Path) -> list[str]:
+    def resume(self, run_dir: Path, done: dict) -> list[str]:
         """Continue a run that stopped in an arm (an arm killed by the OOM killer, a Ctrl-C): its
         learning.json keeps the stages that finished; an arm without both eval JSONs is trained again
-        from the start (its partial directory kept aside as arm_<x>.failed-<n>). Returns the arms left."""
-        done = json.loads((run_dir / "learning.json").read_text())
+        from the start (its partial directory kept aside as arm_<x>.failed-<n>). `done`: its learning.json
+        as read before this Pipeline was made (making one writes a fresh one). Returns the finished arms."""
         self.state.update({k: done[k] for k in ("stages", "arms", "commit", "command", "seed", "steps")})
         self.state["resumed"] = self.state.get("resumed", []) + [_shown([sys.executable, "-m", "bench.learning",
                                                                           *sys.argv[1:]])]
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         done = json.loads((run_dir / "learning.json").read_text())
         p = Pipeline(argparse.Namespace(**{**vars(args), "steps": done["steps"], "seed": done["seed"]}),
                      done["config"], done["overrides"], run_dir)
-        finished = p.resume(run_dir)
+        finished = p.resume(run_dir, done)
         sft_model = p.sft_model(None)
         for arm in [a for a in arms if a not in finished]:
             log(f"resume: ({arm}) from the start; finished earlier: {', '.join(finished) or 'none'}")
