@@ -112,6 +112,25 @@ class Pipeline:
                       "run_dir": _relative(run_dir)}
         self._save()
 
+    def resume(self, run_dir: Path, done: dict) -> list[str]:
+        """Continue a run that stopped in an arm (an arm killed by the OOM killer, a Ctrl-C): its
+        learning.json keeps the stages that finished; an arm without both eval JSONs is trained again
+        from the start (its partial directory kept aside as arm_<x>.failed-<n>). `done`: its learning.json
+        as read before this Pipeline was made (making one writes a fresh one). Returns the finished arms."""
+        self.state.update({k: done[k] for k in ("stages", "arms", "commit", "command", "seed", "steps")})
+        self.state["resumed"] = self.state.get("resumed", []) + [_shown([sys.executable, "-m", "bench.learning",
+                                                                          *sys.argv[1:]])]
+        self.steps = done["steps"]
+        finished = [a for a in done["arms"] if all(load_summary(run_dir, a, s) for s in ("toolrl", "bfcl"))]
+        self.state["arms"] = finished
+        for arm in report.ARMS:
+            partial = run_dir / arm_dir(arm)
+            if arm not in finished and partial.exists():
+                k = sum(1 for _ in run_dir.glob(f"{arm_dir(arm)}.failed-*"))
+                partial.rename(run_dir / f"{arm_dir(arm)}.failed-{k}")
+        self._save()
+        return finished
+
     def _save(self) -> None:
         (self.run_dir / "learning.json").write_text(json.dumps(self.state, indent=2) + "\n")
 
@@ -168,21 +187,25 @@ class Pipeline:
         log(f"{name}: done in {time.perf_counter() - t0:.0f} s; ToolRL correct "
             f"{100 * s['toolrl']['overall']:.1f}%, BFCL non-live {100 * (s['bfcl']['overall'] or 0):.1f}%")
 
-    def sft(self, output_dir: Path | None) -> Path:
-        """`toolexpander sft` (a cache hit when this warm start exists); its metrics copied to RUN_DIR/sft/."""
+    def sft_model(self, output_dir: Path | None) -> Path:
+        """Where `toolexpander sft` writes (or found) this run's warm start."""
         from toolexpander.config import load_config, parse_overrides
         from toolexpander.sft import output_dir as sft_output_dir
 
+        pairs = parse_overrides([*self.overrides, "--sft.seed", str(self.seed)]
+                                + (["--sft.output_dir", str(output_dir)] if output_dir else []))
+        model = sft_output_dir(load_config(REPO / self.config, pairs))
+        return model if model.is_absolute() else REPO / model
+
+    def sft(self, output_dir: Path | None) -> Path:
+        """`toolexpander sft` (a cache hit when this warm start exists); its metrics copied to RUN_DIR/sft/."""
         extra = ["--sft.seed", str(self.seed)] + (["--output-dir", str(output_dir)] if output_dir else [])
         cmd = [*PYTHON, "sft", "--config", self.config, *self.overrides, *extra]
         log_path = self.run_dir / "logs" / "sft.log"
         t0 = time.perf_counter()
         log(f"sft: {_shown(cmd[2:])} (log: {_relative(log_path)})")
         run_logged("sft", [(cmd, log_path)])
-        pairs = parse_overrides([*self.overrides, "--sft.seed", str(self.seed)]
-                                + (["--sft.output_dir", str(output_dir)] if output_dir else []))
-        model = sft_output_dir(load_config(REPO / self.config, pairs))
-        model = model if model.is_absolute() else REPO / model
+        model = self.sft_model(output_dir)
         cached = any(line.startswith("cached: ") for line in log_path.read_text().splitlines())
         (self.run_dir / "sft").mkdir(exist_ok=True)
         for name in ("metrics.jsonl", "config.json", "events.jsonl"):
@@ -344,6 +367,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny random model, tiny settings, a temp output")
     ap.add_argument("--out", type=Path, help="where LEARNING.md and learning/*.png go (default: bench/, "
                     "or the temp directory under --smoke)")
+    ap.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish a run that stopped: the arms "
+                    "without an evaluation are trained again (with the run's own config, seed and steps)")
     ap.add_argument("--report-only", type=Path, metavar="RUN_DIR", help="rewrite the report from a finished run")
     ap.add_argument("--compare", type=Path, metavar="RUN_DIR", help="an earlier run's directory: the report "
                     "sets its evaluations beside this run's, stage by stage, with the settings that differ")
@@ -358,6 +383,19 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--arms: choose from {','.join(report.ARMS)}, got {args.arms!r}")
     if args.report_only:
         print(f"wrote {write_report(args.report_only.resolve(), out or REPO / 'bench', compare)}")
+        return
+    if args.resume:
+        run_dir = args.resume.resolve()
+        done = json.loads((run_dir / "learning.json").read_text())
+        p = Pipeline(argparse.Namespace(**{**vars(args), "steps": done["steps"], "seed": done["seed"]}),
+                     done["config"], done["overrides"], run_dir)
+        finished = p.resume(run_dir, done)
+        sft_model = p.sft_model(None)
+        for arm in [a for a in arms if a not in finished]:
+            log(f"resume: ({arm}) from the start; finished earlier: {', '.join(finished) or 'none'}")
+            p.evaluate(arm, p.train(arm, sft_model))
+        path = write_report(run_dir, out or REPO / "bench", compare)
+        log(f"wrote {_relative(path)} (raw outputs: {_relative(run_dir)})")
         return
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     if args.smoke:

@@ -264,3 +264,30 @@ def test_arm_prompts_reads_each_arms_start_event(tmp_path):
             json.dumps({"step": 0, "event": "start", "message": message}) + "\n")
     assert arm_prompts(tmp_path, ["a", "b", "c", "d"]) == (
         "(a) (b) 25 prompts, 39 rows left out as too long; (c) 64 prompts, 0 rows left out as too long")
+
+
+def test_resume_trains_only_the_arms_without_evaluations(tmp_path, monkeypatch):
+    import json
+
+    from bench import learning
+
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    stages = [{"stage": s, "seconds": 1.0, "note": "", "commands": []} for s in ("eval base", "train (a)", "eval (a)")]
+    state = {"command": "x", "config": learning.SMOKE_CONFIG, "overrides": [], "seed": 3, "steps": 5,
+             "arms": ["a"], "stages": stages, "commit": "`abc`"}
+    (run / "learning.json").write_text(json.dumps(state))
+    for suite in ("toolrl", "bfcl"):
+        (run / "eval" / f"a_{suite}.json").write_text(json.dumps({"summary": {"overall": 0.1, "seconds": 1}}))
+    (run / "arm_b").mkdir()                                     # killed in the middle of (b)
+    calls = []
+    monkeypatch.setattr(learning.Pipeline, "train", lambda self, arm, sft: calls.append(("train", arm, self.steps,
+                                                                                          self.seed)) or sft)
+    monkeypatch.setattr(learning.Pipeline, "evaluate", lambda self, arm, model, cache=False: calls.append(("eval", arm)))
+    monkeypatch.setattr(learning, "write_report", lambda run_dir, out, compare=None: out / "LEARNING.md")
+    learning.main(["--resume", str(run), "--arms", "a,b,c", "--out", str(tmp_path)])
+    assert calls == [("train", "b", 5, 3), ("eval", "b"), ("train", "c", 5, 3), ("eval", "c")]
+    assert (run / "arm_b.failed-0").is_dir() and not (run / "arm_b").exists()
+    kept = json.loads((run / "learning.json").read_text())
+    assert [s["stage"] for s in kept["stages"]] == ["eval base", "train (a)", "eval (a)"]
+    assert kept["arms"] == ["a"] and kept["resumed"]
