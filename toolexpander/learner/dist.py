@@ -71,9 +71,41 @@ def tcp_store(host: str, port: int, rank: int, world_size: int, timeout: timedel
         raise
 
 
+# A JIT build of DeepSpeed's CPU op takes about a minute here; a `lock` older than this was left by a
+# process killed while building or loading it, and torch would wait on it forever.
+STALE_BUILD_LOCK_S = 600.0
+
+
+def clear_stale_build_locks(root: str | None = None, max_age_s: float = STALE_BUILD_LOCK_S) -> list[str]:
+    """Remove torch-extension build locks (TORCH_EXTENSIONS_DIR/<op>/lock) older than max_age_s,
+    each with a warning; returns the paths removed."""
+    import time
+    import warnings
+    from pathlib import Path
+
+    if root is None:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        # the op's own directory (created here if new, as its build would): its parent is the root
+        root = str(Path(_get_build_directory("deepspeed_shm_comm", verbose=False)).parent)
+    removed = []
+    for lock in Path(root).glob("*/lock"):
+        try:
+            age = time.time() - lock.stat().st_mtime
+            if age > max_age_s:
+                lock.unlink()
+                removed.append(str(lock))
+                warnings.warn(f"removed a stale torch-extension build lock {lock} ({age:.0f} s old): a process "
+                              "was killed while building or loading the op; waiting on it would hang", stacklevel=2)
+        except FileNotFoundError:  # its holder finished meanwhile
+            continue
+    return removed
+
+
 def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int) -> str:
     """Set RANK/WORLD_SIZE/MASTER_*/LOCAL_RANK and start the process group DeepSpeed uses; returns
     the backend. The group is built here, on our own store, and DeepSpeed adopts it."""
+    clear_stale_build_locks()
     import deepspeed
     import torch
 
