@@ -232,7 +232,11 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         f"Machine: {info['cpu']}, {info['cores']} cores (1-min load average at the end {info['loadavg']:.1f}; "
         "the machine may have been shared with other jobs). "
         f"Raw outputs (eval JSONs with every completion, each arm's metrics.jsonl and run directory, "
-        f"the SFT metrics, every subprocess's log): `{info['run_dir']}` (git-ignored).",
+        f"the SFT metrics, every subprocess's log): `{info['run_dir']}` (git-ignored)."
+        + (" The run stopped in an arm and was continued with "
+           + "; ".join(f"`{c}`" for c in info["resumed"])
+           + " (each unfinished arm trained again from its start; the stopped one's directory is kept as "
+             "arm_<x>.failed-<n>)." if info.get("resumed") else ""),
         "",
         f"Protocol: config `{info['config']}`{settings}. The base model is evaluated, warm-started with "
         "`toolexpander sft`, evaluated again; then each GRPO arm trains from the SFT model for "
