@@ -129,6 +129,11 @@ def test_document_names_everything_a_reader_needs():
                    "![correct](learning/correct.png)", report.markdown_table(rows)):
         assert needle in text, needle
     assert text.count("| met |") == 3 and "| missed by 0.02x |" in text
+    assert "continued with" not in text and "Prompts each arm drew from" not in text
+    resumed = report.document({**info, "resumed": ["python -m bench.learning --resume runs/learn-x"],
+                               "prompts": "(a) (d) 25 prompts, 39 rows left out as too long"}, rows, [])
+    assert "The run stopped in an arm and was continued with `python -m bench.learning --resume runs/learn-x`" in resumed
+    assert "Prompts each arm drew from (the run's start event): (a) (d) 25 prompts, 39 rows left out" in resumed
 
 
 def test_figures_plot_exactly_the_logged_values():
