@@ -195,13 +195,9 @@ class Learner:
         """Every rank must run as many backward passes as the others (under ZeRO each one reduces
         gradients): group k gets one-token filler parts up to the most parts any rank split its
         group k into."""
-        if self.world_size == 1:
-            return
-        device = "cuda" if self.backend == "nccl" else "cpu"
-        most = torch.tensor([len(g.parts) for g in groups], dtype=torch.int64, device=device)
-        torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
-        for g, k in zip(groups, most.tolist()):
-            g.parts += [g.filler() for _ in range(k - len(g.parts))]
+        most = self._sum_ranks([float(len(g.parts)) for g in groups], op=torch.distributed.ReduceOp.MAX)
+        for g, k in zip(groups, most):
+            g.parts += [g.filler() for _ in range(int(k) - len(g.parts))]
 
     @staticmethod
     def _padded(groups: list[Group], padding: int) -> list[Group]:
@@ -375,13 +371,13 @@ class Learner:
     def _all_ranks(self, flag: bool) -> bool:
         return self._sum_ranks([0.0 if flag else 1.0])[0] == 0.0
 
-    def _sum_ranks(self, values: list[float]) -> list[float]:
-        """Element-wise sum over ranks (NaN propagates); the identity with one rank."""
+    def _sum_ranks(self, values: list[float], op=torch.distributed.ReduceOp.SUM) -> list[float]:
+        """Element-wise sum (or `op`) over ranks (NaN propagates); the identity with one rank."""
         if self.world_size == 1:
             return list(values)
         device = "cuda" if self.backend == "nccl" else "cpu"
         t = torch.tensor(values, dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(t)
+        torch.distributed.all_reduce(t, op=op)
         return t.tolist()
 
     # ---- state ---------------------------------------------------------------------------------

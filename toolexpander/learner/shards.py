@@ -58,15 +58,13 @@ def shard_tables(table: pa.Table, world_size: int) -> list[tuple[pa.Table, int]]
     count = max(len(s) for s in shards)
     out = []
     for shard in shards:
+        parts = [table.take(np.flatnonzero(np.isin(g_row, shard)))]
         pad = count - len(shard)
-        source = shard or [int(np.argmin(tokens_G))]
-        shortest = min(source, key=lambda g: (tokens_G[g], g))
-        rows = np.flatnonzero(np.isin(g_row, shard))
-        parts = [table.take(rows)]
-        copy_rows = np.flatnonzero(g_row == shortest)
-        for k in range(pad):
-            copy = table.take(copy_rows)
-            parts.append(copy.set_column(copy.schema.get_field_index("group_id"), "group_id",
-                                         pa.array(np.full(len(copy_rows), -1 - k, np.int64))))
+        if pad:
+            shortest = min(shard or [int(np.argmin(tokens_G))], key=lambda g: (tokens_G[g], g))
+            copy = table.take(np.flatnonzero(g_row == shortest))
+            column = copy.schema.get_field_index("group_id")
+            parts += [copy.set_column(column, "group_id", pa.array(np.full(copy.num_rows, -1 - k, np.int64)))
+                      for k in range(pad)]
         out.append((pa.concat_tables(parts), pad))
     return out
