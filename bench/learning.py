@@ -118,9 +118,8 @@ class Pipeline:
         from the start (its partial directory kept aside as arm_<x>.failed-<n>). `done`: its learning.json
         as read before this Pipeline was made (making one writes a fresh one). Returns the finished arms."""
         self.state.update({k: done[k] for k in ("stages", "arms", "commit", "command", "seed", "steps")})
-        self.state["resumed"] = self.state.get("resumed", []) + [_shown([sys.executable, "-m", "bench.learning",
-                                                                          *sys.argv[1:]])]
-        self.steps = done["steps"]
+        self.state["resumed"] = done.get("resumed", []) + [_shown([sys.executable, "-m", "bench.learning",
+                                                                   *sys.argv[1:]])]
         finished = [a for a in done["arms"] if all(load_summary(run_dir, a, s) for s in ("toolrl", "bfcl"))]
         self.state["arms"] = finished
         for arm in report.ARMS:
@@ -176,8 +175,8 @@ class Pipeline:
         else:
             log(f"{name}: ToolRL + BFCL on {_relative(model)} (logs: {_relative(logs)}/eval_{stage}_*.log)")
             run_logged(name, [(toolrl, logs / f"eval_{stage}_toolrl.log"), (bfcl, logs / f"eval_{stage}_bfcl.log")])
+            EVAL_CACHE.mkdir(parents=True, exist_ok=True)
             for suite, key in keys.items():
-                EVAL_CACHE.mkdir(parents=True, exist_ok=True)
                 shutil.copy(out[suite], EVAL_CACHE / f"{key}.json")
             note = ""
         s = {suite: load_summary(self.run_dir, stage, suite) for suite in ("toolrl", "bfcl")}
@@ -253,7 +252,7 @@ def eval_key(model: Path, cmd: list[str]) -> str:
     command without its --out, the source of every module that prompts, generates or scores, the
     ToolRL test file and the versions of BFCL's data/checker and vLLM."""
     h = hashlib.sha256()
-    for path in sorted(p for p in Path(model).rglob("*") if p.is_file() and p.parent == Path(model)):
+    for path in sorted(p for p in Path(model).iterdir() if p.is_file()):
         h.update(path.name.encode())
         with path.open("rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())

@@ -295,4 +295,8 @@ def test_resume_trains_only_the_arms_without_evaluations(tmp_path, monkeypatch):
     assert (run / "arm_b.failed-0").is_dir() and not (run / "arm_b").exists()
     kept = json.loads((run / "learning.json").read_text())
     assert [s["stage"] for s in kept["stages"]] == ["eval base", "train (a)", "eval (a)"]
-    assert kept["arms"] == ["a"] and kept["resumed"]
+    assert kept["arms"] == ["a"] and len(kept["resumed"]) == 1
+    # A second resume keeps the first one's record.
+    (run / "eval" / "b_toolrl.json").write_text(json.dumps({"summary": {"overall": 0.1, "seconds": 1}}))
+    learning.main(["--resume", str(run), "--arms", "a,b", "--out", str(tmp_path)])
+    assert len(json.loads((run / "learning.json").read_text())["resumed"]) == 2
