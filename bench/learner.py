@@ -158,7 +158,6 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from toolexpander.learner.dist import free_port
     from toolexpander.learner.learner import Learner
     from toolexpander.learner.shared_prompt import completion_logprobs_plain, completion_logprobs_shared
 
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             share = mode == "shared"
             cfg = learner_cfg(share)
             computed = G * (P + n * C) if share else effective
-            learner = Learner(0, 1, "127.0.0.1", free_port(), str(MODEL), cfg, dtype, 0, pad_id)
+            learner = Learner(0, 1, "127.0.0.1", 0, str(MODEL), cfg, dtype, 0, pad_id)
             torch.set_num_threads(args.threads)   # the Learner picks its own count (learner.torch_threads)
             baseline = baseline or TorchStep(cfg, pad_id, dtype)
             fn = completion_logprobs_shared if share else completion_logprobs_plain

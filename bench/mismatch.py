@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     from toolexpander.config import LearnerConfig
-    from toolexpander.learner.dist import free_port
     from toolexpander.learner.learner import Learner, groups_from_table
 
     t_start = time.perf_counter()
@@ -90,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name, (dtype, head) in VARIANTS.items():
         cfg = LearnerConfig(lr=1e-6, lm_head_fp32=head, torch_threads=cores()).model_dump()
-        learner = Learner(0, 1, "127.0.0.1", free_port(), str(MODEL), cfg, dtype, 0, pad_id, args.temperature)
+        learner = Learner(0, 1, "127.0.0.1", 0, str(MODEL), cfg, dtype, 0, pad_id, args.temperature)
         for engine, engine_rows in rows_by_engine.items():
             groups = groups_from_table(pa.Table.from_pylist(engine_rows, schema=ROLLOUT_SCHEMA))
             start = time.perf_counter()

@@ -20,7 +20,6 @@ class ReplayError(RuntimeError):
 def replay(cfg: Config, rollouts_dir: str) -> Path:
     from transformers import AutoTokenizer
 
-    from toolexpander.learner.dist import free_port
     from toolexpander.learner.learner import Learner
 
     files = sorted(Path(rollouts_dir).glob("step_*.parquet"))
@@ -28,7 +27,7 @@ def replay(cfg: Config, rollouts_dir: str) -> Path:
         raise ReplayError(f"--replay-rollouts: no step_*.parquet files in {rollouts_dir}")
     model_path = ensure_model(cfg.model.path, cfg.model.prepare)
     pad_id = AutoTokenizer.from_pretrained(model_path).pad_token_id or 0
-    learner = Learner(0, 1, "127.0.0.1", free_port(), str(model_path), cfg.learner.model_dump(),
+    learner = Learner(0, 1, "127.0.0.1", 0, str(model_path), cfg.learner.model_dump(),
                       cfg.model.dtype, cfg.train.seed, pad_id, cfg.rollout.temperature)
     run_dir = Path(cfg.logging.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

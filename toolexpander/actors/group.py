@@ -16,7 +16,6 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from toolexpander.actors.rollout import RolloutWorker
 from toolexpander.config import Config
-from toolexpander.learner.dist import rendezvous_endpoint
 from toolexpander.learner.shards import shard_tables
 from toolexpander.types import PromptRequest, RolloutStats
 
@@ -146,14 +145,13 @@ class LearnerGroup:
                                   strategy=cfg.cluster.placement_strategy)
         ray.get(self.pg.ready())
         cls = ray.remote(Learner)
-        # Rank 0's node hosts the rendezvous: its address and a port free there, found there.
-        master_addr, port = ray.get(ray.remote(num_cpus=0)(rendezvous_endpoint).options(
-            scheduling_strategy=_placed(self.pg, 0)).remote())
         self.ranks = [cls.options(num_cpus=lc.cpus_per_rank, num_gpus=lc.gpus_per_rank,
                                   scheduling_strategy=_placed(self.pg, r)).remote(
-            r, lc.world_size, master_addr, port, model_path, lc.model_dump(), cfg.model.dtype,
+            r, lc.world_size, None, None, model_path, lc.model_dump(), cfg.model.dtype,
             cfg.train.seed, pad_id, cfg.rollout.temperature) for r in range(lc.world_size)]
-        self.call("lr")
+        # Rank 0 listens on its own node first (a port the kernel gave it, held open), then all join.
+        master_addr, port = _get([self.ranks[0].rendezvous.remote()], "learner rank")[0]
+        self.call("start", master_addr, port)
 
     def call(self, method: str, *args, **kwargs) -> list:
         """The same method on every rank (collectives need them all); one result per rank."""

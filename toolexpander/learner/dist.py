@@ -14,11 +14,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def rendezvous_endpoint() -> tuple[str, int]:
-    """Where a process group's rank 0 can listen: this node's address and a port free on it. Run it
-    on rank 0's node (LearnerGroup schedules it into rank 0's placement bundle)."""
+def listen(host: str, port: int = 0) -> socket.socket:
+    """A socket listening on host:port (port 0: one the kernel picks, free by construction). Rank 0
+    binds its rendezvous socket this way *before* telling the other ranks the port, so no other process
+    can take the port in between (picking a free port, closing it and binding it later raced:
+    EADDRINUSE when another process's ephemeral socket got it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen()
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def rendezvous_listener() -> tuple[socket.socket, str, int]:
+    """Rank 0's rendezvous socket on this node's Ray address, already listening: (socket, host, port).
+    Keep the socket and hand it to tcp_store."""
     host = node_ip()
-    return host, free_port(host)
+    listener = listen(host)
+    return listener, host, listener.getsockname()[1]
 
 
 def node_ip() -> str:
@@ -50,18 +68,18 @@ def bind_gloo_to_node() -> None:
         os.environ["GLOO_SOCKET_IFNAME"] = interface
 
 
-def tcp_store(host: str, port: int, rank: int, world_size: int, timeout: timedelta):
+def tcp_store(host: str, port: int, rank: int, world_size: int, timeout: timedelta,
+              listener: socket.socket | None = None):
     """A rendezvous store whose server (rank 0) listens on `host` only; torch's own TCPStore server
-    would listen on every interface."""
+    would listen on every interface. Rank 0 serves on `listener` when given (rendezvous_listener,
+    bound before the port was published), else binds host:port itself (port 0 for a world of one)."""
     import torch.distributed as dist
 
     if rank != 0:
         return dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, port))
-    listener.listen()
+    if listener is None:
+        listener = listen(host, port)
+    port = listener.getsockname()[1]
     fd = listener.detach()  # the store owns the socket from here on
     try:
         return dist.TCPStore(host, port, world_size, is_master=True, timeout=timeout,
@@ -102,14 +120,20 @@ def clear_stale_build_locks(root: str | None = None, max_age_s: float = STALE_BU
     return removed
 
 
-def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int) -> str:
+def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int,
+                     listener: socket.socket | None = None) -> str:
     """Set RANK/WORLD_SIZE/MASTER_*/LOCAL_RANK and start the process group DeepSpeed uses; returns
-    the backend. The group is built here, on our own store, and DeepSpeed adopts it."""
+    the backend. The group is built here, on our own store, and DeepSpeed adopts it. Rank 0 serves the
+    store on `listener` when given (see rendezvous_listener); master_port 0 with no listener suits a
+    world of one (the kernel picks the port)."""
     clear_stale_build_locks()
     import deepspeed
     import torch
 
     on_gpu = torch.cuda.is_available()
+    if rank == 0 and not torch.distributed.is_initialized():
+        listener = listener or listen(master_addr, master_port)
+        master_port = listener.getsockname()[1]
     local_rank = 0  # one rank per actor; Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR=master_addr,
                       MASTER_PORT=str(master_port), LOCAL_RANK=str(local_rank),
@@ -121,8 +145,10 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
         bind_gloo_to_node()
     if not torch.distributed.is_initialized():  # a second Learner in one process reuses the group
         timeout = timedelta(minutes=30)
-        store = tcp_store(master_addr, master_port, rank, world_size, timeout)
+        store = tcp_store(master_addr, master_port, rank, world_size, timeout, listener)
         torch.distributed.init_process_group(backend, store=store, rank=rank,
                                              world_size=world_size, timeout=timeout)
+    elif listener is not None:
+        listener.close()
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return backend

@@ -130,14 +130,35 @@ class Learner:
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int,
                  model_path: str, learner: dict, dtype: str = "float32", seed: int = 0,
                  pad_id: int = 0, temperature: float = 1.0):
+        """master_port None defers joining the process group: LearnerGroup asks rank 0 for its
+        rendezvous() (a socket already listening on its node) and then start()s every rank. Given a
+        port, the rank starts at once (port 0: a world of one, the kernel picks it)."""
         redirect_output(f"learner-{rank}")
         check_model_dir(model_path, f"learner rank {rank}")
+        self.rank, self.world_size = rank, world_size
+        self.cfg = LearnerConfig.model_validate(learner)
+        self._init_args = (model_path, dtype, seed, pad_id, temperature)
+        self._listener = None
+        if master_port is not None:
+            self.start(master_addr, master_port)
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0: listen on this node's address at a port the kernel picks, and say where. The
+        socket stays open until start() hands it to the store, so the port cannot be taken meanwhile."""
+        from toolexpander.learner.dist import rendezvous_listener
+
+        self._listener, host, port = rendezvous_listener()
+        return host, port
+
+    def start(self, master_addr: str, master_port: int) -> None:
+        """Join the process group and build the DeepSpeed engine."""
         import deepspeed
         from transformers import AutoModelForCausalLM
 
-        self.rank, self.world_size = rank, world_size
-        self.cfg = LearnerConfig.model_validate(learner)
-        self.backend = init_distributed(rank, world_size, master_addr, master_port)
+        model_path, dtype, seed, pad_id, temperature = self._init_args
+        rank, world_size = self.rank, self.world_size
+        listener, self._listener = self._listener, None
+        self.backend = init_distributed(rank, world_size, master_addr, master_port, listener)
         if self.backend == "gloo":
             # Ray pins actors to OMP_NUM_THREADS=num_cpus; the rollout workers sleep while the
             # learner runs, so the learner takes the node's cores.
@@ -419,10 +440,14 @@ class Learner:
                 for name, p in self.engine.module.named_parameters()]
 
     def sync_endpoint(self) -> tuple[str, int]:
-        """Where this rank can host the weight group's rendezvous (its node's address, a free port)."""
-        from toolexpander.learner.dist import rendezvous_endpoint
+        """Where this rank hosts the weight group's rendezvous: its node's address and a port it already
+        listens on (init_weight_group serves the gloo store on that socket). NCCL's group (vLLM's
+        StatelessProcessGroup) binds its own store: the socket is closed first, and the port is free
+        only very likely."""
+        from toolexpander.learner.dist import rendezvous_listener
 
-        return rendezvous_endpoint()
+        self._sync_listener, host, port = rendezvous_listener()
+        return host, port
 
     def init_weight_group(self, backend: str, host: str, port: int, world_size: int, bucket_bytes: int,
                           dtype: str = "float32", timeout_s: float = 120.0) -> None:
@@ -435,7 +460,12 @@ class Learner:
         self._sync_dtype = dtype
         self._sync_buckets = plan_buckets(self.weight_meta(), bucket_bytes, dtype)
         self._sync_flats = None   # the buckets' flat buffers, allocated by the first push
-        self._sync_broadcast = open_group(backend, host, port, 0, world_size, self._sync_device, timeout_s)
+        listener, self._sync_listener = getattr(self, "_sync_listener", None), None
+        if backend != "gloo" and listener is not None:
+            listener.close()
+            listener = None
+        self._sync_broadcast = open_group(backend, host, port, 0, world_size, self._sync_device, timeout_s,
+                                          listener=listener)
 
     def broadcast_weights(self) -> float:
         """Every rank calls it (ZeRO-3 gathers); rank 0 sends the buckets. Returns seconds."""

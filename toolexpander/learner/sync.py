@@ -65,16 +65,17 @@ def plan_buckets(meta: Meta, bucket_bytes: int, dtype: str = "float32") -> list[
 
 
 def open_group(backend: str, host: str, port: int, rank: int, world_size: int, device=None,
-               timeout_s: float = 120.0):
+               timeout_s: float = 120.0, listener=None):
     """A broadcast group of its own (rank 0 = the learner). Returns a callable broadcast(tensor).
     gloo: a member that died makes the others' broadcast fail after timeout_s (learner.weight_sync_timeout_s),
-    so that the driver can replace it and rebuild the group."""
+    so that the driver can replace it and rebuild the group. Rank 0 serves the gloo store on `listener`
+    when given (the socket it listened on before publishing the port)."""
     if backend == "gloo":
         from toolexpander.learner.dist import bind_gloo_to_node, tcp_store
 
         bind_gloo_to_node()
         timeout = timedelta(seconds=timeout_s)
-        store = tcp_store(host, port, rank, world_size, timeout)
+        store = tcp_store(host, port, rank, world_size, timeout, listener)
         group = torch.distributed.ProcessGroupGloo(store, rank, world_size, timeout)
 
         def broadcast(tensor: torch.Tensor) -> None:
