@@ -56,7 +56,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/toolexpander prepare-model smollm2-135m --out models/smollm2-135m
 	$(BIN)/python -m bench.run_all
 
-# The learning benchmark (base, SFT and four GRPO arms of SmolLM2-135M, evaluated): bench/LEARNING.md.
+# The learning benchmark (base, SFT and five GRPO arms of SmolLM2-135M, evaluated): bench/LEARNING.md.
 learn: $(STAMP)
 	$(BIN)/python -m bench.learning
 

@@ -1,8 +1,9 @@
 """The learning benchmark: does each method teach SmolLM2-135M to call tools? Writes bench/LEARNING.md.
 
 One seed, in order: evaluate the base model; `toolexpander sft` (a supervised warm start) and evaluate
-it; four GRPO arms from the SFT model with the same seed and steps -- (a) plain GRPO, (b) + hard
-sampling, (c) + DSCL, (d) both papers -- each evaluated from its HF export. Every evaluation runs the
+it; five GRPO arms from the SFT model with the same seed and steps -- (a) plain GRPO, (b) + hard
+sampling, (c) + DSCL, (d) both papers, (e) (a) with rollouts one step ahead of the learner
+(train.max_staleness 1) -- each evaluated from its HF export. Every evaluation runs the
 ToolRL test set and a fixed BFCL non-live AST subset as two concurrent `toolexpander eval`
 subprocesses (an in-process eval engine uses one core). Every number it trains or evaluates with
 comes from the config (configs/learn-smollm2.yaml); raw outputs and each subprocess's log go to
@@ -361,7 +362,7 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0, help="sft, sampler, rollout and train seed")
-    ap.add_argument("--arms", default=",".join(report.ARMS), help="comma-separated subset of a,b,c,d")
+    ap.add_argument("--arms", default=",".join(report.ARMS), help="comma-separated subset of a,b,c,d,e")
     ap.add_argument("--steps", type=int, help="GRPO steps per arm (default: the config's train.steps)")
     ap.add_argument("--smoke", action="store_true", help="tiny random model, tiny settings, a temp output")
     ap.add_argument("--out", type=Path, help="where LEARNING.md and learning/*.png go (default: bench/, "

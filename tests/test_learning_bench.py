@@ -101,6 +101,20 @@ def test_goals_missed_by_points_and_not_run():
                                             "not run"]                # no arm (a)
 
 
+def test_overlap_goal_compares_e_with_a_within_two_standard_errors():
+    lagged = metrics([0.1, 0.2], [0.5, 0.5])
+    for step, row in enumerate(lagged):
+        row.update({"rollout/policy_lag_mean": 1.0 - 0.5 * step, "rollout/mismatch_k3_kl": 1e-3 * (step + 1)})
+    stages = {**STAGES, "e": {"toolrl": toolrl(18, 80, 0.6), "bfcl": bfcl(ZERO), "metrics": lagged}}
+    goal = report.goals(report.table_rows(stages))[4]
+    # a 10/80 = 0.125, e 18/80 = 0.225: 2 sqrt((0.125 * 0.875 + 0.225 * 0.775) / 80) = 0.11937
+    assert goal["measured"] == "+10.0 points (2 SE 11.9); policy lag 0.750, mismatch k3 1.5e-03"
+    assert goal["status"] == "met"
+    stages["e"]["toolrl"] = toolrl(22, 80, 0.6)   # 0.275: 2 SE = 0.12443, diff 0.15
+    assert report.goals(report.table_rows(stages))[4]["status"] == "missed by 2.6 points"
+    assert len(report.goals(report.table_rows(STAGES))) == 4   # no arm (e): no such goal
+
+
 def test_all_fail_ratio_when_plain_grpo_never_all_fails():
     stages = {"a": {"metrics": metrics([1.0], [0.0])}, "d": {"metrics": metrics([1.0], [0.0])}}
     assert report.goals(report.table_rows(stages))[3]["status"] == "met"   # 0 / 0 counts as 0
