@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from toolexpander import storage
 from toolexpander.learner import checkpoint
 from toolexpander.rewards import ZERO, score_batch
 
@@ -19,33 +20,45 @@ PACKAGE = Path(__file__).resolve().parent.parent / "toolexpander"
 
 def fake_checkpoint(root, step, keep_last=5):
     tmp = checkpoint.begin(root, step)
-    (tmp / "learner").mkdir()
-    (tmp / "learner" / "model.pt").write_bytes(b"x" * 1000)
-    (tmp / "sampler.npz").write_bytes(b"y" * 100)
-    return checkpoint.commit(tmp, root, step, keep_last)
+    with storage.writable(storage.join(tmp, "learner")) as d:   # a learner rank's part
+        (d / "model.pt").write_bytes(b"x" * 1000)
+    storage.write_file(storage.join(tmp, "sampler.npz"), b"y" * 100)   # the sampler's
+    return checkpoint.commit(root, step, keep_last)
 
 
-def test_torn_checkpoint_is_never_loaded(tmp_path):
-    first = fake_checkpoint(tmp_path, 2)
-    second = fake_checkpoint(tmp_path, 4)
-    assert checkpoint.latest(tmp_path) == second
-    with open(second / "learner" / "model.pt", "r+b") as f:  # truncated by a crash mid-write
+@pytest.fixture(params=["path", "uri"])
+def ckpt_root(request, tmp_path):
+    """A plain directory (written in place, renamed into place) or a file:// URI (the object-store path:
+    staged uploads, no renames, the marker alone completes a checkpoint)."""
+    return str(tmp_path) if request.param == "path" else f"file://{tmp_path}"
+
+
+def test_torn_checkpoint_is_never_loaded(ckpt_root, tmp_path):
+    first = fake_checkpoint(ckpt_root, 2)
+    second = fake_checkpoint(ckpt_root, 4)
+    assert checkpoint.latest(ckpt_root) == second == storage.join(ckpt_root, "step_00000004")
+    with open(tmp_path / "step_00000004" / "learner" / "model.pt", "r+b") as f:  # truncated by a crash mid-write
         f.truncate(10)
     with pytest.warns(UserWarning, match="step_00000004 skipped: learner/model.pt has 10 bytes, expected 1000"):
-        assert checkpoint.latest(tmp_path) == first
-    (first / checkpoint.MARKER).unlink()  # marker never written
+        assert checkpoint.latest(ckpt_root) == first
+    (tmp_path / "step_00000002" / checkpoint.MARKER).unlink()  # marker never written
     with pytest.warns(UserWarning, match="no COMPLETE marker"):
-        assert checkpoint.latest(tmp_path) is None
+        assert checkpoint.latest(ckpt_root) is None
 
 
-def test_unfinished_temp_dirs_and_pruning(tmp_path):
-    checkpoint.begin(tmp_path, 9)  # a write that never committed
+def test_unfinished_checkpoints_and_pruning(ckpt_root, tmp_path):
+    checkpoint.begin(ckpt_root, 9)  # a write that never committed
     for step in (1, 2, 3):
-        fake_checkpoint(tmp_path, step, keep_last=2)
-    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00000002", "step_00000003"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert checkpoint.latest(tmp_path).name == "step_00000003"
+        fake_checkpoint(ckpt_root, step, keep_last=2)
+    kept = sorted(p.name for p in tmp_path.glob("step_*") if (p / checkpoint.MARKER).is_file())
+    assert kept == ["step_00000002", "step_00000003"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert checkpoint.latest(ckpt_root) == storage.join(ckpt_root, "step_00000003")
+    # a plain path wrote step 9 under a temp name; a URI wrote it in place, and it is skipped, said so
+    assert [str(w.message) for w in caught] == ([] if ckpt_root.startswith("/") else
+                                                [f"checkpoint {ckpt_root}/step_00000009 skipped: no COMPLETE "
+                                                 "marker (the write did not finish)"])
 
 
 def test_ten_thousand_fuzzed_completions_never_raise(train_tasks):
@@ -160,7 +173,7 @@ def test_three_nonfinite_updates_stop_the_run_with_a_checkpoint(repo, tiny_model
     assert "stopping: 3 non-finite updates in a row; checkpoint" in out.stdout
     events = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert events.count("nonfinite") == 3
-    assert checkpoint.latest(run_dir / "checkpoints").name == "step_00000003"
+    assert checkpoint.latest(str(run_dir / "checkpoints")) == str(run_dir / "checkpoints" / "step_00000003")
 
 
 def process_tree(root_pid: int) -> list[int]:

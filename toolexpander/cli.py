@@ -24,6 +24,7 @@ def _offline_env() -> None:
 
 
 def cmd_train(args, overrides: list[str]) -> int:
+    from toolexpander import storage
     from toolexpander.config import load_config, parse_overrides
     from toolexpander.train import train
 
@@ -32,8 +33,7 @@ def cmd_train(args, overrides: list[str]) -> int:
     if args.output_dir:
         pairs["logging.output_dir"] = args.output_dir
     if args.resume and config is None:
-        run_dir = Path(pairs.get("logging.output_dir") or "runs/latest")
-        config = run_dir / "config.json"
+        config = storage.join(pairs.get("logging.output_dir") or "runs/latest", "config.json")
     if config is None:
         raise SystemExit("toolexpander train: --config FILE is required (or --resume with --output-dir)")
     cfg = load_config(config, pairs)

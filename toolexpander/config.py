@@ -263,7 +263,13 @@ class ClusterConfig(Section):
 
 
 class LoggingConfig(Section):
-    output_dir: str = "runs/latest"
+    output_dir: str = Field("runs/latest", description="the run's location, read the same way by every "
+                            "process: a local path (made absolute at the driver; on a cluster, a filesystem "
+                            "every node mounts) or a pyarrow.fs URI (s3://bucket/run, gs://..., file:///...). "
+                            "Checkpoints and HF exports are written there by the processes that hold them")
+    local_dir: str | None = Field(None, description="where the driver keeps metrics.jsonl, events, TensorBoard, "
+                                  "eval answers and logs when output_dir is a URI; copied to the URI at every "
+                                  "checkpoint and at the end. Default: runs/<the URI's last name>")
     tensorboard: bool = True
     wandb_project: str | None = None
     progress: Literal["auto", "bar", "plain"] = "auto"
@@ -350,16 +356,25 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     tree: dict[str, Any] = {}
     where = "defaults"
     if path is not None:
-        path = Path(path)
+        from toolexpander import storage
+
         where = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        if storage.is_uri(where):  # a run's config.json in its storage (resume from a bucket)
+            try:
+                text = storage.read_file(where).decode()
+            except (storage.StorageError, OSError) as e:
+                raise ConfigError(f"config file not readable: {where}: {e}") from None
+        else:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"config file not found: {path}")
+            text = path.read_text()
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(f"{where}: not valid YAML: {e}") from None
         if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
+            raise ConfigError(f"{where}: top level must be a mapping of sections")
     for key, value in (overrides or {}).items():
         _set_dotted(tree, key, value)
     try:

@@ -74,6 +74,11 @@ class MetricsWriter:
             f.write(json.dumps({"step": step, "time": time.time(), "event": kind, "message": message, **fields})
                     + "\n")
 
+    def flush(self) -> None:
+        self.file.flush()
+        if self.tb is not None:
+            self.tb.flush()
+
     def close(self) -> None:
         self.file.close()
         if self.tb is not None:

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from toolexpander import storage
 from toolexpander.config import Config, dump_config
 from toolexpander.data import DataError, load_tasks
 from toolexpander.learner import checkpoint
@@ -209,7 +210,8 @@ class Trainer:
             self.rollout = RolloutGroup(cfg, str(self.model_path))
             self.learner = learner.result()
         self.sync = WeightSync(self.learner, self.rollout, cfg)
-        self.ckpt_root = run_dir / "checkpoints"
+        self.location = cfg.logging.output_dir   # run_dir itself, or the URI run_dir is copied to
+        self.ckpt_root = storage.join(self.location, "checkpoints")
         self.step, self.version = 0, 0
         self.prefetch: Prefetch | None = None   # the next step's rollout phase (train.max_staleness 1)
         if resume:
@@ -380,17 +382,30 @@ class Trainer:
         return out
 
     # ---- checkpoints ---------------------------------------------------------------------------
-    def save(self) -> Path:
+    def save(self) -> str:
+        """Every part written by the process that holds it (each learner rank its own, the sampler its
+        state, the driver the rest), then the manifest by the driver (learner/checkpoint.py). Returns
+        the checkpoint's location."""
         import ray
 
         tmp = checkpoint.begin(self.ckpt_root, self.step)
         client = {"step": self.step, "policy_version": self.version}
-        self.learner.call("save", str(tmp / "learner"), client)
-        ray.get(self.sampler.save.remote(str(tmp / "sampler.npz")))
-        (tmp / "driver.json").write_text(json.dumps({"step": self.step, "policy_version": self.version}))
-        if self.prefetch is not None:  # the next step's batch, generated and recorded by the sampler already
-            save_phase(self.prefetch.result(), tmp / PREFETCH_DIR)
-        return checkpoint.commit(tmp, self.ckpt_root, self.step, self.cfg.train.keep_last)
+        self.learner.call("save", storage.join(tmp, "learner"), client)
+        ray.get(self.sampler.save.remote(storage.join(tmp, "sampler.npz")))
+        with storage.writable(tmp) as d:
+            (d / "driver.json").write_text(json.dumps({"step": self.step, "policy_version": self.version}))
+            if self.prefetch is not None:  # the next step's batch, generated and recorded by the sampler already
+                save_phase(self.prefetch.result(), d / PREFETCH_DIR)
+        path = checkpoint.commit(self.ckpt_root, self.step, self.cfg.train.keep_last)
+        self.metrics.flush()
+        self.upload_driver_files()
+        return path
+
+    def upload_driver_files(self) -> None:
+        """output_dir a URI: the driver's own files (metrics, events, TensorBoard, eval answers, logs,
+        config.json) copied from logging.local_dir to it."""
+        if storage.is_uri(self.location):
+            storage.Store(self.location).upload(self.run_dir, "")
 
     def _restore(self) -> None:
         import ray
@@ -398,12 +413,14 @@ class Trainer:
         directory = checkpoint.latest(self.ckpt_root)
         if directory is None:
             raise TrainError(f"--resume: no complete checkpoint under {self.ckpt_root}")
-        self.learner.call("load", str(directory / "learner"))
-        ray.get(self.sampler.load.remote(str(directory / "sampler.npz")))
-        state = json.loads((directory / "driver.json").read_text())
+        self.learner.call("load", storage.join(directory, "learner"))
+        ray.get(self.sampler.load.remote(storage.join(directory, "sampler.npz")))
+        state = json.loads(storage.read_file(storage.join(directory, "driver.json")))
         self.step, self.version = state["step"], state["policy_version"]
-        if (directory / PREFETCH_DIR).is_dir():  # trained next, exactly as the interrupted run would have
-            self.prefetch = Prefetch.finished(load_phase(directory / PREFETCH_DIR))
+        prefetch = storage.join(directory, PREFETCH_DIR)
+        if storage.exists(prefetch):  # trained next, exactly as the interrupted run would have
+            with storage.readable(prefetch) as d:
+                self.prefetch = Prefetch.finished(load_phase(d))
         self._push()
         print(f"resumed from {directory} at step {self.step} (policy version {self.version})", flush=True)
 
@@ -423,9 +440,9 @@ class Trainer:
             metrics.update(eval_metrics(summary, suite))
         return metrics
 
-    def export(self) -> Path:
-        out = self.run_dir / "hf"
-        self.learner.call("export_hf", str(out), str(self.model_path))
+    def export(self) -> str:
+        out = storage.join(self.location, "hf")
+        self.learner.call("export_hf", out, str(self.model_path))
         return out
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -462,7 +479,7 @@ class Trainer:
         path = self.save()
         if stop.requested:
             print(f"stopped at step {self.step}; checkpoint {path}\nresume with: toolexpander train "
-                  f"--config {self.run_dir / 'config.json'} --resume", flush=True)
+                  f"--config {storage.join(self.location, 'config.json')} --resume", flush=True)
             return 0
         self.export()
         return 0
@@ -471,29 +488,57 @@ class Trainer:
         import ray
 
         self.metrics.close()
-        ray.shutdown()
+        try:
+            self.upload_driver_files()
+        finally:
+            ray.shutdown()
 
 
 def absolute_paths(cfg: Config) -> Config:
-    """model.path, data.train_path and logging.output_dir resolved in the driver's working directory,
-    before any actor sees a path under them (an actor's working directory is its raylet's, another on
-    every node) and before config.json records them (a resume then works from any directory)."""
+    """model.path, data.train_path and logging.output_dir (unless a URI) and logging.local_dir resolved
+    in the driver's working directory, before any actor sees a path under them (an actor's working
+    directory is its raylet's, another on every node) and before config.json records them (a resume
+    then works from any directory)."""
     def resolved(path: str) -> str:
         return str(Path(path).expanduser().resolve())
 
+    location = storage.resolve(cfg.logging.output_dir)
+    local_dir = cfg.logging.local_dir and resolved(cfg.logging.local_dir)
     return cfg.model_copy(update={
         "model": cfg.model.model_copy(update={"path": resolved(cfg.model.path)}),
         "data": cfg.data.model_copy(update={"train_path": resolved(cfg.data.train_path)}),
-        "logging": cfg.logging.model_copy(update={"output_dir": resolved(cfg.logging.output_dir)})})
+        "logging": cfg.logging.model_copy(update={"output_dir": location, "local_dir": local_dir})})
+
+
+def driver_dir(cfg: Config) -> Path:
+    """Where the driver writes metrics, events, TensorBoard and eval answers: the run directory
+    itself, or (output_dir a URI) logging.local_dir, copied to the URI at checkpoints and at the end."""
+    location = cfg.logging.output_dir
+    if storage.is_uri(location):
+        return Path(cfg.logging.local_dir or f"runs/{location.rpartition('/')[2]}").resolve()
+    return Path(location)
+
+
+# A resumed driver on another machine continues these from the URI when its local_dir lacks them.
+DRIVER_FILES = ("metrics.jsonl", "events.jsonl", "tensorboard")
 
 
 def train(cfg: Config, resume: bool = False, save_rollouts: str | None = None) -> Path:
+    """Returns the driver's directory (the run directory, or logging.local_dir for a URI run)."""
     cfg = absolute_paths(cfg)
-    run_dir = Path(cfg.logging.output_dir)
-    if run_dir.exists() and (run_dir / "metrics.jsonl").exists() and not resume:
-        raise TrainError(f"logging.output_dir: {run_dir} already holds a run; pass --resume or "
-                         f"choose another --output-dir")
+    run_dir = driver_dir(cfg)
+    store = storage.Store(cfg.logging.output_dir)
+    if not resume and ((run_dir / "metrics.jsonl").exists() or store.is_file("metrics.jsonl")):
+        raise TrainError(f"logging.output_dir: {cfg.logging.output_dir} already holds a run; pass --resume "
+                             f"or choose another --output-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and not store.local:
+        for name in DRIVER_FILES:
+            if not (run_dir / name).exists() and storage.exists(storage.join(store.location, name)):
+                if store.is_dir(name):
+                    store.download(name, run_dir / name)
+                else:
+                    (run_dir / name).write_bytes(store.read_bytes(name))
     dump_config(cfg, run_dir / "config.json")
     try:
         trainer = Trainer(cfg, run_dir, resume, save_rollouts)

@@ -159,24 +159,37 @@ def test_workers_run_where_their_node_started(cluster, repo):
     assert Path(module).is_relative_to(repo)
 
 
-def test_attach_checkpoint_export_and_resume(cluster, user_dir):
-    run = user_dir / "runs" / "mn"
-    common = ["--output-dir", "runs/mn", "--cluster.address", cluster.address]
+def test_attach_checkpoint_export_and_resume_through_a_storage_uri(cluster, user_dir, tmp_path):
+    """logging.output_dir a URI (file://, which runs the object-store path: staged uploads, no renames):
+    each learner rank uploads its own checkpoint part from the learner node, the driver the manifest
+    last; a new driver on "another machine" (another directory, nothing local) resumes from the URI."""
+    bucket = tmp_path / "bucket"
+    uri = f"file://{bucket}/mn"
+    common = ["--output-dir", uri, "--cluster.address", cluster.address]
     train(user_dir, "--config", "configs/smoke.yaml", "--model.path", "models/tiny", "--train.steps", "2",
           *common, *STEPS, *PLACEMENT)
-    assert steps_logged(run) == [0, 1]
-    assert (run / "checkpoints" / "step_00000002" / "COMPLETE").is_file()
-    assert (run / "hf" / "model.safetensors").is_file()
-    placed = events(run, "placement")[0]
+    local = user_dir / "runs" / "mn"          # the driver's own files: logging.local_dir's default
+    assert steps_logged(local) == steps_logged(bucket / "mn") == [0, 1]
+    ckpt = bucket / "mn" / "checkpoints" / "step_00000002"
+    assert (ckpt / "COMPLETE").is_file() and (ckpt / "sampler.npz").is_file() and (ckpt / "driver.json").is_file()
+    manifest = json.loads((ckpt / "COMPLETE").read_text())["files"]
+    shards = sorted(f for f in manifest if "optim_states" in f)
+    assert len(shards) == 2 and "rank_0" in shards[0] and "rank_1" in shards[1], manifest   # one per rank
+    assert not list((bucket / "mn" / "checkpoints").glob(".tmp*"))
+    assert (bucket / "mn" / "hf" / "model.safetensors").is_file()
+    assert (bucket / "mn" / "config.json").is_file() and (bucket / "mn" / "tensorboard").is_dir()
+    placed = events(local, "placement")[0]
     assert placed["driver"] == cluster.head.node_id
     assert placed["rollout"] == [cluster.rollout.node_id]
     assert placed["learner"] == [cluster.learner.node_id] * 2
 
-    # A new driver resumes from the run directory's config (as `--resume` alone does) and goes on.
-    out = train(user_dir, "--resume", *common, "--train.steps", "3")
-    assert "resumed from" in out and "at step 2" in out
-    assert steps_logged(run) == [0, 1, 2]
-    assert (run / "checkpoints" / "step_00000003" / "COMPLETE").is_file()
+    # A new driver elsewhere resumes from the URI alone (its config.json, its checkpoint, its metrics).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()   # config.json holds absolute model and data paths (on a cluster: a shared filesystem)
+    out = train(elsewhere, "--resume", *common, "--train.steps", "3")
+    assert f"resumed from {uri}/checkpoints/step_00000002" in out and "at step 2" in out
+    assert steps_logged(elsewhere / "runs" / "mn") == steps_logged(bucket / "mn") == [0, 1, 2]
+    assert (bucket / "mn" / "checkpoints" / "step_00000003" / "COMPLETE").is_file()
     # Nothing was written relative to a node's own working directory.
     for node, directory in cluster.dirs.items():
         assert not list(directory.iterdir()), node
@@ -212,3 +225,6 @@ def test_losing_the_rollout_node_mid_run(cluster, user_dir):
         for gid in pq.read_table(path).column("group_id").to_pylist():
             per_group[gid] = per_group.get(gid, 0) + 1
     assert sorted(per_group) == list(range(4 * 2)) and set(per_group.values()) == {4}
+    # Relative paths typed by the user were resolved at the driver: nothing landed in a node's directory.
+    for node, directory in cluster.dirs.items():
+        assert not list(directory.iterdir()), node

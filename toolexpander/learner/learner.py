@@ -494,30 +494,43 @@ class Learner:
                 digest.update(p.detach().float().cpu().numpy().tobytes())
         return digest.hexdigest()
 
-    def save(self, directory: str, client_state: dict) -> None:
-        self.engine.save_checkpoint(directory, tag="state", client_state={
-            **client_state, "updates": self.updates, "train_steps": self.train_steps})
+    def save(self, location: str, client_state: dict) -> None:
+        """DeepSpeed's checkpoint at `location` (a path or a storage URI): each rank writes the files it
+        holds (rank 0 the module states, every rank its ZeRO shard); on a URI from a local staging
+        directory it then uploads."""
+        from toolexpander.storage import writable
 
-    def load(self, directory: str) -> dict:
-        _, client_state = self.engine.load_checkpoint(directory, tag="state", load_optimizer_states=True,
-                                                      load_lr_scheduler_states=True)
+        with writable(location) as directory:
+            self.engine.save_checkpoint(str(directory), tag="state", client_state={
+                **client_state, "updates": self.updates, "train_steps": self.train_steps})
+
+    def load(self, location: str) -> dict:
+        from toolexpander.storage import readable
+
+        with readable(location) as directory:
+            _, client_state = self.engine.load_checkpoint(str(directory), tag="state", load_optimizer_states=True,
+                                                          load_lr_scheduler_states=True)
         if client_state is None:
-            raise RuntimeError(f"{directory}: DeepSpeed found no checkpoint to load")
+            raise RuntimeError(f"{location}: DeepSpeed found no checkpoint to load")
         self.updates = int(client_state.get("updates", self.updates))
         self.train_steps = int(client_state.get("train_steps", self.train_steps))
         self._set_lr(self.train_steps)
         return client_state
 
-    def export_hf(self, directory: str, tokenizer_dir: str) -> None:
-        """save_pretrained (safetensors) + tokenizer; rank 0 writes, every rank must call (ZeRO-3)."""
+    def export_hf(self, location: str, tokenizer_dir: str) -> None:
+        """save_pretrained (safetensors) + tokenizer at `location` (a path or a storage URI); rank 0
+        writes, every rank must call (ZeRO-3)."""
         from transformers import AutoTokenizer
+
+        from toolexpander.storage import writable
 
         weights = self.named_weights()
         if weights is None:
             return
         state = {name: torch.from_numpy(w) for name, w in weights}
-        self.engine.module.save_pretrained(directory, state_dict=state, safe_serialization=True)
-        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(directory)
+        with writable(location) as directory:
+            self.engine.module.save_pretrained(directory, state_dict=state, safe_serialization=True)
+            AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(directory)
 
     # ---- supervised warm start (toolexpander sft) -----------------------------------------------
     def sft_step(self, examples: list[tuple[list[int], list[int]]], step: int) -> dict[str, float]:

@@ -7,8 +7,8 @@ State is saved as a plain .npz (no pickle) with every checkpoint.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +16,7 @@ import pyarrow as pa
 from toolexpander.config import SamplerConfig
 from toolexpander.prompt import make_demo
 from toolexpander.sampling.core import SamplerCore
+from toolexpander.storage import read_file, write_file
 from toolexpander.types import REWARD_DIMS, SUBTASKS, PromptRequest, Task
 
 
@@ -93,15 +94,16 @@ class Sampler:
     def metrics(self) -> dict[str, float]:
         return self.core.metrics()
 
-    def save(self, path: str) -> None:
+    def save(self, location: str) -> None:
+        """The state as one .npz at `location` (a path or a storage URI, toolexpander/storage.py)."""
         state = self.core.state_dict()
         state["next_group_id"] = np.array(self.next_group_id, dtype=np.int64)
-        tmp = Path(path).with_suffix(".tmp.npz")
-        np.savez(tmp, **state)
-        tmp.replace(path)
+        buffer = io.BytesIO()
+        np.savez(buffer, **state)
+        write_file(location, buffer.getvalue())
 
-    def load(self, path: str) -> None:
-        with np.load(path, allow_pickle=False) as f:
+    def load(self, location: str) -> None:
+        with np.load(io.BytesIO(read_file(location)), allow_pickle=False) as f:
             state = {k: f[k] for k in f.files}
         self.next_group_id = int(state.pop("next_group_id"))
         self.core.load_state_dict(state)
