@@ -260,6 +260,14 @@ class ClusterConfig(Section):
     namespace: str = "toolexpander"
     dashboard_host: str = "127.0.0.1"
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    call_timeout_s: float = Field(1800.0, gt=0.0, description="the longest one blocking call to an actor in "
+                                  "the loop may take (a generation, a learner step, a push, a checkpoint part, "
+                                  "a sampler call). A rollout worker past it counts as hung: it is killed, "
+                                  "restarted and its prompts re-issued; a learner rank or the sampler past it "
+                                  "stops the run with the actor named. Raise it for steps longer than this")
+    placement_timeout_s: float = Field(900.0, gt=0.0, description="how long the rollout and learner placement "
+                                       "groups may wait for resources (an autoscaler adding nodes included) "
+                                       "before the run stops, saying what was asked and what the cluster has")
 
 
 class LoggingConfig(Section):

@@ -231,6 +231,13 @@ class Trainer:
                            driver=ray.get_runtime_context().get_node_id(),
                            rollout=bundle_nodes(self.rollout.pg), learner=bundle_nodes(self.learner.pg))
 
+    def _sampler_get(self, ref):
+        """A sampler call's result within cluster.call_timeout_s (the sampler is never replaced: it
+        holds the run's state; a hung one stops the run, to be resumed from the checkpoint)."""
+        from toolexpander.actors.group import _get
+
+        return _get([ref], "sampler", self.cfg.cluster.call_timeout_s)[0]
+
     # ---- one step ------------------------------------------------------------------------------
     def _generate(self, requests, step_seed: int):
         """Rollouts for `requests`; a dead worker is restarted, given the weights, and its prompts
@@ -238,7 +245,7 @@ class Trainer:
         table, stats, lost = self.rollout.generate(requests, step_seed)
         tables = [table] if table is not None else []
         for worker, shard in lost:
-            self.metrics.event(self.step, "worker_restart", f"rollout worker {worker} died; restarting it")
+            self.metrics.event(self.step, "worker_restart", f"rollout worker {worker} died or hung (cluster.call_timeout_s); restarting it")
             self.rollout.restart(worker)
             self._log_placement()
             prefetch = Prefetch.current()
@@ -268,16 +275,14 @@ class Trainer:
     def _fill_batch(self, step_seed: int):
         """Draw, generate and record until B informative groups or the draw budget (DAPO-style).
         Returns every generated row, the kept groups' rows, the sampler records and worker stats."""
-        import ray
-
         cfg = self.cfg
         kept, generated, records, stats = [], [], [], []
         for _ in range(cfg.sampler.max_draw_rounds):
-            requests = ray.get(self.sampler.next_batch.remote(cfg.sampler.batch_prompts - len(kept)))
+            requests = self._sampler_get(self.sampler.next_batch.remote(cfg.sampler.batch_prompts - len(kept)))
             if not requests:
                 break
             table, more = self._generate(requests, step_seed)
-            record = ray.get(self.sampler.record.remote(table))
+            record = self._sampler_get(self.sampler.record.remote(table))
             kept += [g for g, ok in zip(record["group_ids"], record["informative"])
                      if ok or not cfg.sampler.filter_zero_signal]
             generated.append(table)
@@ -294,8 +299,6 @@ class Trainer:
         DAPO-style refills) and the sampler's end of step. Runs in the driver's thread (max_staleness
         0) or in the prefetch thread while the learner trains on the step before (1); in both cases
         the sampler sees the same calls in the same order, so its ledger is the same."""
-        import ray
-
         t0 = time.perf_counter()
         version = self.version   # the engines' weights while this batch is generated
         step_seed = self.cfg.train.seed * 1_000_003 + step
@@ -303,7 +306,7 @@ class Trainer:
         rollout_s = time.perf_counter() - t0
         return {"step": step, "seed": step_seed, "table": table, "batch": batch, "records": records,
                 "stats": stats, "rollout_s": rollout_s, "version": version,
-                "sampler_end": ray.get(self.sampler.end_step.remote())}
+                "sampler_end": self._sampler_get(self.sampler.end_step.remote())}
 
     def train_step(self) -> dict[str, float]:
         cfg, t0 = self.cfg, time.perf_counter()
@@ -386,12 +389,10 @@ class Trainer:
         """Every part written by the process that holds it (each learner rank its own, the sampler its
         state, the driver the rest), then the manifest by the driver (learner/checkpoint.py). Returns
         the checkpoint's location."""
-        import ray
-
         tmp = checkpoint.begin(self.ckpt_root, self.step)
         client = {"step": self.step, "policy_version": self.version}
         self.learner.call("save", storage.join(tmp, "learner"), client)
-        ray.get(self.sampler.save.remote(storage.join(tmp, "sampler.npz")))
+        self._sampler_get(self.sampler.save.remote(storage.join(tmp, "sampler.npz")))
         with storage.writable(tmp) as d:
             (d / "driver.json").write_text(json.dumps({"step": self.step, "policy_version": self.version}))
             if self.prefetch is not None:  # the next step's batch, generated and recorded by the sampler already
@@ -408,13 +409,11 @@ class Trainer:
             storage.Store(self.location).upload(self.run_dir, "")
 
     def _restore(self) -> None:
-        import ray
-
         directory = checkpoint.latest(self.ckpt_root)
         if directory is None:
             raise TrainError(f"--resume: no complete checkpoint under {self.ckpt_root}")
         self.learner.call("load", storage.join(directory, "learner"))
-        ray.get(self.sampler.load.remote(storage.join(directory, "sampler.npz")))
+        self._sampler_get(self.sampler.load.remote(storage.join(directory, "sampler.npz")))
         state = json.loads(storage.read_file(storage.join(directory, "driver.json")))
         self.step, self.version = state["step"], state["policy_version"]
         prefetch = storage.join(directory, PREFETCH_DIR)

@@ -156,6 +156,53 @@ def test_dead_worker_is_reported_and_restarted(group, train_tasks):
     assert not lost and table.num_rows == 4
 
 
+def test_hung_worker_is_killed_at_the_call_timeout_and_restarted(group, train_tasks):
+    """Worker 1 of the module's group is frozen (SIGSTOP): a real hang, not a fake. The generation
+    gives up on it at cluster.call_timeout_s, kills it and reports its prompts lost (the trainer
+    re-issues them); the live worker's rows come back; a restarted worker serves again."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    pid = group.ready()[1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    group.timeout_s = 5.0
+    try:
+        reqs = requests_for(train_tasks, k=2)  # one per worker
+        start = time.perf_counter()
+        with pytest.warns(UserWarning, match=r"rollout worker 1 did not answer within 5 s .*killing it"):
+            table, stats, lost = group.generate(reqs, step_seed=0, n=2, max_tokens=4)
+        assert time.perf_counter() - start < 5.0 + 20
+        assert lost == [(1, reqs[1:])] and [s.worker for s in stats] == [0]
+        assert table.column("group_id").to_pylist() == [reqs[0].group_id] * 2
+        deadline = time.time() + 30
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.time() < deadline, "the hung worker was not killed"
+            time.sleep(0.2)
+        group.timeout_s = 1800.0   # a fresh engine takes longer than 5 s to load
+        group.restart(1)
+        table, _, lost = group.generate(reqs, step_seed=0, n=2, max_tokens=4)
+        assert not lost and table.num_rows == 4
+    finally:
+        group.timeout_s = 1800.0
+        if psutil.pid_exists(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_unplaceable_workers_stop_with_what_was_asked(ray_local, tiny_model):
+    from toolexpander.actors.group import PlacementTimeout
+
+    cfg = make_cfg(tiny_model)
+    cfg.rollout.node_resource = "no_such_node"
+    cfg.cluster.placement_timeout_s = 2.0
+    with pytest.raises(PlacementTimeout, match=r"rollout workers: 1 bundle\(s\) of \{'CPU': 1\.0, 'no_such_node': "
+                       r"0\.001\} not placed within 2 s \(cluster\.placement_timeout_s\); the cluster has .*CPU"):
+        RolloutGroup(cfg, str(tiny_model))
+    assert all(pg["state"] != "PENDING" for pg in ray_local.util.placement_group_table().values())
+
+
 @pytest.mark.slow
 def test_smollm2_batch_through_a_worker(ray_local, repo, train_tasks):
     """The real 135M model, one batch of 2 prompts x n=10, scored in the worker."""

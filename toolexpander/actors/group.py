@@ -7,6 +7,7 @@ LearnerGroup runs the same call on every rank. A dead actor raises WorkerDied na
 from __future__ import annotations
 
 import time
+import warnings
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,25 +48,60 @@ def _placed(pg, index: int):
     return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)
 
 
-def _get(refs: list, role: str) -> list:
-    """ray.get that names the actor that died."""
+class WorkerHung(WorkerDied):
+    """An actor call that did not return within cluster.call_timeout_s."""
+
+    def __init__(self, role: str, index: int, timeout_s: float):
+        self.role, self.index = role, index
+        RuntimeError.__init__(self, f"{role} {index} did not answer within {timeout_s:g} s "
+                                    f"(cluster.call_timeout_s): hung or far slower than expected")
+
+
+# A result that died with its node (ObjectLostError and its kin) is a lost actor, like a dead one.
+LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError, ray.exceptions.ObjectLostError,
+        ray.exceptions.OwnerDiedError)
+
+
+def _get(refs: list, role: str, timeout_s: float | None = None) -> list:
+    """ray.get of every ref within one deadline, naming the actor that died (WorkerDied) or did not
+    answer in time (WorkerHung)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     out = []
     for i, ref in enumerate(refs):
         try:
-            out.append(ray.get(ref))
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as e:
+            out.append(ray.get(ref, timeout=None if deadline is None else max(0.0, deadline - time.monotonic())))
+        except LOST as e:
             raise WorkerDied(role, i, e) from e
+        except ray.exceptions.GetTimeoutError:
+            raise WorkerHung(role, i, timeout_s) from None
     return out
+
+
+def wait_placed(pg, role: str, bundles: list[dict], timeout_s: float) -> None:
+    """Wait for a placement group, or stop saying what it asked for and what the cluster has."""
+    try:
+        ray.get(pg.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        raise PlacementTimeout(
+            f"{role}: {len(bundles)} bundle(s) of {bundles[0]} not placed within {timeout_s:g} s "
+            f"(cluster.placement_timeout_s); the cluster has {ray.cluster_resources()}, free now "
+            f"{ray.available_resources()}") from None
+
+
+class PlacementTimeout(RuntimeError):
+    pass
 
 
 class RolloutGroup:
     def __init__(self, cfg: Config, model_path: str):
         r = cfg.rollout
         self.cfg, self.model_path = cfg, model_path
+        self.timeout_s = cfg.cluster.call_timeout_s
         gpus = r.gpus_per_worker * r.tensor_parallel_size
-        self.pg = placement_group(_bundles(r.num_workers, r.cpus_per_worker, gpus, r.node_resource),
-                                  strategy=cfg.cluster.placement_strategy)
-        ray.get(self.pg.ready())
+        bundles = _bundles(r.num_workers, r.cpus_per_worker, gpus, r.node_resource)
+        self.pg = placement_group(bundles, strategy=cfg.cluster.placement_strategy)
+        wait_placed(self.pg, "rollout workers", bundles, cfg.cluster.placement_timeout_s)
         self.workers = [self._spawn(i) for i in range(r.num_workers)]
         self.ready()
 
@@ -78,24 +114,24 @@ class RolloutGroup:
                             self.cfg.model.dtype)
 
     def ready(self) -> list[dict]:
-        return _get([w.info.remote() for w in self.workers], "rollout worker")
+        return _get([w.info.remote() for w in self.workers], "rollout worker", self.timeout_s)
 
     def restart(self, index: int) -> None:
-        """Replace a dead worker with a fresh one in the same bundle (weights: call push after)."""
+        """Replace a dead (or hung) worker with a fresh one in the same bundle (weights: call push after)."""
         try:
             ray.kill(self.workers[index], no_restart=True)
-        except Exception:
-            pass  # already gone
+        except ValueError:
+            pass  # not an actor handle any more: nothing to kill
         self.workers[index] = self._spawn(index)
-        _get([self.workers[index].info.remote()], "rollout worker")
+        _get([self.workers[index].info.remote()], "rollout worker", self.timeout_s)
 
     def heal(self) -> list[int]:
         """Restart every worker that no longer answers; returns their indices."""
         dead = []
         for i, w in enumerate(self.workers):
             try:
-                ray.get(w.info.remote(), timeout=600)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError, ray.exceptions.GetTimeoutError):
+                ray.get(w.info.remote(), timeout=self.timeout_s)
+            except (*LOST, ray.exceptions.GetTimeoutError):
                 dead.append(i)
         for i in dead:
             self.restart(i)
@@ -104,15 +140,24 @@ class RolloutGroup:
     def generate(self, requests: list[PromptRequest], step_seed: int, **kwargs
                  ) -> tuple[pa.Table, list[RolloutStats], list[tuple[int, list[PromptRequest]]]]:
         """All workers in parallel; returns the rows in request order and per-worker stats.
-        On a dead worker, the rows of the live ones come back and `lost` lists (worker, requests)."""
+        On a dead worker (or one whose result was lost with its node), the rows of the live ones come
+        back and `lost` lists (worker, requests); a worker that has not answered within
+        cluster.call_timeout_s is killed and counted lost the same way."""
         shards = [requests[i::len(self.workers)] for i in range(len(self.workers))]
         refs = [(i, w.generate.remote(shard, step_seed, **kwargs))
                 for i, (w, shard) in enumerate(zip(self.workers, shards)) if shard]
+        deadline = time.monotonic() + self.timeout_s
         batches, stats, lost = [], [], []
         for i, ref in refs:
             try:
-                batch, stat = ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError):
+                batch, stat = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+            except LOST:
+                lost.append((i, shards[i]))
+                continue
+            except ray.exceptions.GetTimeoutError:
+                warnings.warn(f"rollout worker {i} did not answer within {self.timeout_s:g} s "
+                              "(cluster.call_timeout_s): killing it; its prompts are re-issued", stacklevel=2)
+                ray.kill(self.workers[i], no_restart=True)
                 lost.append((i, shards[i]))
                 continue
             batches.append(batch)
@@ -126,7 +171,8 @@ class RolloutGroup:
 
     def push(self, version: int, weights_ref) -> float:
         """Load `weights_ref` (an ObjectRef of [(name, array)]) into every worker; slowest worker's seconds."""
-        seconds = _get([w.update_weights.remote(version, weights_ref) for w in self.workers], "rollout worker")
+        seconds = _get([w.update_weights.remote(version, weights_ref) for w in self.workers], "rollout worker",
+                       self.timeout_s)
         return max(seconds)
 
     def shutdown(self) -> None:
@@ -141,21 +187,22 @@ class LearnerGroup:
 
         lc = cfg.learner
         self.dtype = cfg.model.dtype  # the rollout engines' too: pushes carry it
-        self.pg = placement_group(_bundles(lc.world_size, lc.cpus_per_rank, lc.gpus_per_rank, lc.node_resource),
-                                  strategy=cfg.cluster.placement_strategy)
-        ray.get(self.pg.ready())
+        self.timeout_s = cfg.cluster.call_timeout_s
+        bundles = _bundles(lc.world_size, lc.cpus_per_rank, lc.gpus_per_rank, lc.node_resource)
+        self.pg = placement_group(bundles, strategy=cfg.cluster.placement_strategy)
+        wait_placed(self.pg, "learner ranks", bundles, cfg.cluster.placement_timeout_s)
         cls = ray.remote(Learner)
         self.ranks = [cls.options(num_cpus=lc.cpus_per_rank, num_gpus=lc.gpus_per_rank,
                                   scheduling_strategy=_placed(self.pg, r)).remote(
             r, lc.world_size, None, None, model_path, lc.model_dump(), cfg.model.dtype,
             cfg.train.seed, pad_id, cfg.rollout.temperature) for r in range(lc.world_size)]
         # Rank 0 listens on its own node first (a port the kernel gave it, held open), then all join.
-        master_addr, port = _get([self.ranks[0].rendezvous.remote()], "learner rank")[0]
+        master_addr, port = _get([self.ranks[0].rendezvous.remote()], "learner rank", self.timeout_s)[0]
         self.call("start", master_addr, port)
 
     def call(self, method: str, *args, **kwargs) -> list:
         """The same method on every rank (collectives need them all); one result per rank."""
-        return _get([getattr(r, method).remote(*args, **kwargs) for r in self.ranks], "learner rank")
+        return _get([getattr(r, method).remote(*args, **kwargs) for r in self.ranks], "learner rank", self.timeout_s)
 
     def step(self, table: pa.Table, step_seed: int, train_step: int | None = None) -> dict[str, float]:
         """One GRPO step on every rank, each given only its own groups (one object each, put once):
@@ -164,12 +211,12 @@ class LearnerGroup:
         shards = [(table, 0)] if len(self.ranks) == 1 else shard_tables(table, len(self.ranks))
         refs = [r.step.remote(ray.put(shard), step_seed, train_step, padding=pad)
                 for r, (shard, pad) in zip(self.ranks, shards)]
-        return _get(refs, "learner rank")[0]
+        return _get(refs, "learner rank", self.timeout_s)[0]
 
     def weights_ref(self):
         """Rank 0's full weights in the engines' dtype, left in the object store; every rank joins the gather."""
         refs = [r.named_weights.remote(self.dtype) for r in self.ranks]
-        _get(refs[1:], "learner rank")
+        _get(refs[1:], "learner rank", self.timeout_s)
         return refs[0]
 
     def shutdown(self) -> None:
@@ -192,6 +239,10 @@ class WeightSync:
         self.tp = cfg.rollout.tensor_parallel_size
         self.bucket_bytes = cfg.learner.weight_sync_bucket_mb << 20
         self.timeout_s = cfg.learner.weight_sync_timeout_s
+        # The driver's bound on each call: gloo gives up on a dead member by itself (timeout_s); an
+        # NCCL broadcast (vLLM's PyNcclCommunicator) cannot be aborted, so a push that meets a dead
+        # member stops the run here, naming the actor, instead of hanging (resume from the checkpoint).
+        self.call_timeout_s = cfg.cluster.call_timeout_s
         if mode != "object_store":
             self.connect()
 
@@ -200,14 +251,14 @@ class WeightSync:
         if self.mode == "object_store":
             return
         meta = self.learner.call("weight_meta")[0]
-        host, port = _get([self.learner.ranks[0].sync_endpoint.remote()], "learner rank")[0]
+        host, port = _get([self.learner.ranks[0].sync_endpoint.remote()], "learner rank", self.call_timeout_s)[0]
         world = 1 + len(self.rollout.workers) * self.tp
         refs = [r.init_weight_group.remote(self.mode, host, port, world, self.bucket_bytes, self.learner.dtype,
                                            self.timeout_s) for r in self.learner.ranks]
         refs += [w.init_weight_group.remote(self.mode, host, port, 1 + i * self.tp, world, meta,
                                             self.bucket_bytes, self.timeout_s)
                  for i, w in enumerate(self.rollout.workers)]
-        _get(refs, "weight-sync member")
+        _get(refs, "weight-sync member", self.call_timeout_s)
 
     def push_healing(self, version: int) -> tuple[float, list[int], str]:
         """push(version); when it fails because rollout workers died (a dead receiver, or a broadcast
@@ -229,6 +280,6 @@ class WeightSync:
         start = time.perf_counter()
         senders = [r.broadcast_weights.remote() for r in self.learner.ranks]
         receivers = [w.receive_weights.remote(version) for w in self.rollout.workers]
-        _get(receivers, "rollout worker")
-        _get(senders, "learner rank")
+        _get(receivers, "rollout worker", self.call_timeout_s)
+        _get(senders, "learner rank", self.call_timeout_s)
         return time.perf_counter() - start
