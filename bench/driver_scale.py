@@ -95,6 +95,7 @@ class SimulatedRolloutGroup(RolloutGroup):
 
     def __init__(self, cfg, workers):
         self.cfg, self.model_path, self.pg, self.workers = cfg, None, None, workers
+        self.timeout_s = cfg.cluster.call_timeout_s
 
     def shutdown(self) -> None:
         for w in self.workers:
@@ -103,7 +104,7 @@ class SimulatedRolloutGroup(RolloutGroup):
 
 class SimulatedLearnerGroup(LearnerGroup):
     def __init__(self, ranks):
-        self.pg, self.ranks, self.dtype = None, ranks, "float32"
+        self.pg, self.ranks, self.dtype, self.timeout_s = None, ranks, "float32", None
 
     def shutdown(self) -> None:
         for r in self.ranks:
