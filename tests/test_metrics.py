@@ -23,3 +23,30 @@ def test_a_fresh_run_starts_an_empty_file(tmp_path):
     writer.close()
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"learner/loss": None, "learner/skipped": 1,
                                                                     "step": 0}
+
+
+def test_missed_call_share_counts_prompts_that_need_a_call_only():
+    # A policy drifting to "no tool call is needed" shows in rollout/missed_call_share, which
+    # reward/format_mean cannot show (a <response> is well-formed).
+    import math
+
+    import pyarrow as pa
+
+    from toolexpander.train import reward_metrics
+    from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA
+
+    def table(specs):
+        cols = {f.name: [] for f in ROLLOUT_SCHEMA}
+        for g, (subtask, text) in enumerate(specs):
+            row = dict(group_id=g, task_id=f"t{g}", subtask=subtask, demo_round=0, num_demos=0, policy_version=0,
+                       prompt_ids=[1], completion_ids=[2, 3], logprobs=[-1.0, -1.0], finish_reason="stop",
+                       text=text, reward_total=0.0, **{f"reward_{d}": 0.0 for d in REWARD_DIMS})
+            for k, v in row.items():
+                cols[k].append(v)
+        return pa.Table.from_pydict(cols, schema=ROLLOUT_SCHEMA)
+
+    mixed = table([("single", "<think>x</think>\n<tool_call>\n{}\n</tool_call>"),
+                   ("single", "<think>No tool call is needed here</think>\n<response>hi</response>"),
+                   ("parallel", "garbage"), ("no_call", "<response>ok</response>")])
+    assert reward_metrics(mixed)["rollout/missed_call_share"] == 2 / 3   # the no_call prompt is not counted
+    assert math.isnan(reward_metrics(table([("no_call", "<response>ok</response>")]))["rollout/missed_call_share"])

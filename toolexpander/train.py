@@ -82,6 +82,13 @@ def reward_metrics(table: pa.Table) -> dict[str, float]:
     out["rollout/completion_len_mean"] = float(pc.mean(lengths).as_py() or 0.0)
     out["rollout/truncated_share"] = float(pc.mean(pc.equal(table.column("finish_reason"), "length")
                                                    .cast(pa.float32())).as_py() or 0.0)
+    # Completions with no <tool_call>, among prompts that need one: a policy drifting to "no tool call is
+    # needed" shows here (a <response> is well-formed, so reward/format_mean does not show it).
+    needs_call = pc.not_equal(table.column("subtask"), "no_call")
+    texts = table.filter(needs_call).column("text")
+    out["rollout/missed_call_share"] = (float(pc.mean(pc.invert(pc.match_substring(texts, "<tool_call>"))
+                                                      .cast(pa.float32())).as_py())
+                                        if len(texts) else float("nan"))
     return out
 
 
