@@ -82,10 +82,6 @@ class Store:
 
         return self._info(rel).type == pafs.FileType.Directory
 
-    def size(self, rel: str) -> int | None:
-        info = self._info(rel)
-        return info.size if self.is_file(rel) else None
-
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as f:
             return f.read()

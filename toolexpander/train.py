@@ -252,7 +252,8 @@ class Trainer:
         table, stats, lost = self.rollout.generate(requests, step_seed)
         tables = [table] if table is not None else []
         for worker, shard in lost:
-            self.metrics.event(self.step, "worker_restart", f"rollout worker {worker} died or hung (cluster.call_timeout_s); restarting it")
+            self.metrics.event(self.step, "worker_restart",
+                               f"rollout worker {worker} died or hung (cluster.call_timeout_s); restarting it")
             self.rollout.restart(worker)
             self._log_placement()
             prefetch = Prefetch.current()
@@ -536,15 +537,16 @@ def train(cfg: Config, resume: bool = False, save_rollouts: str | None = None) -
     store = storage.Store(cfg.logging.output_dir)
     if not resume and ((run_dir / "metrics.jsonl").exists() or store.is_file("metrics.jsonl")):
         raise TrainError(f"logging.output_dir: {cfg.logging.output_dir} already holds a run; pass --resume "
-                             f"or choose another --output-dir")
+                         f"or choose another --output-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume and not store.local:
         for name in DRIVER_FILES:
-            if not (run_dir / name).exists() and storage.exists(storage.join(store.location, name)):
-                if store.is_dir(name):
-                    store.download(name, run_dir / name)
-                else:
-                    (run_dir / name).write_bytes(store.read_bytes(name))
+            if (run_dir / name).exists():
+                continue
+            if store.is_dir(name):
+                store.download(name, run_dir / name)
+            elif store.is_file(name):
+                (run_dir / name).write_bytes(store.read_bytes(name))
     dump_config(cfg, run_dir / "config.json")
     try:
         trainer = Trainer(cfg, run_dir, resume, save_rollouts)

@@ -62,9 +62,8 @@ def commit(root: str, step: int, keep_last: int) -> str:
     return join(root, final)
 
 
-def problem(root: str, name: str) -> str | None:
-    """Why checkpoint `name` under root cannot be loaded, or None when it is complete."""
-    store = Store(root)
+def problem(store: Store, name: str) -> str | None:
+    """Why checkpoint `name` in store cannot be loaded, or None when it is complete."""
     if not store.is_file(f"{name}/{MARKER}"):
         return "no COMPLETE marker (the write did not finish)"
     try:
@@ -84,7 +83,7 @@ def latest(root: str) -> str | None:
     """The newest complete checkpoint's location; skipped broken ones are reported with a warning."""
     store = Store(root)
     for name in sorted(store.dirs("", "step_"), reverse=True):
-        why = problem(root, name)
+        why = problem(store, name)
         if why is None:
             return join(root, name)
         warnings.warn(f"checkpoint {join(root, name)} skipped: {why}", stacklevel=2)

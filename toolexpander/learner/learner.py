@@ -138,7 +138,7 @@ class Learner:
         self.rank, self.world_size = rank, world_size
         self.cfg = LearnerConfig.model_validate(learner)
         self._init_args = (model_path, dtype, seed, pad_id, temperature)
-        self._listener = None
+        self._listener = self._sync_listener = None   # rendezvous sockets held until their store takes them
         if master_port is not None:
             self.start(master_addr, master_port)
 
@@ -460,7 +460,7 @@ class Learner:
         self._sync_dtype = dtype
         self._sync_buckets = plan_buckets(self.weight_meta(), bucket_bytes, dtype)
         self._sync_flats = None   # the buckets' flat buffers, allocated by the first push
-        listener, self._sync_listener = getattr(self, "_sync_listener", None), None
+        listener, self._sync_listener = self._sync_listener, None
         if backend != "gloo" and listener is not None:
             listener.close()
             listener = None
