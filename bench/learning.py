@@ -237,7 +237,7 @@ class Pipeline:
 
 # Shown in LEARNING.md's protocol line; the whole resolved config is in every run directory.
 SETTINGS = ("model.dtype", "data.subset", "sft.rows", "sft.epochs", "sft.lr", "rollout.n", "rollout.temperature", "rollout.max_tokens",
-            "sampler.batch_prompts", "sampler.max_draw_rounds", "learner.lr", "learner.lr_gamma")
+            "sampler.batch_prompts", "sampler.max_draw_rounds", "learner.lr", "learner.warmup_steps", "learner.lr_gamma")
 
 
 def settings(cfg) -> dict:
