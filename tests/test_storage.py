@@ -58,3 +58,19 @@ def test_missing_things_and_bad_uris_are_named(tmp_path):
 def test_a_config_is_read_from_a_uri(tmp_path):
     (tmp_path / "config.json").write_text('{"train": {"steps": 7}}')
     assert load_config(f"file://{tmp_path}/config.json").train.steps == 7
+
+
+def test_a_uri_opens_its_filesystem_once_per_process(tmp_path):
+    storage._from_uri.cache_clear()
+    uri = f"file://{tmp_path}/run"
+    for _ in range(3):   # what a checkpoint does: the same locations again and again
+        storage.write_file(storage.join(uri, "step_1", "a.txt"), b"a")
+        assert storage.read_file(storage.join(uri, "step_1", "a.txt")) == b"a"
+    assert storage.Store(uri).fs is storage.Store(uri).fs
+    info = storage._from_uri.cache_info()
+    assert (info.misses, info.currsize) == (2, 2)     # pyarrow opened f"{uri}/step_1" and uri, once each
+    for _ in range(2):   # a failure is not cached: the next call tries again
+        with pytest.raises(storage.StorageError, match="cannot open"):
+            storage.Store("nosuchscheme://x/y")
+    info = storage._from_uri.cache_info()
+    assert (info.misses, info.currsize) == (4, 2)

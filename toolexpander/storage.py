@@ -18,6 +18,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -46,6 +47,16 @@ def resolve(location: str) -> str:
     return str(Path(location).expanduser().resolve())
 
 
+@lru_cache(maxsize=256)
+def _from_uri(uri: str):
+    """pyarrow's (filesystem, path) for a URI, once per URI string per process: opening an s3:// or
+    gs:// filesystem asks the bucket's region over the network, and a checkpoint opens the same few
+    locations many times. A failure is not cached (lru_cache keeps only returned values)."""
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(uri)
+
+
 class Store:
     """A location as a `pyarrow.fs` filesystem and a base path in it; `rel` arguments are
     '/'-separated paths under the base."""
@@ -56,7 +67,7 @@ class Store:
         self.location = str(location)
         if is_uri(location):
             try:
-                self.fs, self.base = pafs.FileSystem.from_uri(self.location)
+                self.fs, self.base = _from_uri(self.location)
             except Exception as e:  # pyarrow raises ArrowInvalid / ArrowNotImplementedError / OSError
                 raise StorageError(f"logging.output_dir: cannot open {self.location!r}: {e}") from e
         else:
