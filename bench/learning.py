@@ -224,6 +224,8 @@ class Pipeline:
         seeds = [f"--{key}.seed" for key in ("train", "sampler", "rollout")]
         cmd = [*PYTHON, "train", "--config", self.config, *self.overrides, "--model.path", str(sft_model),
                "--model.prepare", "null", "--output-dir", str(run), "--train.steps", str(self.steps),
+               # every step's trained groups, so that a drift can be replayed (bench/first_update.py)
+               "--save-rollouts", str(run / "rollouts"),
                *[x for key in seeds for x in (key, str(self.seed))], *report.ARMS[arm][1]]
         log_path = self.run_dir / "logs" / f"train_{arm}.log"
         t0 = time.perf_counter()
