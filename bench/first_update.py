@@ -25,27 +25,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, required=True, help="learner.warmup_steps")
     args = ap.parse_args(argv)
 
-    import pyarrow.parquet as pq
-    from transformers import AutoTokenizer
-
     from bench.first_token import first_word_probs
     from toolexpander.config import load_config
-    from toolexpander.learner.learner import Learner
+    from toolexpander.replay import replay_steps
 
     cfg = load_config(args.config, {"learner.lr": args.lr, "learner.warmup_steps": args.warmup})
-    files = sorted(args.rollouts.glob("step_*.parquet"))[: args.steps]
-    if not files:
-        ap.error(f"{args.rollouts}: no step_*.parquet files")
-    model = cfg.model.path
-    pad_id = AutoTokenizer.from_pretrained(model).pad_token_id or 0
-    learner = Learner(0, 1, "127.0.0.1", 0, model, cfg.learner.model_dump(), cfg.model.dtype, cfg.train.seed,
-                      pad_id, cfg.rollout.temperature)
-    before = first_word_probs(model)
+    before = first_word_probs(cfg.model.path)
     print(json.dumps({"step": "start", "P_no_call_questions": round(float(before[True][:, 1].mean()), 3)}))
     with tempfile.TemporaryDirectory(prefix="first-update-") as out:
-        for step, path in enumerate(files):
-            m = learner.step(pq.read_table(path), step_seed=cfg.train.seed * 1_000_003 + step, train_step=step)
-            learner.export_hf(out, model)
+        for step, path, learner, m in replay_steps(cfg, args.rollouts, args.steps):
+            learner.export_hf(out, cfg.model.path)
             p = first_word_probs(out)
             print(json.dumps({"step": step, "file": path.name, "lr": m["learner/lr"],
                               "grad_norm": round(m["learner/grad_norm"], 3),
