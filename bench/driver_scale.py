@@ -126,7 +126,8 @@ def simulated_trainer(cfg, tasks, workers: list, learner_actor):
     trainer.rollout.ready()
     trainer.learner = SimulatedLearnerGroup([learner_actor])
     trainer.sync = WeightSync(trainer.learner, trainer.rollout, cfg)
-    trainer.step, trainer.version, trainer.save_rollouts, trainer.metrics, trainer.prefetch = 0, 0, None, None, None
+    trainer.step, trainer.version, trainer.save_rollouts, trainer.metrics = 0, 0, None, None
+    trainer.init_overlap()
     return trainer
 
 
@@ -154,8 +155,8 @@ def timed_steps(trainer, steps: int, label: str) -> list[tuple[float, dict]]:
 
 
 def close_simulated(trainer) -> None:
-    if trainer.prefetch is not None:
-        trainer.prefetch.result()
+    for prefetch in trainer.ahead:
+        prefetch.join()
     trainer.rollout.shutdown()
     trainer.learner.shutdown()
     ray.kill(trainer.sampler, no_restart=True)

@@ -46,6 +46,9 @@ def test_out_of_range_and_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="reward.weights"):
         load_config(None, {"reward.weights": {"speed": 1.0}})
+    assert load_config(None, {"train.max_staleness": 8}).train.max_staleness == 8
+    with pytest.raises(ConfigError, match=r"train\.max_staleness: .*less than or equal to 8"):
+        load_config(None, {"train.max_staleness": 9})
 
 
 def test_resolved_dump_round_trips(tmp_path):

@@ -218,11 +218,16 @@ class LearnerConfig(Section):
 
 class TrainConfig(Section):
     steps: int = Field(20, ge=1)
-    max_staleness: int = Field(0, ge=0, le=1, description="0: synchronous (generate, learn, push). 1: "
-                               "one-step off-policy: the workers generate step t+1's batch with the weights "
-                               "they hold while the learner trains on step t's, so each batch is trained by a "
-                               "policy one version newer than the one that generated it (the loss corrects "
-                               "for it: learner.is_cap). Pushes still wait for the engines to be idle")
+    max_staleness: int = Field(0, ge=0, le=8, description="0: synchronous (generate, learn, push). K >= 1: "
+                               "the workers generate the next K steps' batches, one after another, with the "
+                               "weights they hold while the learner trains, so each batch is trained by a policy at "
+                               "most K versions newer than the one that generated it (admission: a step's batch "
+                               "starts generating only once the learner is at most K steps behind it; the loss "
+                               "corrects for the lag: learner.is_cap). K = 1 is one-step off-policy and as "
+                               "reproducible as K = 0; with K >= 2 the version that generates a batch depends on "
+                               "timing (each row records it: policy_version). A push never lands mid-generation: "
+                               "over the object store it is gathered at once and loaded before the next batch "
+                               "starts; a broadcast group waits for the engines to be idle")
     save_every: int = Field(10, ge=0, description="checkpoint every K steps (0 = only at the end)")
     keep_last: int = Field(2, ge=1)
     hf_export_every: int = Field(0, ge=0, description="HF export every K steps (0 = only at the end)")

@@ -243,8 +243,43 @@ class WeightSync:
         # NCCL broadcast (vLLM's PyNcclCommunicator) cannot be aborted, so a push that meets a dead
         # member stops the run here, naming the actor, instead of hanging (resume from the checkpoint).
         self.call_timeout_s = cfg.cluster.call_timeout_s
+        # Object store only: the weights of the newest version gathered (stage) and of the version the
+        # engines hold (land), each an ObjectRef kept until a newer one replaces it, so that a push can
+        # wait for the engines to be idle without the learner waiting with it, and a replaced worker can
+        # be brought to the other workers' version without asking the (maybe busy) learner.
+        self.staged: tuple[int, object] | None = None
+        self.landed: tuple[int, object] | None = None
         if mode != "object_store":
             self.connect()
+
+    @property
+    def stages(self) -> bool:
+        """Whether a push can be split into stage (learner side) and land (engine side)."""
+        return self.mode == "object_store"
+
+    def stage(self, version: int) -> float:
+        """Object store: gather `version`'s weights from the learner now (it is idle between steps),
+        to be loaded into the engines by land() once they are idle. Returns the gather's seconds."""
+        start = time.perf_counter()
+        self.staged = (version, self.learner.weights_ref())
+        return time.perf_counter() - start
+
+    def land(self) -> tuple[float, int | None]:
+        """Load the staged weights into every worker when they are newer than what the engines hold
+        (the caller makes sure no generation is in flight). Returns (seconds, the version landed or None)."""
+        if self.staged is None or (self.landed is not None and self.landed[0] >= self.staged[0]):
+            return 0.0, None
+        version, ref = self.staged
+        seconds = self.rollout.push(version, ref)
+        self.landed = self.staged
+        return seconds, version
+
+    def reland(self) -> float:
+        """Object store: load the engines' current version again into every worker (after one of them
+        was replaced: it starts from the initial weights). Nothing to do before the first push."""
+        if self.landed is None:
+            return 0.0
+        return self.rollout.push(*self.landed)
 
     def connect(self) -> None:
         """(Re)build the broadcast group; needed again after a worker is replaced."""
@@ -276,10 +311,14 @@ class WeightSync:
     def push(self, version: int) -> float:
         """Seconds until every worker holds `version` (gather, transfer, load, cache reset)."""
         if self.mode == "object_store":
-            return self.rollout.push(version, self.learner.weights_ref())
+            self.staged = (version, self.learner.weights_ref())
+            seconds = self.rollout.push(*self.staged)   # always: also after a heal, at the same version
+            self.landed = self.staged
+            return seconds
         start = time.perf_counter()
         senders = [r.broadcast_weights.remote() for r in self.learner.ranks]
         receivers = [w.receive_weights.remote(version) for w in self.rollout.workers]
         _get(receivers, "rollout worker", self.call_timeout_s)
         _get(senders, "learner rank", self.call_timeout_s)
+        self.landed = (version, None)
         return time.perf_counter() - start
