@@ -3,7 +3,8 @@ import warnings
 
 import pytest
 
-from toolexpander.config import Config, ConfigError, dump_config, load_config, parse_overrides
+from toolexpander.config import (Config, ConfigError, auto_dtype, cpu_has_bf16, dump_config, load_config,
+                                 parse_overrides)
 from toolexpander.types import REWARD_DIMS
 
 
@@ -15,10 +16,30 @@ def test_defaults_are_valid_and_match_the_design():
     assert cfg.reward.exemplar_bonus == 0.01
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "local-smollm2.yaml", "gpu-qwen2.5-1.5b.yaml"])
+@pytest.mark.parametrize("name", ["smoke.yaml", "local-smollm2.yaml", "learn-smollm2.yaml", "gpu-qwen2.5-1.5b.yaml"])
 def test_shipped_configs_load(repo, name):
     cfg = load_config(repo / "configs" / name)
     assert cfg.train.steps >= 1
+    assert cfg.model.dtype in ("float32", "bfloat16")          # auto is resolved where the config loads
+
+
+ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\nbugs\t\t: sysret_ss_attrs\n"
+ZEN3 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\nbugs\t\t: sysret_ss_attrs avx512_bf16\n"
+SAPPHIRE = "flags\t\t: avx2 avx512f amx_tile amx_bf16 amx_int8\n"
+
+
+def test_auto_dtype_is_bf16_only_where_it_runs_natively(tmp_path):
+    assert cpu_has_bf16(ZEN4) and cpu_has_bf16(SAPPHIRE)
+    assert not cpu_has_bf16(ZEN3)                              # a flag on the bugs line does not count
+    for text, want in ((ZEN4, "bfloat16"), (ZEN3, "float32")):
+        (tmp_path / "cpuinfo").write_text(text)
+        assert auto_dtype(False, tmp_path / "cpuinfo") == want
+        assert auto_dtype(True, tmp_path / "cpuinfo") == "bfloat16"   # GPUs
+    assert auto_dtype(False, tmp_path / "missing") == "float32"     # no /proc/cpuinfo (not Linux)
+    gpu = load_config(None, {"model.dtype": "auto", "rollout.gpus_per_worker": 1})
+    assert gpu.model.dtype == "bfloat16"
+    assert load_config(None, {"model.dtype": "auto"}).model.dtype == auto_dtype(False)
+    assert load_config(None, {"model.dtype": "float32", "learner.gpus_per_rank": 1}).model.dtype == "float32"
 
 
 def test_overrides_are_typed_and_dotted(repo):

@@ -42,10 +42,32 @@ class ModelConfig(Section):
     path: str = Field("models/smollm2-135m", description="model directory (safetensors + tokenizer)")
     prepare: Literal["smollm2-135m", "tiny"] | None = Field(
         "smollm2-135m", description="build the directory with `prepare-model` when it is missing")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="compute dtype. bfloat16: "
-                                                  "the rollout engine holds bf16 weights (pushed as bf16), the "
-                                                  "learner keeps float32 master weights and optimizer state and "
-                                                  "runs forward and backward under bf16 autocast")
+    dtype: Literal["float32", "bfloat16", "auto"] = Field(
+        "float32", description="compute dtype. bfloat16: the rollout engine holds bf16 weights (pushed as "
+        "bf16), the learner keeps float32 master weights and optimizer state and runs forward and backward "
+        "under bf16 autocast. auto, decided once where the config is loaded (the driver) and recorded "
+        "resolved in config.json: bfloat16 when rollout or learner use GPUs (Ampere or newer) or when this "
+        "CPU has bf16 instructions (avx512_bf16 or amx_bf16), else float32 (without them a CPU emulates "
+        "bf16 and the learner runs many times slower); on a CPU cluster whose head differs from its "
+        "workers, set it explicitly")
+
+
+def cpu_has_bf16(cpuinfo: str) -> bool:
+    """Whether /proc/cpuinfo's flags name bf16 matmul instructions (AVX512-BF16 or AMX-BF16)."""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def auto_dtype(gpu: bool, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """model.dtype auto: bfloat16 on GPUs and on CPUs with bf16 instructions, else float32."""
+    if gpu:
+        return "bfloat16"
+    if not cpuinfo.is_file():  # not Linux: nothing says the CPU has bf16, and float32 runs everywhere
+        return "float32"
+    return "bfloat16" if cpu_has_bf16(cpuinfo.read_text()) else "float32"
 
 
 class DataConfig(Section):
@@ -309,6 +331,12 @@ class Config(Section):
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
     sft: SftConfig = SftConfig()
+
+    @model_validator(mode="after")
+    def _resolve_auto_dtype(self) -> "Config":
+        if self.model.dtype == "auto":
+            self.model.dtype = auto_dtype(self.rollout.gpus_per_worker > 0 or self.learner.gpus_per_rank > 0)
+        return self
 
     @model_validator(mode="after")
     def _bonus_alone_is_no_signal(self) -> "Config":
