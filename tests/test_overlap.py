@@ -253,12 +253,14 @@ def test_the_sampler_ledger_is_the_same_with_and_without_overlap(ray_local, trai
         assert state.keys() == state0.keys()
         for name in state0:
             np.testing.assert_array_equal(state[name], state0[name], err_msg=f"{k} {name}")
-    # versions between generation and training: none at K = 0, exactly 1 at K = 1 (after step 0), at most 2
+    # versions between generation and training: none at K = 0, exactly 1 at K = 1 (after step 0), 2 at K = 2
     for k in (0, 1, 2):
         lags = [r["rollout/policy_lag_max"] for r in ledgers[k][1]]
         assert max(lags) <= k and lags[0] == 0, (k, lags)
         if k == 1:
             assert lags[1:] == [1] * (steps - 1)
+        if k == 2:   # each phase generates with the weights of its admission, whatever the timing
+            assert lags[1:] == [1] + [2] * (steps - 2)
     # the hard rounds moved: prompts climbed to demo round 1 and groups carrying demos were trained
     assert state0["demo_round"].max() >= 1 and any(r["sampler/demo_rate"] > 0 for r in rows0)
 

@@ -246,8 +246,10 @@ class TrainConfig(Section):
                                "most K versions newer than the one that generated it (admission: a step's batch "
                                "starts generating only once the learner is at most K steps behind it; the loss "
                                "corrects for the lag: learner.is_cap). K = 1 is one-step off-policy and as "
-                               "reproducible as K = 0; with K >= 2 the version that generates a batch depends on "
-                               "timing (each row records it: policy_version). A push never lands mid-generation: "
+                               "reproducible as K = 0; over the object store every K is (each batch generates with the "
+                               "weights of its admission), over a broadcast group the newest weights land, so for "
+                               "K >= 2 the version depends on timing (each row records policy_version). "
+                               "A push never lands mid-generation: "
                                "over the object store it is gathered at once and loaded before the next batch "
                                "starts; a broadcast group waits for the engines to be idle")
     save_every: int = Field(10, ge=0, description="checkpoint every K steps (0 = only at the end)")

@@ -316,6 +316,9 @@ class Trainer:
         the weight pushes."""
         self.ahead: deque[Prefetch] = deque()
         self.gate = Gate()
+        if self.cfg.train.max_staleness and self.sync.stages and not self.sync.staged:
+            # the initial weights too: a phase admitted with them may start after an evaluation landed newer
+            self.sync.stage(self.version)
 
     def _log_placement(self) -> None:
         """events.jsonl: the Ray node id of the driver (and sampler), each rollout worker and each rank."""
@@ -393,7 +396,7 @@ class Trainer:
         keep_ids = pa.array(kept[: cfg.sampler.batch_prompts], pa.int64())
         return table, table.filter(pc.is_in(table.column("group_id"), keep_ids)), records, stats
 
-    def _rollout_phase(self, step: int) -> dict:
+    def _rollout_phase(self, step: int, version: int | None = None) -> dict:
         """Everything step `step` needs from the rollout side: its batch (draw, generate, record,
         DAPO-style refills) and the sampler's end of step. Runs in the driver's thread (max_staleness
         0) or in a Prefetch thread while the learner trains on a step before (K >= 1); in every case
@@ -401,8 +404,8 @@ class Trainer:
         t0 = time.perf_counter()
         # Weights staged while the engines were busy land first (object store; inside the Gate, or in the
         # driver's thread with nothing else generating).
-        land_s = self.sync.land()[0] if self.sync.stages else 0.0
-        version = self.sync.landed[0] if self.sync.landed else 0   # the engines' weights for this batch
+        land_s = self.sync.land(version)[0] if self.sync.stages else 0.0
+        version = self.sync.landed[0]   # the engines' weights for this batch
         step_seed = self.cfg.train.seed * 1_000_003 + step
         table, batch, records, stats = self._fill_batch(step_seed)
         rollout_s = time.perf_counter() - t0
@@ -470,7 +473,11 @@ class Trainer:
         never past the last step."""
         last = self.ahead[-1].step if self.ahead else self.step
         for step in range(last + 1, min(self.step + self.cfg.train.max_staleness, self.cfg.train.steps - 1) + 1):
-            self.ahead.append(Prefetch(self._rollout_phase, step, self.gate, self.ahead[-1] if self.ahead else None))
+            # generated with the weights of this moment (staged by the step before): K <= 1 is exactly the
+            # synchronous loop's schedule shifted, and any K is reproducible over the object store
+            version = self.version
+            self.ahead.append(Prefetch(lambda s, v=version: self._rollout_phase(s, v), step, self.gate,
+                                       self.ahead[-1] if self.ahead else None))
 
     def _await(self, prefetch: Prefetch) -> tuple[dict, float]:
         """A queued phase's result and the seconds waited for it; when it waits for a push (it replaced a

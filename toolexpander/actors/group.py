@@ -6,6 +6,7 @@ LearnerGroup runs the same call on every rank. A dead actor raises WorkerDied na
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 
@@ -243,12 +244,14 @@ class WeightSync:
         # NCCL broadcast (vLLM's PyNcclCommunicator) cannot be aborted, so a push that meets a dead
         # member stops the run here, naming the actor, instead of hanging (resume from the checkpoint).
         self.call_timeout_s = cfg.cluster.call_timeout_s
-        # Object store only: the weights of the newest version gathered (stage) and of the version the
-        # engines hold (land), each an ObjectRef kept until a newer one replaces it, so that a push can
-        # wait for the engines to be idle without the learner waiting with it, and a replaced worker can
-        # be brought to the other workers' version without asking the (maybe busy) learner.
-        self.staged: tuple[int, object] | None = None
-        self.landed: tuple[int, object] | None = None
+        # Object store only: the weights of every version gathered (stage) and not yet superseded in the
+        # engines, and of the version the engines hold (land), as ObjectRefs: a push can wait for the
+        # engines to be idle without the learner waiting with it; each rollout phase lands the version it
+        # was admitted with (so the version that generates a batch never depends on timing); a replaced
+        # worker gets the other workers' version without asking the (maybe busy) learner.
+        self.staged: dict[int, object] = {}
+        self.landed: tuple[int, object | None] = (0, None)   # version 0: the weights the engines started with
+        self._lock = threading.Lock()   # stage() in the driver's thread, land() in a rollout phase's
         if mode != "object_store":
             self.connect()
 
@@ -261,23 +264,38 @@ class WeightSync:
         """Object store: gather `version`'s weights from the learner now (it is idle between steps),
         to be loaded into the engines by land() once they are idle. Returns the gather's seconds."""
         start = time.perf_counter()
-        self.staged = (version, self.learner.weights_ref())
+        ref = self.learner.weights_ref()
+        with self._lock:
+            self.staged[version] = ref
         return time.perf_counter() - start
 
-    def land(self) -> tuple[float, int | None]:
-        """Load the staged weights into every worker when they are newer than what the engines hold
-        (the caller makes sure no generation is in flight). Returns (seconds, the version landed or None)."""
-        if self.staged is None or (self.landed is not None and self.landed[0] >= self.staged[0]):
-            return 0.0, None
-        version, ref = self.staged
-        seconds = self.rollout.push(version, ref)
-        self.landed = self.staged
+    def land(self, version: int | None = None) -> tuple[float, int | None]:
+        """Load `version` into every worker unless the engines hold it already (the caller makes sure no
+        generation is in flight): a rollout phase lands the version it was admitted with, and staged
+        versions older than it are dropped (phases run in step order); without `version` (an evaluation)
+        the newest staged lands and nothing is dropped. Returns (seconds, the version landed or None)."""
+        with self._lock:
+            target = max(self.staged, default=0) if version is None else version
+            if self.landed[0] == target:
+                return 0.0, None
+            version_asked = version
+            version = target
+            if version not in self.staged:
+                raise RuntimeError(f"internal: weights of policy version {version} were never staged "
+                                   f"(staged: {sorted(self.staged)}, engines: {self.landed and self.landed[0]})")
+            landing = (version, self.staged[version])
+        seconds = self.rollout.push(*landing)
+        with self._lock:
+            self.landed = landing
+            if version_asked is not None:
+                for old in [v for v in self.staged if v < version]:
+                    del self.staged[old]
         return seconds, version
 
     def reland(self) -> float:
         """Object store: load the engines' current version again into every worker (after one of them
         was replaced: it starts from the initial weights). Nothing to do before the first push."""
-        if self.landed is None:
+        if self.landed[1] is None:   # the initial weights: a fresh worker has them
             return 0.0
         return self.rollout.push(*self.landed)
 
@@ -311,9 +329,11 @@ class WeightSync:
     def push(self, version: int) -> float:
         """Seconds until every worker holds `version` (gather, transfer, load, cache reset)."""
         if self.mode == "object_store":
-            self.staged = (version, self.learner.weights_ref())
-            seconds = self.rollout.push(*self.staged)   # always: also after a heal, at the same version
-            self.landed = self.staged
+            landing = (version, self.learner.weights_ref())
+            seconds = self.rollout.push(*landing)   # always: also after a heal, at the same version
+            with self._lock:
+                self.staged[version] = landing[1]
+                self.landed = landing
             return seconds
         start = time.perf_counter()
         senders = [r.broadcast_weights.remote() for r in self.learner.ranks]
