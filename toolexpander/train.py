@@ -240,11 +240,6 @@ class Prefetch:
         with self._cond:
             return self._state == "waiting_push"
 
-    @property
-    def done(self) -> bool:
-        with self._cond:
-            return self._state == "done"
-
     def wait_idle(self) -> float:
         """Seconds until this phase has no generation in flight (done, or waiting for a push)."""
         start = time.perf_counter()

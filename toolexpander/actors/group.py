@@ -274,20 +274,20 @@ class WeightSync:
         generation is in flight): a rollout phase lands the version it was admitted with, and staged
         versions older than it are dropped (phases run in step order); without `version` (an evaluation)
         the newest staged lands and nothing is dropped. Returns (seconds, the version landed or None)."""
+        prune = version is not None
         with self._lock:
-            target = max(self.staged, default=0) if version is None else version
-            if self.landed[0] == target:
+            if version is None:
+                version = max(self.staged, default=0)
+            if self.landed[0] == version:
                 return 0.0, None
-            version_asked = version
-            version = target
             if version not in self.staged:
                 raise RuntimeError(f"internal: weights of policy version {version} were never staged "
-                                   f"(staged: {sorted(self.staged)}, engines: {self.landed and self.landed[0]})")
+                                   f"(staged: {sorted(self.staged)}, engines: {self.landed[0]})")
             landing = (version, self.staged[version])
         seconds = self.rollout.push(*landing)
         with self._lock:
             self.landed = landing
-            if version_asked is not None:
+            if prune:
                 for old in [v for v in self.staged if v < version]:
                     del self.staged[old]
         return seconds, version
