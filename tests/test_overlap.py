@@ -11,7 +11,7 @@ import threading
 import pyarrow.parquet as pq
 import pytest
 
-from toolexpander.train import PREFETCH_DIR, Gate, Prefetch, load_phases, save_phases
+from toolexpander.overlap import PREFETCH_DIR, Gate, Prefetch, load_phases, save_phases
 
 
 def test_prefetch_waits_for_the_driver_push_when_it_replaced_a_worker():
