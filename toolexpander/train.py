@@ -29,26 +29,34 @@ from toolexpander.learner import checkpoint
 from toolexpander.metrics import MetricsWriter, Progress
 from toolexpander.models import ensure_model
 from toolexpander.overlap import PREFETCH_DIR, Gate, Prefetch, TrainError, load_phases, save_phases
+from toolexpander.sampling.sampler import RECORD_COLUMNS
 from toolexpander.types import REWARD_DIMS, Task
 
 
-def fitting_tasks(tasks: list[Task], model_path: Path, cfg: Config) -> tuple[list[Task], int]:
-    """Tasks whose bare prompt fits data.max_prompt_tokens (and the context with max_tokens)."""
+def load_tokenizer(model_path: Path):
     from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(model_path)
+
+
+def fitting_tasks(tasks: list[Task], model_path: Path, cfg: Config, tokenizer=None) -> tuple[list[Task], int]:
+    """Tasks whose bare prompt fits data.max_prompt_tokens (and the context with max_tokens)."""
     from toolexpander.prompt import prompt_ids
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = tokenizer or load_tokenizer(model_path)
     limit = min(cfg.data.max_prompt_tokens, cfg.rollout.max_model_len - cfg.rollout.max_tokens)
     kept = [t for t in tasks if len(prompt_ids(tokenizer, t)) <= limit]
     return kept, len(tasks) - len(kept)
 
 
-def training_tasks(cfg: Config, model_path: Path) -> tuple[list[Task], int]:
+def training_tasks(cfg: Config, model_path: Path, rows: list[Task] | None = None,
+                   tokenizer=None) -> tuple[list[Task], int]:
     """The tasks a run trains on and how many were left out as too long: data.train_path (its first
-    data.limit rows), those that fit, then data.subset of them (seeded by train.seed), so that a
-    subset of 64 trains on 64 prompts."""
-    tasks, too_long = fitting_tasks(load_tasks(cfg.data.train_path)[: cfg.data.limit], model_path, cfg)
+    data.limit rows; `rows` when the caller has read them), those that fit, then data.subset of them
+    (seeded by train.seed), so that a subset of 64 trains on 64 prompts."""
+    if rows is None:
+        rows = load_tasks(cfg.data.train_path)[: cfg.data.limit]
+    tasks, too_long = fitting_tasks(rows, model_path, cfg, tokenizer)
     if not tasks:
         raise TrainError(f"data.train_path: no task fits data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
     if cfg.data.subset and cfg.data.subset < len(tasks):
@@ -102,23 +110,25 @@ class Trainer:
         self.cfg, self.run_dir = cfg, run_dir
         self.save_rollouts = Path(save_rollouts) if save_rollouts else None
         self.model_path = ensure_model(cfg.model.path, cfg.model.prepare)
-        tasks, too_long = training_tasks(cfg, self.model_path)
-        self.too_long = too_long
-        self.mode = connect(cfg, log_dir=run_dir / "logs")
-        from transformers import AutoTokenizer
-
-        pad_id = AutoTokenizer.from_pretrained(self.model_path).pad_token_id or 0
-        # The sampler holds the run's per-prompt state: it lives on the driver's node (the head under
-        # `ray job submit`), never on a rollout or learner node that may be lost mid-run.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.sampler = ray.remote(Sampler).options(num_cpus=0, scheduling_strategy=here).remote(
-            cfg.sampler.model_dump(), tasks, cfg.reward.exemplar_bonus, cfg.reward.weights)
-        # The learner's ranks start while the engines load: each side is seconds of imports and
-        # set-up in processes of its own, and neither needs the other until the first weight push.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            learner = pool.submit(LearnerGroup, cfg, str(self.model_path), pad_id)
-            self.rollout = RolloutGroup(cfg, str(self.model_path))
-            self.learner = learner.result()
+        rows = load_tasks(cfg.data.train_path)[: cfg.data.limit]   # a bad row refuses to start before Ray
+        # Start-up runs side by side, each part mostly in processes of its own or waiting on them: the
+        # tokenizer's import (seconds) with Ray's start; then the engines (the slowest) and the learner's
+        # ranks load while the driver tokenizes every prompt to keep those that fit; neither group needs
+        # the other until the first weight push.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            tokenizer = pool.submit(load_tokenizer, self.model_path)
+            self.mode = connect(cfg, log_dir=run_dir / "logs")
+            rollout = pool.submit(RolloutGroup, cfg, str(self.model_path))
+            tokenizer = tokenizer.result()
+            learner = pool.submit(LearnerGroup, cfg, str(self.model_path), tokenizer.pad_token_id or 0)
+            tasks, too_long = training_tasks(cfg, self.model_path, rows, tokenizer)
+            self.too_long = too_long
+            # The sampler holds the run's per-prompt state: it lives on the driver's node (the head under
+            # `ray job submit`), never on a rollout or learner node that may be lost mid-run.
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+            self.sampler = ray.remote(Sampler).options(num_cpus=0, scheduling_strategy=here).remote(
+                cfg.sampler.model_dump(), tasks, cfg.reward.exemplar_bonus, cfg.reward.weights)
+            self.rollout, self.learner = rollout.result(), learner.result()
         self.sync = WeightSync(self.learner, self.rollout, cfg)
         self.location = cfg.logging.output_dir   # run_dir itself, or the URI run_dir is copied to
         self.ckpt_root = storage.join(self.location, "checkpoints")
@@ -205,7 +215,7 @@ class Trainer:
             if not requests:
                 break
             table, more = self._generate(requests, step_seed)
-            record = self._sampler_get(self.sampler.record.remote(table))
+            record = self._sampler_get(self.sampler.record.remote(table.select(list(RECORD_COLUMNS))))
             kept += [g for g, ok in zip(record["group_ids"], record["informative"])
                      if ok or not cfg.sampler.filter_zero_signal]
             generated.append(table)

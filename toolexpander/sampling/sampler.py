@@ -40,6 +40,11 @@ def core_arrays(tasks: list[Task]) -> dict[str, np.ndarray]:
             "demo_pool": np.array([not t.meta.get("gt_invalid") for t in tasks], dtype=bool)}
 
 
+# The columns of a rollout table that Sampler.record reads: the driver sends only these (the token
+# lists, most of the table's bytes, never reach the sampler).
+RECORD_COLUMNS = ("group_id", "task_id", "demo_round", *[f"reward_{d}" for d in REWARD_DIMS])
+
+
 class Sampler:
     def __init__(self, cfg: dict, tasks: list[Task], exemplar_bonus: float = 0.01,
                  reward_weights: dict[str, float] | None = None):
@@ -66,9 +71,9 @@ class Sampler:
         return requests
 
     def record(self, table: pa.Table) -> dict:
-        """Update every statistic from scored groups; say which groups carry GRPO signal."""
-        cols = table.select(["group_id", "task_id", "demo_round",
-                             *[f"reward_{d}" for d in REWARD_DIMS]]).to_pydict()
+        """Update every statistic from scored groups; say which groups carry GRPO signal. `table` needs
+        only RECORD_COLUMNS."""
+        cols = table.select(list(RECORD_COLUMNS)).to_pydict()
         groups: dict[int, list[int]] = {}
         for row, gid in enumerate(cols["group_id"]):
             groups.setdefault(gid, []).append(row)
