@@ -139,22 +139,24 @@ def steps_logged(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_workers_run_where_their_node_started(cluster, repo):
+# Run by a driver process of its own: a pytest worker may already hold the session's local Ray (ray_local).
+WHERE = """
+import os, sys, ray
+ray.init(address=sys.argv[1])
+@ray.remote(num_cpus=1, resources={"rollout": 0.001})
+def where():
+    import toolexpander
+    return os.getcwd(), toolexpander.__file__
+print(*ray.get(where.remote()), sep="\\n")
+"""
+
+
+def test_workers_run_where_their_node_started(cluster, repo, tmp_path):
     """The premise of the other tests: a worker's directory is its node's, and it runs this checkout."""
-    import ray
-
-    with _loopback_only():
-        ray.init(address=cluster.address)
-    try:
-        @ray.remote(num_cpus=1, resources={"rollout": 0.001})
-        def where():
-            import toolexpander
-
-            return os.getcwd(), toolexpander.__file__
-
-        cwd, module = ray.get(where.remote())
-    finally:
-        ray.shutdown()
+    out = subprocess.run([sys.executable, "-c", WHERE, cluster.address], cwd=tmp_path, capture_output=True,
+                         text=True, env={**os.environ, **LOOPBACK_ENV}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    cwd, module = out.stdout.splitlines()[-2:]
     assert Path(cwd) == cluster.dirs["rollout"]
     assert Path(module).is_relative_to(repo)
 
