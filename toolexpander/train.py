@@ -43,7 +43,8 @@ def fitting_tasks(tasks: list[Task], model_path: Path, cfg: Config, tokenizer=No
     """Tasks whose bare prompt fits data.max_prompt_tokens (and the context with max_tokens)."""
     from toolexpander.prompt import prompt_ids
 
-    tokenizer = tokenizer or load_tokenizer(model_path)
+    if tokenizer is None:   # not `or`: a tokenizer's truth is its vocabulary's length
+        tokenizer = load_tokenizer(model_path)
     limit = min(cfg.data.max_prompt_tokens, cfg.rollout.max_model_len - cfg.rollout.max_tokens)
     kept = [t for t in tasks if len(prompt_ids(tokenizer, t)) <= limit]
     return kept, len(tasks) - len(kept)
