@@ -26,7 +26,9 @@ import ray
 
 from bench.common import REPO, TRAIN_DATA, cores, goal, log, private_ray, table, write
 from toolexpander.actors.group import LearnerGroup, RolloutGroup, WeightSync
-from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, RolloutStats
+from toolexpander.learner.shards import assemble
+from toolexpander.rollouts import fetch_parts
+from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, RolloutStats, light_view
 
 GOAL_SHARE = 0.05
 
@@ -74,12 +76,26 @@ class FakeRolloutWorker:
                              seconds=time.perf_counter() - start)
         return batch, stats
 
+    def generate_split(self, requests, step_seed: int = 0, **kwargs):
+        """As RolloutWorker.generate_split: (light view, stats) for the driver, the full batch apart."""
+        batch, stats = self.generate(requests, step_seed, **kwargs)
+        return (light_view(batch), stats), batch
+
     def update_weights(self, version: int, named_tensors) -> float:
         self.version = version
         return 0.0
 
 
 class FakeLearner:
+    def step_parts(self, light: pa.Table, refs: list, ids: list[int], step_seed: int = 0,
+                   train_step: int | None = None, padding: int = 0):
+        """As Learner.step_parts: fetches its rows from the object store and assembles them (that
+        cost is the data path's, on the rank), then trains nothing."""
+        batches, lost = fetch_parts(refs, ids)
+        if lost:
+            return None, lost
+        return self.step(assemble(light, batches), step_seed, train_step, padding), []
+
     def step(self, table: pa.Table, step_seed: int = 0, train_step: int | None = None, padding: int = 0) -> dict:
         return {"learner/loss": 0.0, "learner/grad_norm": 0.0, "learner/skipped": 0.0, "learner/applied": 1.0}
 
@@ -141,12 +157,15 @@ def simulate_each(simulate, values: list, args) -> list[dict]:
 
 
 def timed_steps(trainer, steps: int, label: str) -> list[tuple[float, dict]]:
-    """(wall seconds, metrics) of `steps` Trainer.train_step calls after one untimed warm-up step."""
+    """(wall seconds, metrics) of `steps` Trainer.train_step calls after one untimed warm-up step;
+    metrics["bench/driver_cpu_s"] is the CPU time the driver process spent in the step (its Python and
+    the Ray core worker's threads in it)."""
     out = []
     for k in range(steps + 1):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         m = trainer.train_step()
         wall = time.perf_counter() - start
+        m["bench/driver_cpu_s"] = time.process_time() - cpu
         trainer.step += 1
         if k:
             out.append((wall, m))
@@ -183,7 +202,8 @@ def simulate(workers: int, args, tasks) -> dict:
         ray.remote(FakeLearner).options(num_cpus=0).remote())
     started_s = time.perf_counter() - start
     steps = [{"wall": wall, "rollout": m["time/rollout_s"], "learner": m["time/learner_s"],
-              "push": m["time/weight_push_total_s"], "rows": m["rollout/groups"] * args.n}
+              "push": m["time/weight_push_total_s"], "rows": m["rollout/groups"] * args.n,
+              "cpu": m["bench/driver_cpu_s"]}
              for wall, m in timed_steps(trainer, args.steps, f"{workers} workers")]
     close_simulated(trainer)
     med = {k: statistics.median(s[k] for s in steps) for k in steps[0]}
@@ -191,7 +211,8 @@ def simulate(workers: int, args, tasks) -> dict:
     return {"workers": workers, "rows": int(steps[0]["rows"]), "actors_up_s": started_s, "steps": steps,
             "generate": med["rollout"] - d, "learner": med["learner"], "push": med["push"],
             "sampler": med["wall"] - med["rollout"] - med["learner"] - med["push"],
-            "overhead": med["wall"] - d, "step": med["wall"], "share": (med["wall"] - d) / med["wall"]}
+            "overhead": med["wall"] - d, "step": med["wall"], "share": (med["wall"] - d) / med["wall"],
+            "driver_cpu": med["cpu"], "cpu_share": med["cpu"] / med["wall"]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,11 +227,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     runs = simulate_each(simulate, args.workers, args)
-    parts = [("generate", "rollout.generate beyond the delay (fan-out, get, concat, sort)"),
-             ("learner", "learner.call('step', batch) (the batch to the learner actor)"),
+    parts = [("generate", "rollout.generate_refs beyond the delay (fan-out, light views, sort)"),
+             ("learner", "learner step (the rank fetches its shard's rows by reference)"),
              ("push", "weights_ref + push to every worker"),
              ("sampler", "sampler next_batch + record + end_step, metrics, filtering"),
-             ("overhead", "total overhead (step - delay)"), ("step", "step")]
+             ("overhead", "total overhead (step - delay)"), ("step", "step"),
+             ("driver_cpu", "driver process CPU time (its own work, all threads)")]
     rows = [{"part": label, **{f"s{r['workers']}": r[key] for r in runs},
              **{f"p{r['workers']}": r[key] / r["step"] for r in runs}} for key, label in parts]
     columns = [("part", "part of a step (median)", "")]
@@ -225,6 +247,9 @@ def main(argv: list[str] | None = None) -> None:
         *[f"{r['workers']} workers: overhead share (step - delay) / step {r['share']:.1%} (goal <= {GOAL_SHARE:.0%}: "
           f"{'met' if r['share'] <= GOAL_SHARE else 'MISSED'}); actors up in {r['actors_up_s']:.0f} s; steps "
           + ", ".join(f"{s['wall']:.3f}" for s in r["steps"]) for r in runs],
+        *[f"{r['workers']} workers: driver CPU time / step {r['cpu_share']:.1%} (the simulated workers share this "
+          f"machine's {cores()} cores with the driver: their CPU time delays the answers and counts in the overhead "
+          "above, which a cluster's rollout nodes would not add)" for r in runs],
         f"wall {time.perf_counter() - t_start:.0f} s",
     ])
     write("driver_scale", {"args": vars(args), "runs": runs,

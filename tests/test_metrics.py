@@ -33,9 +33,9 @@ def test_missed_call_share_counts_prompts_that_need_a_call_only():
     import pyarrow as pa
 
     from toolexpander.train import reward_metrics
-    from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA
+    from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, light_view
 
-    def table(specs):
+    def table(specs):  # the driver sees the light view of each batch (types.light_view)
         cols = {f.name: [] for f in ROLLOUT_SCHEMA}
         for g, (subtask, text) in enumerate(specs):
             row = dict(group_id=g, task_id=f"t{g}", subtask=subtask, demo_round=0, num_demos=0, policy_version=0,
@@ -43,10 +43,12 @@ def test_missed_call_share_counts_prompts_that_need_a_call_only():
                        text=text, reward_total=0.0, **{f"reward_{d}": 0.0 for d in REWARD_DIMS})
             for k, v in row.items():
                 cols[k].append(v)
-        return pa.Table.from_pydict(cols, schema=ROLLOUT_SCHEMA)
+        return light_view(pa.Table.from_pydict(cols, schema=ROLLOUT_SCHEMA))
 
     mixed = table([("single", "<think>x</think>\n<tool_call>\n{}\n</tool_call>"),
                    ("single", "<think>No tool call is needed here</think>\n<response>hi</response>"),
                    ("parallel", "garbage"), ("no_call", "<response>ok</response>")])
+    assert mixed.column("has_tool_call").to_pylist() == [True, False, False, False]
     assert reward_metrics(mixed)["rollout/missed_call_share"] == 2 / 3   # the no_call prompt is not counted
+    assert reward_metrics(mixed)["rollout/completion_len_mean"] == 2.0
     assert math.isnan(reward_metrics(table([("no_call", "<response>ok</response>")]))["rollout/missed_call_share"])

@@ -26,19 +26,23 @@ PHASE_DEFAULTS = {"land_s": 0.0}   # fields that a checkpoint written by an earl
 
 def save_phase(phase: dict, directory: Path) -> None:
     directory.mkdir(parents=True)
-    pq.write_table(phase["table"], directory / "table.parquet")
-    pq.write_table(phase["batch"], directory / "batch.parquet")
+    pq.write_table(phase["table"], directory / "table.parquet")          # light view of every row generated
+    pq.write_table(phase["batch"].fetch(), directory / "batch.parquet")  # the kept groups' full rows
     rest = {k: phase[k] for k in PHASE_FIELDS} | {"stats": [s.model_dump() for s in phase["stats"]]}
     (directory / "phase.json").write_text(json.dumps(rest, default=lambda x: x.item()))  # numpy scalars
 
 
 def load_phase(directory: Path) -> dict:
-    from toolexpander.types import RolloutStats
+    from toolexpander.rollouts import Rollouts
+    from toolexpander.types import RolloutStats, light_view
 
     rest = json.loads((directory / "phase.json").read_text())
     rest = PHASE_DEFAULTS | rest
+    table = pq.read_table(directory / "table.parquet")
+    if "completion_ids" in table.column_names:   # written before the light view existed: full rows
+        table = light_view(table)
     return {**{k: rest[k] for k in PHASE_FIELDS}, "stats": [RolloutStats.model_validate(s) for s in rest["stats"]],
-            "table": pq.read_table(directory / "table.parquet"), "batch": pq.read_table(directory / "batch.parquet")}
+            "table": table, "batch": Rollouts.from_table(pq.read_table(directory / "batch.parquet"))}
 
 
 def save_phases(phases: list[dict], directory: Path) -> None:

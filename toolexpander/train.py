@@ -83,19 +83,18 @@ class StopFlag:
 
 
 def reward_metrics(table: pa.Table) -> dict[str, float]:
+    """Per-step rollout metrics from the light view of every row generated (types.light_view)."""
     out = {f"reward/{d}_mean": float(pc.mean(table.column(f"reward_{d}")).as_py() or 0.0)
            for d in (*REWARD_DIMS, "total")}
-    lengths = pc.list_value_length(table.column("completion_ids"))
-    out["rollout/completion_len_mean"] = float(pc.mean(lengths).as_py() or 0.0)
+    out["rollout/completion_len_mean"] = float(pc.mean(table.column("completion_len")).as_py() or 0.0)
     out["rollout/truncated_share"] = float(pc.mean(pc.equal(table.column("finish_reason"), "length")
                                                    .cast(pa.float32())).as_py() or 0.0)
     # Completions with no <tool_call>, among prompts that need one: a policy drifting to "no tool call is
     # needed" shows here (a <response> is well-formed, so reward/format_mean does not show it).
     needs_call = pc.not_equal(table.column("subtask"), "no_call")
-    texts = table.filter(needs_call).column("text")
-    out["rollout/missed_call_share"] = (float(pc.mean(pc.invert(pc.match_substring(texts, "<tool_call>"))
-                                                      .cast(pa.float32())).as_py())
-                                        if len(texts) else float("nan"))
+    calls = table.filter(needs_call).column("has_tool_call")
+    out["rollout/missed_call_share"] = (float(pc.mean(pc.invert(calls).cast(pa.float32())).as_py())
+                                        if len(calls) else float("nan"))
     return out
 
 
@@ -172,9 +171,12 @@ class Trainer:
     # ---- one step ------------------------------------------------------------------------------
     def _generate(self, requests, step_seed: int):
         """Rollouts for `requests`; a dead worker is restarted, given the weights, and its prompts
-        re-issued (the sampler has not recorded them yet, so nothing is lost or counted twice)."""
-        table, stats, lost = self.rollout.generate(requests, step_seed)
-        tables = [table] if table is not None else []
+        re-issued (the sampler has not recorded them yet, so nothing is lost or counted twice).
+        Returns the rows by reference (rollouts.Rollouts) and the workers' stats."""
+        from toolexpander.rollouts import Rollouts
+
+        rollouts, stats, lost = self.rollout.generate_refs(requests, step_seed)
+        answered = [rollouts] if rollouts is not None else []
         for worker, shard in lost:
             self.metrics.event(self.step, "worker_restart",
                                f"rollout worker {worker} died or hung (cluster.call_timeout_s); restarting it")
@@ -189,13 +191,12 @@ class Trainer:
                 self.sync.connect()
                 if self.version > 0:
                     self.sync.push(self.version)
-            again, more, still_lost = self.rollout.generate(shard, step_seed)
+            again, more, still_lost = self.rollout.generate_refs(shard, step_seed)
             if still_lost:
                 raise TrainError(f"rollout worker {worker} died twice in one step; giving up")
-            tables.append(again)
+            answered.append(again)
             stats += more
-        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-        return table, stats
+        return (Rollouts.concat(answered) if len(answered) > 1 else answered[0]), stats
 
     def _push(self) -> float:
         """Push the current weights; a worker that died meanwhile is replaced and the push redone."""
@@ -208,25 +209,27 @@ class Trainer:
 
     def _fill_batch(self, step_seed: int):
         """Draw, generate and record until B informative groups or the draw budget (DAPO-style).
-        Returns every generated row, the kept groups' rows, the sampler records and worker stats."""
+        Returns the light view of every generated row, the kept groups' rows (by reference), the
+        sampler records and the workers' stats."""
+        from toolexpander.rollouts import Rollouts
+
         cfg = self.cfg
         kept, generated, records, stats = [], [], [], []
         for _ in range(cfg.sampler.max_draw_rounds):
             requests = self._sampler_get(self.sampler.next_batch.remote(cfg.sampler.batch_prompts - len(kept)))
             if not requests:
                 break
-            table, more = self._generate(requests, step_seed)
-            record = self._sampler_get(self.sampler.record.remote(table.select(list(RECORD_COLUMNS))))
+            rollouts, more = self._generate(requests, step_seed)
+            record = self._sampler_get(self.sampler.record.remote(rollouts.light.select(list(RECORD_COLUMNS))))
             kept += [g for g, ok in zip(record["group_ids"], record["informative"])
                      if ok or not cfg.sampler.filter_zero_signal]
-            generated.append(table)
+            generated.append(rollouts)
             records.append(record)
             stats += more
             if len(kept) >= cfg.sampler.batch_prompts:
                 break
-        table = pa.concat_tables(generated)
-        keep_ids = pa.array(kept[: cfg.sampler.batch_prompts], pa.int64())
-        return table, table.filter(pc.is_in(table.column("group_id"), keep_ids)), records, stats
+        rollouts = Rollouts.concat(generated)
+        return rollouts.light, rollouts.filter(kept[: cfg.sampler.batch_prompts]), records, stats
 
     def _rollout_phase(self, step: int, version: int | None = None) -> dict:
         """Everything step `step` needs from the rollout side: its batch (draw, generate, record,
@@ -256,20 +259,20 @@ class Trainer:
         if phase["step"] != self.step:
             raise TrainError(f"internal: the batch of step {phase['step']} arrived at step {self.step}")
         self._admit()
-        table, batch, records, stats = phase["table"], phase["batch"], phase["records"], phase["stats"]
+        table, records, stats = phase["table"], phase["records"], phase["stats"]
         if self.save_rollouts is not None:
-            self.save_rollouts.mkdir(parents=True, exist_ok=True)
-            pq.write_table(batch, self.save_rollouts / f"step_{self.step:06d}.parquet")
+            self._save_batch(phase)
+        batch = phase["batch"]
         m = reward_metrics(table)
         m.update(self._sampler_metrics(records))
         carried = pc.greater(table.column("num_demos"), 0).cast(pa.float32())
         m["sampler/demo_rate"] = float(pc.mean(carried).as_py() or 0.0)  # prompts that carried demos
         if batch.num_rows:  # versions between the weights that generated a row and those training on it
-            lag = self.version - batch.column("policy_version").to_numpy()
+            lag = self.version - batch.light.column("policy_version").to_numpy()
             m["rollout/policy_lag_mean"], m["rollout/policy_lag_max"] = float(lag.mean()), float(lag.max())
         t = time.perf_counter()
         if batch.num_rows:
-            m.update(self.learner.step(batch, phase["seed"], self.step))
+            m.update(self._learn(phase))
         else:  # no informative group: nothing to learn from; the contract metrics have no value
             nan = float("nan")
             m.update({"learner/skipped": 0.0, "learner/applied": 0.0, "learner/loss": nan,
@@ -294,9 +297,59 @@ class Trainer:
                   "time/rollout_wait_s": wait_s,
                   "rollout/tokens_per_s": tokens / max(rollout_s, 1e-9),
                   "rollout/completion_tokens": tokens, "rollout/groups": table.num_rows / cfg.rollout.n,
-                  "rollout/draw_rounds": len(records), "learner/groups": batch.num_rows / cfg.rollout.n,
+                  "rollout/draw_rounds": len(records), "learner/groups": phase["batch"].num_rows / cfg.rollout.n,
                   "time/step_s": time.perf_counter() - t0})
         return m
+
+    def _learn(self, phase: dict) -> dict[str, float]:
+        """The learner's step on the phase's batch. The ranks fetch its rows from the rollout nodes'
+        object stores; rows lost with their node before that are generated again (_regenerate) and the
+        step is retried once."""
+        from toolexpander.rollouts import RowsLost
+
+        for attempt in range(2):
+            try:
+                return self.learner.step(phase["batch"], phase["seed"], self.step)
+            except RowsLost as e:
+                if attempt:
+                    raise TrainError(f"{e}, twice in step {self.step}; giving up (resume from the last "
+                                     "checkpoint)") from e
+                self._regenerate(phase, e)
+                if self.save_rollouts is not None:
+                    self._save_batch(phase)   # what is trained, not what was lost
+        raise AssertionError("unreachable")
+
+    def _regenerate(self, phase: dict, lost) -> None:
+        """The kept groups of the lost parts, generated again with the engines' current weights (no
+        phase generating meanwhile) and put in their place in phase["batch"]; rewritten to
+        The sampler keeps what it recorded of the first answers (it is
+        not told twice); the new rows carry their own policy_version."""
+        from toolexpander.rollouts import Rollouts
+
+        batch = phase["batch"]
+        part = batch.light.column("part").to_numpy()
+        kept = set(batch.light.column("group_id").to_numpy()[np.isin(part, lost.parts)].tolist())
+        requests = [r for p in lost.parts for r in batch.requests[p] if r.group_id in kept]
+        self.metrics.event(self.step, "rows_lost", f"{lost}: generating their {len(requests)} prompt(s) again")
+        with self.engines_current():
+            again, _ = self._generate(requests, phase["seed"])
+        phase["batch"] = Rollouts.concat([batch.without(lost.parts), again])
+
+    def _save_batch(self, phase: dict) -> None:
+        """--save-rollouts: the batch's full rows, fetched to the driver (a debugging aid: the training
+        path itself never brings them here); a part lost with its node is generated again first."""
+        from toolexpander.rollouts import RowsLost
+
+        self.save_rollouts.mkdir(parents=True, exist_ok=True)
+        for attempt in range(2):
+            try:
+                table = phase["batch"].fetch()
+                break
+            except RowsLost as e:
+                if attempt:
+                    raise TrainError(f"{e}, twice in step {self.step}; giving up") from e
+                self._regenerate(phase, e)
+        pq.write_table(table, self.save_rollouts / f"step_{self.step:06d}.parquet")
 
     # ---- overlap (train.max_staleness K) -----------------------------------------------------------
     def _admit(self) -> None:

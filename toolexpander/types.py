@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Subtask = Literal["no_call", "single", "parallel", "multi_turn"]
@@ -138,3 +139,25 @@ ROLLOUT_SCHEMA = pa.schema([
     *[pa.field(f"reward_{d}", pa.float32()) for d in REWARD_DIMS],  # () each reward dimension
     pa.field("reward_total", pa.float32()),      # () weighted sum: the GRPO return
 ])
+
+# What the driver sees of a rollout batch (the rows' heavy parts stay in the object store, where the
+# learner ranks fetch them): every scalar column of ROLLOUT_SCHEMA plus the token counts and whether the
+# text calls a tool. Rollouts (toolexpander/rollouts.py) adds each row's place in its worker's batch.
+HEAVY_COLUMNS: tuple[str, ...] = ("prompt_ids", "completion_ids", "logprobs", "text")
+LIGHT_EXTRA = pa.schema([
+    pa.field("prompt_len", pa.int32()),          # () len(prompt_ids)
+    pa.field("completion_len", pa.int32()),      # () len(completion_ids)
+    pa.field("has_tool_call", pa.bool_()),       # () "<tool_call>" in text
+])
+
+
+def light_view(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    """The driver's view of a rollout batch: its scalar columns, token counts and has_tool_call."""
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    light = table.drop_columns(list(HEAVY_COLUMNS))
+    extra = [pc.list_value_length(table.column("prompt_ids")).cast(pa.int32()),
+             pc.list_value_length(table.column("completion_ids")).cast(pa.int32()),
+             pc.match_substring(table.column("text"), "<tool_call>")]
+    for f, column in zip(LIGHT_EXTRA, extra):
+        light = light.append_column(f, column)
+    return light

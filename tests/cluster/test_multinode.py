@@ -230,3 +230,81 @@ def test_losing_the_rollout_node_mid_run(cluster, user_dir):
     # Relative paths typed by the user were resolved at the driver: nothing landed in a node's directory.
     for node, directory in cluster.dirs.items():
         assert not list(directory.iterdir()), node
+
+
+# Run by a driver process of its own (see WHERE). A rollout worker on the rollout node answers; the
+# driver keeps its rows by reference (the full batch, > 100 KiB, stays in that node's object store);
+# the node is removed; then the driver's fetch and a learner rank's fetch (on the learner node) must
+# both name the lost part.
+LOSE_ROWS = """
+import json, sys
+import numpy as np, pyarrow as pa, ray
+from toolexpander.actors.group import LearnerGroup
+from toolexpander.rollouts import Rollouts, RowsLost, fetch_parts
+from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, RolloutStats, light_view
+
+ray.init(address=sys.argv[1])
+
+@ray.remote(num_cpus=0, resources={"rollout": 0.001})
+class Worker:
+    def generate_split(self, rows):
+        cols = {f.name: [] for f in ROLLOUT_SCHEMA}
+        for i in range(rows):
+            row = dict(group_id=i // 4, task_id="t", subtask="single", demo_round=0, num_demos=0,
+                       policy_version=0, prompt_ids=list(range(8000)), completion_ids=[1, 2],
+                       logprobs=[-1.0, -1.0], finish_reason="stop", text="", reward_total=0.0,
+                       **{f"reward_{d}": 0.0 for d in REWARD_DIMS})
+            for k, v in row.items():
+                cols[k].append(v)
+        batch = pa.RecordBatch.from_pydict(cols, schema=ROLLOUT_SCHEMA)
+        stats = RolloutStats(worker=0, prompts=rows // 4, completions=rows, prompt_tokens=0,
+                             completion_tokens=0, seconds=0.0)
+        return (light_view(batch), stats), batch
+
+@ray.remote(num_cpus=0, resources={"learner": 0.001})
+class Rank:
+    def step_parts(self, light, refs, ids, step_seed=0, train_step=None, padding=0):
+        batches, lost = fetch_parts(refs, ids)
+        return ({"rows": sum(b.num_rows for b in batches)} if not lost else None), lost
+
+worker, rank = Worker.remote(), Rank.remote()
+meta, full = worker.generate_split.options(num_returns=2).remote(8)
+light, _ = ray.get(meta)
+rollouts = Rollouts.from_parts([light], [full], [[]], [0, 1])
+group = LearnerGroup.__new__(LearnerGroup)
+group.ranks, group.timeout_s = [rank], 120
+ray.wait([full], fetch_local=False)   # made, and held by the rollout node only (a fetch elsewhere would copy it)
+print("READY", light.num_rows, flush=True)
+sys.stdin.readline()   # the test removes the rollout node
+out = {}
+for name, call in (("driver", rollouts.fetch), ("learner", lambda: group.step(rollouts, 0, 0))):
+    try:
+        call()
+        out[name] = "fetched"
+    except RowsLost as e:
+        out[name] = e.parts
+print(json.dumps(out), flush=True)
+"""
+
+
+def test_rows_whose_node_died_before_they_were_fetched_are_named_lost(cluster, repo, tmp_path):
+    """The data path keeps a step's full rows on the rollout node until the learner ranks fetch them
+    (a fetched object has a copy on the fetching node too, which Ray then uses: checked by hand, a rank's
+    fetch before the loss left the rows readable after it): when that node dies first, the fetch names
+    the lost part (the trainer then generates its groups
+    again: tests/test_rollouts.py), on the driver and on a learner rank alike, without hanging."""
+    proc = subprocess.Popen([sys.executable, "-c", LOSE_ROWS, cluster.address], cwd=tmp_path, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, **LOOPBACK_ENV}, start_new_session=True)
+    try:
+        ready = proc.stdout.readline()
+        assert ready.startswith("READY"), (ready, proc.stderr.read()[-3000:] if proc.poll() is not None else "")
+        assert ready.split() == ["READY", "8"]
+        cluster.cluster.remove_node(cluster.rollout)
+        cluster.rollout = cluster.add("rollout-3", num_cpus=1, resources={"rollout": 1})
+        stdout, stderr = proc.communicate("removed\n", timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert json.loads(stdout.splitlines()[-1]) == {"driver": [0], "learner": [0]}

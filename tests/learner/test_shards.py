@@ -57,3 +57,45 @@ def test_shard_tables_give_a_rank_without_groups_the_steps_shortest():
     assert [pad for _, pad in shards] == [0, 0, 1]
     assert shards[2][0].column("group_id").to_pylist() == [-1, -1]
     assert shards[2][0].column("prompt_ids").to_pylist() == [[5], [5]]       # group 5: 3 tokens < 9
+
+
+def test_a_light_view_is_dealt_like_its_table_and_assembles_back_to_its_rows():
+    # The driver deals the light view (token counts, no token lists); a rank assembles its rows from
+    # the parts: part 0 holds groups 7 and 3, part 1 group 9 (two workers' answers).
+    from toolexpander.learner.shards import assemble
+    from toolexpander.types import light_view
+
+    part0, part1 = table([(7, 10, [4, 4]), (3, 2, [1, 1])]), table([(9, 6, [3, 3])])
+    light = pa.concat_tables([light_view(part0), light_view(part1)])
+    light = light.append_column("part", pa.array([0, 0, 0, 0, 1, 1], pa.int32()))
+    light = light.append_column("row", pa.array([0, 1, 2, 3, 0, 1], pa.int32()))
+    assert light.column("prompt_len").to_pylist() == [10, 10, 2, 2, 6, 6]
+    assert light.column("completion_len").to_pylist() == [4, 4, 1, 1, 3, 3]
+    assert "completion_ids" not in light.column_names
+    (a, pad_a), (b, pad_b) = shard_tables(light, 2)
+    assert (pad_a, pad_b) == (1, 0)                                          # as for the full table
+    assert a.column("group_id").to_pylist() == [7, 7, -1, -1]
+    assert b.column("group_id").to_pylist() == [3, 3, 9, 9]
+    rows_a = assemble(a, [part0, part1])
+    assert rows_a.schema == ROLLOUT_SCHEMA
+    assert rows_a.column("group_id").to_pylist() == [7, 7, -1, -1]          # the copy keeps its own id
+    assert rows_a.column("prompt_ids").to_pylist() == [[7] * 10] * 4
+    assert rows_a.column("completion_ids").to_pylist() == [[0] * 4, [1] * 4, [0] * 4, [1] * 4]
+    rows_b = assemble(b, [part0, part1])
+    assert rows_b.column("completion_ids").to_pylist() == [[0], [1], [0] * 3, [1] * 3]
+    assert rows_b.column("reward_total").to_pylist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_assemble_refuses_a_place_outside_its_parts():
+    from toolexpander.learner.shards import assemble
+    from toolexpander.types import light_view
+
+    part = table([(1, 2, [1, 1])])
+    light = light_view(part).append_column("part", pa.array([0, 1], pa.int32()))
+    with pytest.raises(ValueError, match="part index out of range"):
+        assemble(light.append_column("row", pa.array([0, 1], pa.int32())), [part])
+    light = light_view(part).append_column("part", pa.array([0, 0], pa.int32()))
+    with pytest.raises(ValueError, match="past the end"):
+        assemble(light.append_column("row", pa.array([0, 2], pa.int32())), [part])
+    with pytest.raises(ValueError, match="no parts"):
+        assemble(light.append_column("row", pa.array([0, 1], pa.int32())), [])

@@ -1,7 +1,8 @@
 """Groups of Ray actors: N rollout workers and the learner's ranks, each in a placement group.
 
-RolloutGroup splits a prompt batch evenly over its workers and concatenates the results in order;
-LearnerGroup runs the same call on every rank. A dead actor raises WorkerDied naming it.
+RolloutGroup splits a prompt batch evenly over its workers and gathers the light views of their
+answers in order, the full rows staying in the object store (rollouts.Rollouts); LearnerGroup runs the
+same call on every rank, each fetching its own shard's rows. A dead actor raises WorkerDied naming it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import time
 import warnings
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -19,6 +19,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from toolexpander.actors.rollout import RolloutWorker
 from toolexpander.config import Config
 from toolexpander.learner.shards import shard_tables
+from toolexpander.rollouts import LOST, Rollouts, RowsLost
 from toolexpander.types import PromptRequest, RolloutStats
 
 
@@ -56,11 +57,6 @@ class WorkerHung(WorkerDied):
         self.role, self.index = role, index
         RuntimeError.__init__(self, f"{role} {index} did not answer within {timeout_s:g} s "
                                     f"(cluster.call_timeout_s): hung or far slower than expected")
-
-
-# A result that died with its node (ObjectLostError and its kin) is a lost actor, like a dead one.
-LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError, ray.exceptions.ObjectLostError,
-        ray.exceptions.OwnerDiedError)
 
 
 def _get(refs: list, role: str, timeout_s: float | None = None) -> list:
@@ -138,20 +134,21 @@ class RolloutGroup:
             self.restart(i)
         return dead
 
-    def generate(self, requests: list[PromptRequest], step_seed: int, **kwargs
-                 ) -> tuple[pa.Table, list[RolloutStats], list[tuple[int, list[PromptRequest]]]]:
-        """All workers in parallel; returns the rows in request order and per-worker stats.
+    def generate_refs(self, requests: list[PromptRequest], step_seed: int, **kwargs
+                      ) -> tuple[Rollouts | None, list[RolloutStats], list[tuple[int, list[PromptRequest]]]]:
+        """All workers in parallel; returns the rows by reference (light views in request order, each
+        worker's full batch left in its node's object store) and per-worker stats.
         On a dead worker (or one whose result was lost with its node), the rows of the live ones come
         back and `lost` lists (worker, requests); a worker that has not answered within
         cluster.call_timeout_s is killed and counted lost the same way."""
         shards = [requests[i::len(self.workers)] for i in range(len(self.workers))]
-        refs = [(i, w.generate.remote(shard, step_seed, **kwargs))
-                for i, (w, shard) in enumerate(zip(self.workers, shards)) if shard]
+        calls = [(i, *w.generate_split.options(num_returns=2).remote(shard, step_seed, **kwargs))
+                 for i, (w, shard) in enumerate(zip(self.workers, shards)) if shard]
         deadline = time.monotonic() + self.timeout_s
-        batches, stats, lost = [], [], []
-        for i, ref in refs:
+        lights, refs, answered, stats, lost = [], [], [], [], []
+        for i, meta, full in calls:
             try:
-                batch, stat = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+                light, stat = ray.get(meta, timeout=max(0.0, deadline - time.monotonic()))
             except LOST:
                 lost.append((i, shards[i]))
                 continue
@@ -161,14 +158,20 @@ class RolloutGroup:
                 ray.kill(self.workers[i], no_restart=True)
                 lost.append((i, shards[i]))
                 continue
-            batches.append(batch)
+            lights.append(light)
+            refs.append(full)
+            answered.append(shards[i])
             stats.append(stat)
-        table = pa.Table.from_batches(batches) if batches else None
-        if table is not None:
-            rank = {r.group_id: k for k, r in enumerate(requests)}
-            keys = pa.array([rank[g] for g in table.column("group_id").to_pylist()])
-            table = table.take(pc.sort_indices(keys))  # stable: completions keep their order
-        return table, stats, lost
+        rollouts = (Rollouts.from_parts(lights, refs, answered, [r.group_id for r in requests])
+                    if lights else None)
+        return rollouts, stats, lost
+
+    def generate(self, requests: list[PromptRequest], step_seed: int, **kwargs
+                 ) -> tuple[pa.Table | None, list[RolloutStats], list[tuple[int, list[PromptRequest]]]]:
+        """generate_refs with the full rows fetched to the caller, in request order (evaluation,
+        benchmarks, tests: the training loop keeps them by reference)."""
+        rollouts, stats, lost = self.generate_refs(requests, step_seed, **kwargs)
+        return (rollouts.fetch() if rollouts is not None else None), stats, lost
 
     def push(self, version: int, weights_ref) -> float:
         """Load `weights_ref` (an ObjectRef of [(name, array)]) into every worker; slowest worker's seconds."""
@@ -205,14 +208,26 @@ class LearnerGroup:
         """The same method on every rank (collectives need them all); one result per rank."""
         return _get([getattr(r, method).remote(*args, **kwargs) for r in self.ranks], "learner rank", self.timeout_s)
 
-    def step(self, table: pa.Table, step_seed: int, train_step: int | None = None) -> dict[str, float]:
-        """One GRPO step on every rank, each given only its own groups (one object each, put once):
-        dealt by tokens (learner/shards.py), padded to the same count with zero-advantage copies of the
-        rank's shortest group. Returns rank 0's metrics (the ranks reduce them among themselves)."""
-        shards = [(table, 0)] if len(self.ranks) == 1 else shard_tables(table, len(self.ranks))
-        refs = [r.step.remote(ray.put(shard), step_seed, train_step, padding=pad)
-                for r, (shard, pad) in zip(self.ranks, shards)]
-        return _get(refs, "learner rank", self.timeout_s)[0]
+    def step(self, rollouts: Rollouts | pa.Table, step_seed: int, train_step: int | None = None
+             ) -> dict[str, float]:
+        """One GRPO step on every rank, each given only its own groups: dealt by tokens
+        (learner/shards.py) from the light view, padded to the same count with zero-advantage copies of
+        the rank's shortest group; each rank fetches its rows' parts from the object store itself.
+        A full table (tests, benchmarks) is put there first. Returns rank 0's metrics (the ranks
+        reduce them among themselves); raises RowsLost when a part was lost before the ranks fetched it."""
+        if isinstance(rollouts, pa.Table):
+            rollouts = Rollouts.from_table(rollouts)
+        light = rollouts.light
+        shards = [(light, 0)] if len(self.ranks) == 1 else shard_tables(light, len(self.ranks))
+        calls = []
+        for r, (shard, pad) in zip(self.ranks, shards):
+            shard, refs, ids = rollouts.localize(shard)
+            calls.append(r.step_parts.remote(shard, refs, ids, step_seed, train_step, padding=pad))
+        results = _get(calls, "learner rank", self.timeout_s)
+        lost = [i for _, rank_lost in results for i in rank_lost]
+        if lost:
+            raise RowsLost(lost)
+        return results[0][0]
 
     def weights_ref(self):
         """Rank 0's full weights in the engines' dtype, left in the object store; every rank joins the gather."""

@@ -18,7 +18,7 @@ from toolexpander.config import RewardConfig, RolloutConfig
 from toolexpander.models import check_model_dir
 from toolexpander.prompt import prompt_ids
 from toolexpander.rewards import GroupScore, score_group
-from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, PromptRequest, RolloutStats
+from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, PromptRequest, RolloutStats, light_view
 
 log = logging.getLogger(__name__)
 RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
@@ -108,6 +108,14 @@ class RolloutWorker:
             if len(ids) + max_tokens <= self.cfg.max_model_len or not demos:
                 return ids, len(demos)
             demos.pop()
+
+    def generate_split(self, requests: list[PromptRequest], step_seed: int = 0, **kwargs
+                       ) -> tuple[tuple[pa.Table, RolloutStats], pa.RecordBatch]:
+        """generate() as two results (call it with .options(num_returns=2)): (the batch's light view,
+        stats) for the driver, and the full batch, which stays in this node's object store until the
+        learner ranks fetch their rows (rollouts.Rollouts)."""
+        batch, stats = self.generate(requests, step_seed, **kwargs)
+        return (light_view(batch), stats), batch
 
     def generate(self, requests: list[PromptRequest], step_seed: int = 0, greedy: bool = False,
                  n: int | None = None, max_tokens: int | None = None) -> tuple[pa.RecordBatch, RolloutStats]:

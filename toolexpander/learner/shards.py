@@ -35,8 +35,18 @@ def balanced_shards(tokens_G, world_size: int) -> list[list[int]]:
     return [sorted(s) for s in shards]
 
 
+def token_counts(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt, completion) tokens per row: a light view's prompt_len/completion_len, else the lists'."""
+    if "completion_len" in table.column_names:
+        return (table.column("prompt_len").to_numpy(zero_copy_only=False),
+                table.column("completion_len").to_numpy(zero_copy_only=False))
+    return (pc.list_value_length(table.column("prompt_ids")).to_numpy(zero_copy_only=False),
+            pc.list_value_length(table.column("completion_ids")).to_numpy(zero_copy_only=False))
+
+
 def shard_tables(table: pa.Table, world_size: int) -> list[tuple[pa.Table, int]]:
-    """(rows of the rank's groups, how many padding groups end it) per rank. A group costs its prompt
+    """(rows of the rank's groups, how many padding groups end it) per rank, for a full rollout table
+    or its light view (types.light_view; Rollouts deals those). A group costs its prompt
     once plus every completion (the learner shares the prompt); a padding group is a copy of the rank's
     shortest group (of the step's shortest if the rank has none) under a negative group_id, so it
     never merges with the group it copies."""
@@ -48,8 +58,7 @@ def shard_tables(table: pa.Table, world_size: int) -> list[tuple[pa.Table, int]]
     arrival = np.empty(len(ids), dtype=np.int64)
     arrival[order] = np.arange(len(ids))
     g_row = arrival[inverse]                                  # (rows,) group index 0..G-1 in arrival order
-    completion = pc.list_value_length(table.column("completion_ids")).to_numpy(zero_copy_only=False)
-    prompt = pc.list_value_length(table.column("prompt_ids")).to_numpy(zero_copy_only=False)
+    prompt, completion = token_counts(table)
     tokens_G = np.bincount(g_row, weights=completion, minlength=len(ids)).astype(np.int64)
     prompt_G = np.zeros(len(ids), dtype=np.int64)
     prompt_G[g_row] = prompt
@@ -68,3 +77,22 @@ def shard_tables(table: pa.Table, world_size: int) -> list[tuple[pa.Table, int]]
                       for k in range(pad)]
         out.append((pa.concat_tables(parts), pad))
     return out
+
+
+def assemble(light: pa.Table, parts: list[pa.Table | pa.RecordBatch]) -> pa.Table:
+    """The full rollout rows a light view names, in its order: row i is row light["row"][i] of
+    parts[light["part"][i]], under light's group_id (a padding copy's is negative)."""
+    if not parts:
+        raise ValueError("assemble: no parts")
+    tables = [p if isinstance(p, pa.Table) else pa.Table.from_batches([p]) for p in parts]
+    sizes = np.array([t.num_rows for t in tables], dtype=np.int64)
+    part = light.column("part").to_numpy(zero_copy_only=False).astype(np.int64)
+    row = light.column("row").to_numpy(zero_copy_only=False).astype(np.int64)
+    if len(part) and (part.min() < 0 or part.max() >= len(tables)):
+        raise ValueError(f"assemble: part index out of range 0..{len(tables) - 1}: {sorted(set(part.tolist()))}")
+    if len(part) and ((row < 0) | (row >= sizes[part])).any():
+        raise ValueError("assemble: a row index is past the end of its part")
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    full = pa.concat_tables(tables).take(pa.array(offsets[part] + row))
+    column = full.schema.get_field_index("group_id")
+    return full.set_column(column, "group_id", light.column("group_id").combine_chunks())

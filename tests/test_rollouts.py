@@ -1,0 +1,138 @@
+"""Rollouts by reference (toolexpander/rollouts.py) in real Ray: the driver holds light views and
+ObjectRefs, the learner ranks fetch their rows; and the trainer's answer when rows are lost before that.
+The real node loss is in tests/cluster/test_multinode.py."""
+
+import pyarrow as pa
+
+
+def fake_group(cfg, workers):
+    from bench.driver_scale import SimulatedRolloutGroup
+
+    return SimulatedRolloutGroup(cfg, workers)
+
+
+def config(tmp_path, **train):
+    from toolexpander.config import Config
+
+    return Config.model_validate({
+        "model": {"prepare": None}, "rollout": {"num_workers": 2, "n": 4},
+        "sampler": {"batch_prompts": 4, "max_draw_rounds": 1, "all_fail_min_n": 4, "filter_zero_signal": False},
+        "learner": {"weight_sync": "object_store"}, "train": {"steps": 4, **train},
+        "logging": {"output_dir": str(tmp_path / "run")}})
+
+
+def test_the_driver_holds_light_views_and_refs_and_fetches_rows_in_request_order(ray_local, train_tasks, tmp_path):
+    import ray
+
+    from bench.driver_scale import FakeRolloutWorker
+    from toolexpander.rollouts import Rollouts
+    from toolexpander.types import HEAVY_COLUMNS, ROLLOUT_SCHEMA, PromptRequest
+
+    worker_cls = ray.remote(FakeRolloutWorker).options(num_cpus=0)
+    workers = [worker_cls.remote(i, 0.0, 4, 4, 8, 4, seed=i) for i in range(2)]
+    group = fake_group(config(tmp_path), workers)
+    requests = [PromptRequest(task=t, demo_round=0, group_id=g)
+                for t, g in zip(train_tasks[:5], [4, 0, 3, 1, 2])]
+    rollouts, stats, lost = group.generate_refs(requests, step_seed=0)
+    assert lost == [] and len(stats) == 2 and len(rollouts.parts) == 2
+    light = rollouts.light
+    assert not set(HEAVY_COLUMNS) & set(light.column_names)           # no token lists at the driver
+    assert all(isinstance(p, ray.ObjectRef) for p in rollouts.parts)
+    # request order (worker 0 got requests 0, 2, 4; worker 1 got 1, 3), a group's n rows together
+    assert light.column("group_id").to_pylist() == [g for g in (4, 0, 3, 1, 2) for _ in range(4)]
+    assert light.column("part").to_pylist() == [p for p in (0, 1, 0, 1, 0) for _ in range(4)]
+    assert light.column("row").to_pylist()[:8] == [0, 1, 2, 3, 0, 1, 2, 3]
+    full = rollouts.fetch()
+    assert full.schema == ROLLOUT_SCHEMA and full.num_rows == 20
+    assert full.column("group_id").to_pylist() == light.column("group_id").to_pylist()
+    assert full.column("task_id").to_pylist() == light.column("task_id").to_pylist()
+    assert pa.compute.list_value_length(full.column("prompt_ids")).to_pylist() == light.column("prompt_len").to_pylist()
+    # kept groups, and a shard's localized parts: only the parts its rows name travel to its rank
+    kept = rollouts.filter([0, 1])
+    assert kept.light.column("group_id").to_pylist() == [0] * 4 + [1] * 4
+    shard, refs, ids = kept.localize(kept.light.filter(pa.compute.equal(kept.light.column("group_id"), 1)))
+    assert ids == [1] and refs == [rollouts.parts[1]] and set(shard.column("part").to_pylist()) == {0}
+    both = Rollouts.concat([kept, rollouts.filter([2])])
+    assert len(both.parts) == 4 and both.light.column("part").to_pylist()[-4:] == [2] * 4
+    assert both.fetch().column("group_id").to_pylist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert both.without([2]).light.column("group_id").to_pylist() == [0] * 4 + [1] * 4
+    for w in workers:
+        ray.kill(w)
+
+
+def test_rows_lost_before_the_learner_fetched_them_are_generated_again(ray_local, train_tasks, tmp_path):
+    """The real Trainer over fake engines; the learner's rank finds the parts of step 1 lost (as when
+    their node died after the rollout phase): no rank trains, the driver generates those groups again,
+    the step is retried with the new rows, and the run goes on. Every step trains its full batch once;
+    the sampler was told of each group once (one record call per draw)."""
+    import types
+
+    import ray
+
+    from bench.driver_scale import FakeLearner, FakeRolloutWorker, close_simulated, simulated_trainer
+
+    class LosingLearner(FakeLearner):
+        def __init__(self):
+            self.calls, self.trained = 0, []
+
+        def step_parts(self, light, refs, ids, step_seed=0, train_step=None, padding=0):
+            self.calls += 1
+            if self.calls == 2:
+                return None, list(ids)
+            return super().step_parts(light, refs, ids, step_seed, train_step, padding)
+
+        def step(self, table, step_seed=0, train_step=None, padding=0):
+            self.trained.append((train_step, table.column("group_id").to_pylist(),
+                                 table.column("task_id").to_pylist()))
+            return super().step(table, step_seed, train_step)
+
+        def log(self):
+            return self.trained
+
+    class CountingWorker(FakeRolloutWorker):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.asked = []
+
+        def generate(self, requests, step_seed=0, **kwargs):
+            self.asked.append(sorted(r.group_id for r in requests))
+            return super().generate(requests, step_seed, **kwargs)
+
+        def log(self):
+            return self.asked
+
+    worker_cls = ray.remote(CountingWorker).options(num_cpus=0, max_concurrency=1)
+    workers = [worker_cls.remote(i, 0.0, 4, 4, 8, 4, seed=i) for i in range(2)]
+    learner = ray.remote(LosingLearner).options(num_cpus=0).remote()
+    trainer = simulated_trainer(config(tmp_path), train_tasks[:24], workers, learner)
+    events = []
+    trainer.metrics = types.SimpleNamespace(event=lambda step, kind, message: events.append((step, kind, message)))
+    records, sampler = [], trainer.sampler
+
+    class CountingSampler:   # the real sampler actor; record() calls counted on the way
+        def __getattr__(self, name):
+            return getattr(sampler, name)
+
+        record = types.SimpleNamespace(remote=lambda t: records.append(t.num_rows) or sampler.record.remote(t))
+
+    trainer.sampler = CountingSampler()
+    for _ in range(4):
+        m = trainer.train_step()
+        assert m["learner/groups"] == 4
+        trainer.step += 1
+    trainer.sampler = sampler
+    trained = ray.get(learner.log.remote())
+    asked = [ray.get(w.log.remote()) for w in workers]
+    close_simulated(trainer)
+    assert [(s, kind) for s, kind, _ in events] == [(1, "rows_lost")]
+    assert "generating their 4 prompt(s) again" in events[0][2]
+    assert [s for s, _, _ in trained] == [0, 1, 2, 3]                 # step 1 trained once, after the retry
+    assert all(len(set(groups)) == 4 and len(groups) == 16 for _, groups, _ in trained), trained
+    # four steps' draws (group ids run on over steps: 4 per step), each dealt over both workers, and one
+    # more call each, in step 1, right after its draw: step 1's four groups again
+    assert [len(calls) for calls in asked] == [5, 5]
+    assert sorted(asked[0][2] + asked[1][2]) == [4, 5, 6, 7]
+    assert sorted(g for calls in asked for call in calls for g in call) == sorted([*range(16), 4, 5, 6, 7])
+    assert [sorted(set(groups)) for _, groups, _ in trained] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11],
+                                                                 [12, 13, 14, 15]]
+    assert records == [16] * 4                                         # the sampler heard of every group once
