@@ -3,13 +3,14 @@
     python -m bench.driver_scale --workers 16 --steps 3      # short (run_all)
     python -m bench.driver_scale                             # full: 16 and 64 workers, 10 steps each
 
-Every worker is a real Ray actor (num_cpus=0) that answers generate() with a canned Arrow batch in
-ROLLOUT_SCHEMA (its requests' group ids, task ids and rounds; realistic prompt/completion sizes)
-exactly --delay seconds after the call started; update_weights() returns at once. The learner is one
-such actor whose step() returns at once. Everything else is the training code itself: the real
-Sampler actor on the shipped tasks, RolloutGroup.generate (split, fan out, concatenate, sort),
-LearnerGroup.call / weights_ref, WeightSync.push over the object store (RolloutGroup.push) and
-Trainer.train_step, which we call directly.
+Every worker is a real Ray actor (num_cpus=0) that answers generate_split() with a canned Arrow batch
+in ROLLOUT_SCHEMA (its requests' group ids, task ids and rounds; realistic prompt/completion sizes) and
+its light view, exactly --delay seconds after the call started; loading weights returns at once. The
+learner is one such actor whose step_parts() fetches its rows by reference and trains nothing.
+Everything else is the training code itself: the real Sampler actor on the shipped tasks,
+RolloutGroup.generate_refs (split, fan out with the carried weights, light views, sort),
+LearnerGroup.step / weights_ref, WeightSync over the object store and Trainer.train_step, which we
+call directly.
 Overhead share = (step time - delay) / step time: what the driver adds to a step whose rollout
 takes `delay` and whose learner and push take nothing.
 """
@@ -76,8 +77,11 @@ class FakeRolloutWorker:
                              seconds=time.perf_counter() - start)
         return batch, stats
 
-    def generate_split(self, requests, step_seed: int = 0, **kwargs):
-        """As RolloutWorker.generate_split: (light view, stats) for the driver, the full batch apart."""
+    def generate_split(self, requests, step_seed: int = 0, version: int | None = None, weights=None, **kwargs):
+        """As RolloutWorker.generate_split: carried weights first, then (light view, stats) for the
+        driver and the full batch apart."""
+        if weights is not None:
+            self.update_weights(version, weights)
         batch, stats = self.generate(requests, step_seed, **kwargs)
         return (light_view(batch), stats), batch
 
@@ -111,6 +115,7 @@ class SimulatedRolloutGroup(RolloutGroup):
 
     def __init__(self, cfg, workers):
         self.cfg, self.model_path, self.pg, self.workers = cfg, None, None, workers
+        self.held = {}
         self.timeout_s = cfg.cluster.call_timeout_s
 
     def shutdown(self) -> None:
@@ -229,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = simulate_each(simulate, args.workers, args)
     parts = [("generate", "rollout.generate_refs beyond the delay (fan-out, light views, sort)"),
              ("learner", "learner step (the rank fetches its shard's rows by reference)"),
-             ("push", "weights_ref + push to every worker"),
+             ("push", "weights staged (weights_ref; the next generate calls carry them)"),
              ("sampler", "sampler next_batch + record + end_step, metrics, filtering"),
              ("overhead", "total overhead (step - delay)"), ("step", "step"),
              ("driver_cpu", "driver process CPU time (its own work, all threads)")]

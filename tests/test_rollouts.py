@@ -136,3 +136,45 @@ def test_rows_lost_before_the_learner_fetched_them_are_generated_again(ray_local
     assert [sorted(set(groups)) for _, groups, _ in trained] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11],
                                                                  [12, 13, 14, 15]]
     assert records == [16] * 4                                         # the sampler heard of every group once
+
+
+def test_carried_weights_reach_each_worker_once_with_its_next_generate_call(ray_local, train_tasks, tmp_path):
+    """Object-store weight sync: RolloutGroup.carry(version, ref) sends the ref with the next generate
+    call of each worker behind it (no push call); a worker without work this time gets it with its
+    next call; one that holds it is not sent it again; its rows carry the version."""
+    import numpy as np
+    import ray
+
+    from bench.driver_scale import FakeRolloutWorker
+    from toolexpander.types import PromptRequest
+
+    class LoadCounting(FakeRolloutWorker):
+        loads = 0
+
+        def update_weights(self, version, named_tensors):
+            assert [name for name, _ in named_tensors] == ["w"]   # the ref arrives resolved
+            self.loads += 1
+            return super().update_weights(version, named_tensors)
+
+        def loaded(self):
+            return self.loads
+
+    worker_cls = ray.remote(LoadCounting).options(num_cpus=0)
+    workers = [worker_cls.remote(i, 0.0, 4, 4, 8, 4, seed=i) for i in range(2)]
+    group = fake_group(config(tmp_path), workers)
+    requests = [PromptRequest(task=t, demo_round=0, group_id=g) for g, t in enumerate(train_tasks[:2])]
+    group.carry(1, ray.put([("w", np.zeros(1, np.float32))]))
+    first, _, _ = group.generate_refs(requests[:1], step_seed=0)        # only worker 0 has work
+    assert [ray.get(w.loaded.remote()) for w in workers] == [1, 0]
+    second, _, _ = group.generate_refs(requests, step_seed=0)           # worker 1 catches up, 0 is not sent it
+    assert [ray.get(w.loaded.remote()) for w in workers] == [1, 1]
+    group.generate_refs(requests, step_seed=0)
+    assert [ray.get(w.loaded.remote()) for w in workers] == [1, 1]
+    assert set(first.light.column("policy_version").to_pylist()) == {1}
+    assert set(second.light.column("policy_version").to_pylist()) == {1}
+    group.carry(2, ray.put([("w", np.ones(1, np.float32))]))
+    third, _, _ = group.generate_refs(requests, step_seed=0)
+    assert [ray.get(w.loaded.remote()) for w in workers] == [2, 2]
+    assert set(third.light.column("policy_version").to_pylist()) == {2}
+    for w in workers:
+        ray.kill(w)

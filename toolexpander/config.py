@@ -294,6 +294,11 @@ class ClusterConfig(Section):
                                   "a sampler call). A rollout worker past it counts as hung: it is killed, "
                                   "restarted and its prompts re-issued; a learner rank or the sampler past it "
                                   "stops the run with the actor named. Raise it for steps longer than this")
+    max_restarts: int = Field(2, ge=0, description="a learner rank that dies or hangs (its node lost, its process "
+                              "killed): the run is started again from its last checkpoint, in the same process, "
+                              "up to this many times (event `restart`; a new learner node is waited for up to "
+                              "placement_timeout_s). 0: the run stops, to be resumed by hand. Rollout workers "
+                              "are replaced within the step and do not count")
     placement_timeout_s: float = Field(900.0, gt=0.0, description="how long the rollout and learner placement "
                                        "groups may wait for resources (an autoscaler adding nodes included) "
                                        "before the run stops, saying what was asked and what the cluster has")

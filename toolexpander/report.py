@@ -222,7 +222,7 @@ def _figures(run: Run) -> dict[str, tuple[str, list[Panel]]]:
     throughput = (_line_panel(run, "rollout throughput", ["rollout/tokens_per_s"], ylabel="tokens/s",
                               events=True)
                   + _line_panel(run, "time per step", ["time/step_s", "time/rollout_s", "time/learner_s",
-                                                       "time/weight_push_s"],
+                                                       "time/weight_push_s", "time/weight_land_s"],
                                 label=short("time/"), ylabel="seconds", events=True))
 
     learner = []

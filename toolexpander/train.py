@@ -182,12 +182,11 @@ class Trainer:
                                f"rollout worker {worker} died or hung (cluster.call_timeout_s); restarting it")
             self.rollout.restart(worker)
             self._log_placement()
+            # Object store: the re-issued call carries the engines' version to the new worker (RolloutGroup.carry).
             prefetch = Prefetch.current()
-            if prefetch is not None and self.sync.stages:  # the other workers' weights, from the object store
-                self.sync.reland()
-            elif prefetch is not None:  # the learner may be training: the driver connects and pushes after it
-                prefetch.wait_for_push()
-            else:
+            if prefetch is not None and not self.sync.stages:  # the learner may be training: the driver
+                prefetch.wait_for_push()                        # connects and pushes after it
+            elif not self.sync.stages:
                 self.sync.connect()
                 if self.version > 0:
                     self.sync.push(self.version)
@@ -237,12 +236,14 @@ class Trainer:
         0) or in a Prefetch thread while the learner trains on a step before (K >= 1); in every case
         the sampler sees the same calls in the same order, so its ledger is the same."""
         t0 = time.perf_counter()
-        # Weights staged while the engines were busy land first (object store; inside the Gate, or in the
-        # driver's thread with nothing else generating).
-        land_s = self.sync.land(version)[0] if self.sync.stages else 0.0
+        # Weights staged since the last phase land first (object store; inside the Gate, or in the driver's
+        # thread with nothing else generating): carried with each worker's generate call, loaded before it.
+        if self.sync.stages:
+            self.sync.land(version, defer=True)
         version = self.sync.landed[0]   # the engines' weights for this batch
         step_seed = self.cfg.train.seed * 1_000_003 + step
         table, batch, records, stats = self._fill_batch(step_seed)
+        land_s = max((s.land_s for s in stats), default=0.0)
         rollout_s = time.perf_counter() - t0
         return {"step": step, "seed": step_seed, "table": table, "batch": batch, "records": records,
                 "stats": stats, "rollout_s": rollout_s, "version": version, "land_s": land_s,
@@ -377,13 +378,14 @@ class Trainer:
 
     def _publish(self) -> tuple[float, float]:
         """The new version toward the engines: (seconds of the push, seconds waited for idle engines).
-        Nothing generating ahead: pushed now. Object store: staged (gathered from the idle learner); it
-        lands before the next phase generates, so the learner never waits for a generation. A broadcast
+        Object store: staged (gathered from the idle learner); each worker loads it at the start of its
+        next generate call, so the learner never waits for a generation and no push call is made.
+        Nothing generating ahead: pushed now. A broadcast
         group needs the learner's ranks and the engines together: pushed once no phase generates."""
+        if self.sync.stages:   # the next phase's generate calls carry it to the engines
+            return self.sync.stage(self.version), 0.0
         if not self.ahead:
             return self._push(), 0.0
-        if self.sync.stages:
-            return self.sync.stage(self.version), 0.0
         with self.gate.held() as waited:
             if any(p.needs_push for p in self.ahead):
                 self.sync.connect()
@@ -586,14 +588,29 @@ def train(cfg: Config, resume: bool = False, save_rollouts: str | None = None) -
             elif store.is_file(name):
                 (run_dir / name).write_bytes(store.read_bytes(name))
     dump_config(cfg, run_dir / "config.json")
-    try:
-        trainer = Trainer(cfg, run_dir, resume, save_rollouts)
-    except DataError as e:
-        raise TrainError(f"data.train_path: refusing to start, bad rows:\n{e}") from None
-    try:
-        code = trainer.run()
-    finally:
-        trainer.close()
+    restarts = 0
+    while True:
+        try:
+            trainer = Trainer(cfg, run_dir, resume, save_rollouts)
+        except DataError as e:
+            raise TrainError(f"data.train_path: refusing to start, bad rows:\n{e}") from None
+        try:
+            code = trainer.run()
+            break
+        except Exception as e:
+            from toolexpander.actors.group import WorkerDied   # WorkerHung too
+
+            if not (isinstance(e, WorkerDied) and e.role == "learner rank") \
+                    or restarts >= cfg.cluster.max_restarts or checkpoint.latest(trainer.ckpt_root) is None:
+                raise
+            restarts += 1
+            message = (f"{e}; starting the run again from its last checkpoint "
+                       f"(restart {restarts} of cluster.max_restarts {cfg.cluster.max_restarts})")
+            trainer.metrics.event(trainer.step, "restart", message)
+            print(message, flush=True)
+            resume = True
+        finally:
+            trainer.close()
     if code:
         raise SystemExit(code)
     return run_dir

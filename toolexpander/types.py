@@ -121,6 +121,7 @@ class RolloutStats(Frozen):
     completion_tokens: int
     seconds: float
     scorer_errors: int = 0     # completions whose scoring raised (each scored 0, logged by the worker)
+    land_s: float = 0.0        # loading weights carried with the call, before generating (object-store sync)
 
 
 # One row per completion. Lists are per-token; T_p = prompt length, T_c = completion length.

@@ -197,26 +197,37 @@ def test_attach_checkpoint_export_and_resume_through_a_storage_uri(cluster, user
         assert not list(directory.iterdir()), node
 
 
-def test_losing_the_rollout_node_mid_run(cluster, user_dir):
-    run, dumps = user_dir / "runs" / "loss", user_dir / "rollouts"
-    proc = train(user_dir, "--config", "configs/smoke.yaml", "--model.path", "models/tiny", "--train.steps", "4",
-                 "--output-dir", "runs/loss", "--save-rollouts", "rollouts", "--cluster.address", cluster.address,
-                 *STEPS, *PLACEMENT, wait=False)
+def lose_node_mid_run(cluster, user_dir, role: str, until, *args) -> None:
+    """Start a run attached to the cluster, wait until until() holds, remove the `role` node ("rollout"
+    or "learner"), add a fresh one like it, and wait for the run to end with exit code 0."""
+    proc = train(user_dir, "--config", "configs/smoke.yaml", "--model.path", "models/tiny",
+                 "--cluster.address", cluster.address, *args, *STEPS, *PLACEMENT, wait=False)
     try:
-        metrics = run / "metrics.jsonl"
         start = time.time()
-        while not (metrics.is_file() and metrics.read_text().strip()):
+        while not until():
             assert proc.poll() is None, proc.stderr.read()[-4000:]
-            assert time.time() - start < 600, "no step logged"
+            assert time.time() - start < 600, f"{until.__doc__} never happened"
             time.sleep(0.2)
-        lost = cluster.rollout
-        cluster.cluster.remove_node(lost)
-        cluster.rollout = cluster.add("rollout-2", num_cpus=1, resources={"rollout": 1})
+        cluster.cluster.remove_node(getattr(cluster, role))
+        cpus = {"rollout": 1, "learner": 2}[role]
+        setattr(cluster, role, cluster.add(f"{role}-{int(time.time())}", num_cpus=cpus, resources={role: 1}))
         stdout, stderr = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, (stdout[-2000:], stderr[-4000:])
+
+
+def test_losing_the_rollout_node_mid_run(cluster, user_dir):
+    run, dumps = user_dir / "runs" / "loss", user_dir / "rollouts"
+    metrics = run / "metrics.jsonl"
+
+    def logged():
+        """a step logged"""
+        return metrics.is_file() and bool(metrics.read_text().strip())
+
+    lose_node_mid_run(cluster, user_dir, "rollout", logged, "--train.steps", "4", "--output-dir", "runs/loss",
+                      "--save-rollouts", "rollouts")
     assert steps_logged(run) == [0, 1, 2, 3]
     assert events(run, "worker_restart"), (run / "events.jsonl").read_text()
     assert events(run, "placement")[-1]["rollout"] == [cluster.rollout.node_id]
@@ -230,6 +241,26 @@ def test_losing_the_rollout_node_mid_run(cluster, user_dir):
     # Relative paths typed by the user were resolved at the driver: nothing landed in a node's directory.
     for node, directory in cluster.dirs.items():
         assert not list(directory.iterdir()), node
+
+
+def test_losing_the_learner_node_restarts_the_run_from_its_checkpoint(cluster, user_dir):
+    """The learner node dies mid-run (both ZeRO-2 ranks with it) and a fresh one joins: the driver
+    starts the run again from its last checkpoint in the same process (cluster.max_restarts), on the new
+    node, and it finishes with one metrics row per step."""
+    run = user_dir / "runs" / "learner-loss"
+    saved = run / "checkpoints" / "step_00000002" / "COMPLETE"
+
+    def checkpointed():
+        """a checkpoint at step 2"""
+        return saved.is_file()
+
+    lose_node_mid_run(cluster, user_dir, "learner", checkpointed, "--train.steps", "16", "--train.save_every", "2",
+                      "--output-dir", "runs/learner-loss")
+    restarts = events(run, "restart")
+    assert len(restarts) == 1 and "learner rank" in restarts[0]["message"], restarts
+    assert steps_logged(run) == list(range(16))                     # rows past the checkpoint superseded
+    assert set(events(run, "placement")[-1]["learner"]) == {cluster.learner.node_id}
+    assert (run / "hf" / "model.safetensors").is_file()
 
 
 # Run by a driver process of its own (see WHERE). A rollout worker on the rollout node answers; the
@@ -301,7 +332,7 @@ def test_rows_whose_node_died_before_they_were_fetched_are_named_lost(cluster, r
         assert ready.startswith("READY"), (ready, proc.stderr.read()[-3000:] if proc.poll() is not None else "")
         assert ready.split() == ["READY", "8"]
         cluster.cluster.remove_node(cluster.rollout)
-        cluster.rollout = cluster.add("rollout-3", num_cpus=1, resources={"rollout": 1})
+        cluster.rollout = cluster.add(f"rollout-{int(time.time())}", num_cpus=1, resources={"rollout": 1})
         stdout, stderr = proc.communicate("removed\n", timeout=300)
     finally:
         if proc.poll() is None:

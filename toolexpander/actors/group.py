@@ -100,7 +100,16 @@ class RolloutGroup:
         self.pg = placement_group(bundles, strategy=cfg.cluster.placement_strategy)
         wait_placed(self.pg, "rollout workers", bundles, cfg.cluster.placement_timeout_s)
         self.workers = [self._spawn(i) for i in range(r.num_workers)]
+        self.held: dict[int, int] = {}   # worker -> the policy version its engine holds (absent: 0)
         self.ready()
+
+    # Object-store weight sync: the version every engine should hold and its ObjectRef (WeightSync.land
+    # with defer=True). A worker behind it loads it at the start of its next generate call: one call per
+    # worker and step instead of a push call and a generate call.
+    carried: tuple[int, object] | None = None
+
+    def carry(self, version: int, weights_ref) -> None:
+        self.carried = (version, weights_ref)
 
     def _spawn(self, index: int):
         r = self.cfg.rollout
@@ -120,6 +129,7 @@ class RolloutGroup:
         except ValueError:
             pass  # not an actor handle any more: nothing to kill
         self.workers[index] = self._spawn(index)
+        self.held[index] = 0   # the initial weights: a carried version reaches it with its next call
         _get([self.workers[index].info.remote()], "rollout worker", self.timeout_s)
 
     def heal(self) -> list[int]:
@@ -142,7 +152,8 @@ class RolloutGroup:
         back and `lost` lists (worker, requests); a worker that has not answered within
         cluster.call_timeout_s is killed and counted lost the same way."""
         shards = [requests[i::len(self.workers)] for i in range(len(self.workers))]
-        calls = [(i, *w.generate_split.options(num_returns=2).remote(shard, step_seed, **kwargs))
+        carried = self.carried
+        calls = [(i, *w.generate_split.options(num_returns=2).remote(shard, step_seed, *self._weights_for(i), **kwargs))
                  for i, (w, shard) in enumerate(zip(self.workers, shards)) if shard]
         deadline = time.monotonic() + self.timeout_s
         lights, refs, answered, stats, lost = [], [], [], [], []
@@ -162,6 +173,8 @@ class RolloutGroup:
             refs.append(full)
             answered.append(shards[i])
             stats.append(stat)
+            if carried is not None:
+                self.held[i] = carried[0]
         rollouts = (Rollouts.from_parts(lights, refs, answered, [r.group_id for r in requests])
                     if lights else None)
         return rollouts, stats, lost
@@ -173,10 +186,17 @@ class RolloutGroup:
         rollouts, stats, lost = self.generate_refs(requests, step_seed, **kwargs)
         return (rollouts.fetch() if rollouts is not None else None), stats, lost
 
+    def _weights_for(self, index: int) -> tuple:
+        """(version, weights ref) for a generate call to a worker behind the carried version, else (None, None)."""
+        if self.carried is None or self.held.get(index, 0) == self.carried[0]:
+            return None, None
+        return self.carried
+
     def push(self, version: int, weights_ref) -> float:
         """Load `weights_ref` (an ObjectRef of [(name, array)]) into every worker; slowest worker's seconds."""
         seconds = _get([w.update_weights.remote(version, weights_ref) for w in self.workers], "rollout worker",
                        self.timeout_s)
+        self.carried, self.held = (version, weights_ref), {i: version for i in range(len(self.workers))}
         return max(seconds)
 
     def shutdown(self) -> None:
@@ -284,11 +304,14 @@ class WeightSync:
             self.staged[version] = ref
         return time.perf_counter() - start
 
-    def land(self, version: int | None = None) -> tuple[float, int | None]:
+    def land(self, version: int | None = None, defer: bool = False) -> tuple[float, int | None]:
         """Load `version` into every worker unless the engines hold it already (the caller makes sure no
         generation is in flight): a rollout phase lands the version it was admitted with, and staged
         versions older than it are dropped (phases run in step order); without `version` (an evaluation)
-        the newest staged lands and nothing is dropped. Returns (seconds, the version landed or None)."""
+        the newest staged lands and nothing is dropped. defer=True (a rollout phase): the weights are not
+        pushed now but carried with each worker's next generate call (RolloutGroup.carry), which loads
+        them before it generates (their seconds come back in RolloutStats.land_s).
+        Returns (seconds, the version landed or None)."""
         prune = version is not None
         with self._lock:
             if version is None:
@@ -299,20 +322,17 @@ class WeightSync:
                 raise RuntimeError(f"internal: weights of policy version {version} were never staged "
                                    f"(staged: {sorted(self.staged)}, engines: {self.landed[0]})")
             landing = (version, self.staged[version])
-        seconds = self.rollout.push(*landing)
+        if defer:
+            self.rollout.carry(*landing)
+            seconds = 0.0
+        else:
+            seconds = self.rollout.push(*landing)
         with self._lock:
             self.landed = landing
             if prune:
                 for old in [v for v in self.staged if v < version]:
                     del self.staged[old]
         return seconds, version
-
-    def reland(self) -> float:
-        """Object store: load the engines' current version again into every worker (after one of them
-        was replaced: it starts from the initial weights). Nothing to do before the first push."""
-        if self.landed[1] is None:   # the initial weights: a fresh worker has them
-            return 0.0
-        return self.rollout.push(*self.landed)
 
     def connect(self) -> None:
         """(Re)build the broadcast group; needed again after a worker is replaced."""

@@ -109,13 +109,15 @@ class RolloutWorker:
                 return ids, len(demos)
             demos.pop()
 
-    def generate_split(self, requests: list[PromptRequest], step_seed: int = 0, **kwargs
-                       ) -> tuple[tuple[pa.Table, RolloutStats], pa.RecordBatch]:
+    def generate_split(self, requests: list[PromptRequest], step_seed: int = 0, version: int | None = None,
+                       weights=None, **kwargs) -> tuple[tuple[pa.Table, RolloutStats], pa.RecordBatch]:
         """generate() as two results (call it with .options(num_returns=2)): (the batch's light view,
         stats) for the driver, and the full batch, which stays in this node's object store until the
-        learner ranks fetch their rows (rollouts.Rollouts)."""
+        learner ranks fetch their rows (rollouts.Rollouts). With `weights` (policy `version`, carried
+        by RolloutGroup over the object store) they are loaded first (stats.land_s)."""
+        land_s = self.update_weights(version, weights) if weights is not None else 0.0
         batch, stats = self.generate(requests, step_seed, **kwargs)
-        return (light_view(batch), stats), batch
+        return (light_view(batch), stats.model_copy(update={"land_s": land_s})), batch
 
     def generate(self, requests: list[PromptRequest], step_seed: int = 0, greedy: bool = False,
                  n: int | None = None, max_tokens: int | None = None) -> tuple[pa.RecordBatch, RolloutStats]:
