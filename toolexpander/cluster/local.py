@@ -5,12 +5,16 @@ Local mode binds every port and the dashboard to 127.0.0.1 and gives actors the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
+
+import psutil
 
 from toolexpander.config import Config
 
@@ -120,8 +124,21 @@ def start_local(**ray_init_kwargs) -> None:
 
     ray_init_kwargs.setdefault("include_dashboard", False)
     ray_init_kwargs.setdefault("dashboard_host", "127.0.0.1")
-    with _loopback_only():
-        ray.init(_node_ip_address="127.0.0.1", **ray_init_kwargs)
+    for attempt in range(2):
+        before = _children()
+        try:
+            with _loopback_only():
+                ray.init(_node_ip_address="127.0.0.1", **ray_init_kwargs)
+            break
+        except Exception as e:   # Ray raises a bare Exception when its processes miss the start-up deadline
+            if attempt or "timed out during startup" not in str(e):
+                raise
+            # seen on a loaded 2-core machine (two runs and a test cluster starting at once)
+            warnings.warn(f"local Ray did not start in time ({e}); stopping what it started and trying once more")
+            ray.shutdown()
+            for child in _children() - before:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
     if ray.util.get_node_ip_address() != "127.0.0.1":
         ray.shutdown()
         raise ClusterError(f"local mode: Ray took node address {ray.util.get_node_ip_address()!r}, "
@@ -155,3 +172,8 @@ def connect(cfg: Config, log_dir: Path | None = None) -> str:
     start_local(num_cpus=cpus, namespace=cfg.cluster.namespace, runtime_env=runtime_env,
                 dashboard_host=cfg.cluster.dashboard_host, log_to_driver=True)
     return "local"
+
+
+def _children() -> set:
+    """This process's descendants (the processes a failed ray.init left behind are among them)."""
+    return set(psutil.Process().children(recursive=True))
