@@ -153,7 +153,7 @@ class RolloutGroup:
         cluster.call_timeout_s is killed and counted lost the same way."""
         shards = [requests[i::len(self.workers)] for i in range(len(self.workers))]
         carried = self.carried
-        calls = [(i, *w.generate_split.options(num_returns=2).remote(shard, step_seed, *self._weights_for(i), **kwargs))
+        calls = [(i, *w.generate_split.options(num_returns=2).remote(shard, step_seed, *self._weights_for(i, carried), **kwargs))
                  for i, (w, shard) in enumerate(zip(self.workers, shards)) if shard]
         deadline = time.monotonic() + self.timeout_s
         lights, refs, answered, stats, lost = [], [], [], [], []
@@ -186,11 +186,11 @@ class RolloutGroup:
         rollouts, stats, lost = self.generate_refs(requests, step_seed, **kwargs)
         return (rollouts.fetch() if rollouts is not None else None), stats, lost
 
-    def _weights_for(self, index: int) -> tuple:
-        """(version, weights ref) for a generate call to a worker behind the carried version, else (None, None)."""
-        if self.carried is None or self.held.get(index, 0) == self.carried[0]:
+    def _weights_for(self, index: int, carried: tuple | None) -> tuple:
+        """(version, weights ref) for a generate call to a worker behind `carried`, else (None, None)."""
+        if carried is None or self.held.get(index, 0) == carried[0]:
             return None, None
-        return self.carried
+        return carried
 
     def push(self, version: int, weights_ref) -> float:
         """Load `weights_ref` (an ObjectRef of [(name, array)]) into every worker; slowest worker's seconds."""
