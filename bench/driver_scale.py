@@ -27,8 +27,7 @@ import ray
 
 from bench.common import REPO, TRAIN_DATA, cores, goal, log, private_ray, table, write
 from toolexpander.actors.group import LearnerGroup, RolloutGroup, WeightSync
-from toolexpander.learner.shards import assemble
-from toolexpander.rollouts import fetch_parts
+from toolexpander.rollouts import fetch_rows
 from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, RolloutStats, light_view
 
 GOAL_SHARE = 0.05
@@ -95,10 +94,10 @@ class FakeLearner:
                    train_step: int | None = None, padding: int = 0):
         """As Learner.step_parts: fetches its rows from the object store and assembles them (that
         cost is the data path's, on the rank), then trains nothing."""
-        batches, lost = fetch_parts(refs, ids)
+        table, lost = fetch_rows(light, refs, ids)
         if lost:
             return None, lost
-        return self.step(assemble(light, batches), step_seed, train_step, padding), []
+        return self.step(table, step_seed, train_step, padding), []
 
     def step(self, table: pa.Table, step_seed: int = 0, train_step: int | None = None, padding: int = 0) -> dict:
         return {"learner/loss": 0.0, "learner/grad_norm": 0.0, "learner/skipped": 0.0, "learner/applied": 1.0}

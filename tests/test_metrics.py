@@ -32,7 +32,7 @@ def test_missed_call_share_counts_prompts_that_need_a_call_only():
 
     import pyarrow as pa
 
-    from toolexpander.train import reward_metrics
+    from toolexpander.metrics import reward_metrics
     from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, light_view
 
     def table(specs):  # the driver sees the light view of each batch (types.light_view)

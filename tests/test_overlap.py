@@ -11,7 +11,7 @@ import threading
 import pyarrow.parquet as pq
 import pytest
 
-from toolexpander.overlap import PREFETCH_DIR, Gate, Prefetch, load_phases, save_phases
+from toolexpander.overlap import PREFETCH_DIR, Gate, Prefetch, TrainError, load_phases, save_phases
 
 
 def test_prefetch_waits_for_the_driver_push_when_it_replaced_a_worker():
@@ -45,6 +45,45 @@ def test_prefetch_errors_reach_the_driver():
     p.wait_idle()
     with pytest.raises(RuntimeError, match="worker gone at step 3"):
         p.result()
+
+
+def test_cancelled_phases_end_at_their_next_check_or_push_wait_and_release_the_gate():
+    """Trainer.close cancels the phases queued ahead and joins them: one waiting for a push wakes and
+    ends, one queued behind it never starts, one between draw rounds stops at its check; the gate is
+    free afterwards (a restarted attempt starts with no thread of the old one)."""
+    gate, log, ready = Gate(), [], threading.Event()
+
+    def waits_for_push(step):
+        log.append(("generate", step))
+        Prefetch.current().wait_for_push()
+        log.append(("after push", step))
+
+    def draws(step):
+        ready.wait(5)
+        Prefetch.current().check()                # the next draw round
+        log.append(("draw", step))
+
+    waiting = Prefetch(waits_for_push, 1, gate)
+    queued = Prefetch(waits_for_push, 2, gate, after=waiting)
+    waiting.wait_idle()
+    assert waiting.needs_push and log == [("generate", 1)]
+    waiting.cancel()
+    queued.cancel()
+    waiting.join()
+    queued.join()
+    for p, step in ((waiting, 1), (queued, 2)):
+        with pytest.raises(TrainError, match=f"step {step}"):
+            p.result()
+    assert log == [("generate", 1)]
+    drawing = Prefetch(draws, 3, gate)
+    drawing.cancel()
+    ready.set()
+    drawing.join()
+    with pytest.raises(TrainError, match="the rollout phase of step 3 was cancelled"):
+        drawing.result()
+    assert log == [("generate", 1)]
+    with gate.held():                              # free: no cancelled phase kept it
+        pass
 
 
 def test_queued_phases_run_one_at_a_time_in_step_order_and_never_during_a_push():
@@ -226,7 +265,7 @@ def test_the_sampler_ledger_is_the_same_with_and_without_overlap(ray_local, trai
     train(trainer, 3, rows)
     phases = trainer.drain()
     assert [p["step"] for p in phases] == [3, 4]             # admitted up to K = 2 ahead of step 2
-    save_phases(phases, tmp_path / "ckpt" / PREFETCH_DIR)
+    save_phases(phases, [trainer._rows(p) for p in phases], tmp_path / "ckpt" / PREFETCH_DIR)
     ray.get(trainer.sampler.save.remote(str(tmp_path / "ckpt" / "sampler.npz")))
     version, before = trainer.version, ray.get(learner.groups.remote())
     trainer.ahead.clear()

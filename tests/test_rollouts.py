@@ -178,3 +178,75 @@ def test_carried_weights_reach_each_worker_once_with_its_next_generate_call(ray_
     assert set(third.light.column("policy_version").to_pylist()) == {2}
     for w in workers:
         ray.kill(w)
+
+
+def test_rows_lost_before_a_checkpoint_saved_a_queued_phase_are_generated_again(ray_local, train_tasks, tmp_path):
+    """max_staleness 1: step 1's rollout phase is queued when the checkpoint after step 0 is taken, and
+    one of its parts is lost (its owner died) before Trainer.save fetched it: save generates those
+    groups again, the checkpoint holds step 1's full batch, and step 1 then trains those rows."""
+    import time
+    import types
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+    import ray
+
+    from bench.driver_scale import FakeLearner, FakeRolloutWorker, close_simulated, simulated_trainer
+    from toolexpander.overlap import PREFETCH_DIR
+    from toolexpander.rollouts import LOST
+
+    class SavingLearner(FakeLearner):
+        trained = []
+
+        def save(self, path, client):
+            Path(path).mkdir(parents=True, exist_ok=True)
+            (Path(path) / "rank_0.json").write_text("{}")
+
+        def step(self, table, step_seed=0, train_step=None, padding=0):
+            self.trained.append((train_step, table.column("group_id").to_pylist()))
+            return super().step(table, step_seed, train_step)
+
+        def log(self):
+            return self.trained
+
+    @ray.remote(num_cpus=0)
+    class Owner:   # an object in the store whose owner then dies: lost, as with its node
+        def hold(self, table):
+            return [ray.put(table)]
+
+    worker_cls = ray.remote(FakeRolloutWorker).options(num_cpus=0, max_concurrency=1)
+    workers = [worker_cls.remote(i, 0.0, 4, 4, 8, 4, seed=i) for i in range(2)]
+    learner = ray.remote(SavingLearner).options(num_cpus=0).remote()
+    trainer = simulated_trainer(config(tmp_path, max_staleness=1), train_tasks[:24], workers, learner)
+    events = []
+    trainer.metrics = types.SimpleNamespace(event=lambda step, kind, message: events.append((step, kind, message)),
+                                            flush=lambda: None)
+    trainer.run_dir = tmp_path / "run"
+    trainer.location = str(tmp_path / "run")
+    trainer.ckpt_root = str(tmp_path / "run" / "checkpoints")
+    trainer.train_step()
+    trainer.step += 1
+    [phase] = trainer.drain()                            # step 1's, generated while step 0 trained
+    assert phase["step"] == 1 and sorted(set(phase["batch"].light.column("group_id").to_pylist())) == [4, 5, 6, 7]
+    owner = Owner.remote()
+    [lost] = ray.get(owner.hold.remote(ray.get(phase["batch"].parts[0])))
+    ray.kill(owner)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:   # until Ray knows the owner died (it tells the driver asynchronously)
+        try:
+            ray.get(lost, timeout=10)
+        except LOST:
+            break
+        time.sleep(0.1)
+    phase["batch"].parts[0] = lost
+    saved = Path(trainer.save())
+    assert [(s, kind) for s, kind, _ in events] == [(1, "rows_lost")]
+    assert events[0][2].startswith("step 1: the rollout rows of part(s) [0] were lost")
+    rows = pq.read_table(saved / PREFETCH_DIR / "step_000001" / "batch.parquet")
+    assert rows.num_rows == 16 and sorted(set(rows.column("group_id").to_pylist())) == [4, 5, 6, 7]
+    trainer.train_step()                                 # step 1 trains the regenerated batch, fetched anew
+    trainer.step += 1
+    trained = ray.get(learner.log.remote())
+    close_simulated(trainer)
+    assert [s for s, _ in trained] == [0, 1] and sorted(set(trained[1][1])) == [4, 5, 6, 7]
+    assert len(trained[1][1]) == 16

@@ -9,6 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from toolexpander.types import REWARD_DIMS
+
 PROGRESS_KEYS = (("reward", "reward/total_mean"), ("correct", "reward/correct_mean"),
                  ("demo", "sampler/demo_rate"), ("tok/s", "rollout/tokens_per_s"))
 
@@ -114,3 +119,19 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def reward_metrics(table: pa.Table) -> dict[str, float]:
+    """Per-step rollout metrics from the light view of every row generated (types.light_view)."""
+    out = {f"reward/{d}_mean": float(pc.mean(table.column(f"reward_{d}")).as_py() or 0.0)
+           for d in (*REWARD_DIMS, "total")}
+    out["rollout/completion_len_mean"] = float(pc.mean(table.column("completion_len")).as_py() or 0.0)
+    out["rollout/truncated_share"] = float(pc.mean(pc.equal(table.column("finish_reason"), "length")
+                                                   .cast(pa.float32())).as_py() or 0.0)
+    # Completions with no <tool_call>, among prompts that need one: a policy drifting to "no tool call is
+    # needed" shows here (a <response> is well-formed, so reward/format_mean does not show it).
+    needs_call = pc.not_equal(table.column("subtask"), "no_call")
+    calls = table.filter(needs_call).column("has_tool_call")
+    out["rollout/missed_call_share"] = (float(pc.mean(pc.invert(calls).cast(pa.float32())).as_py())
+                                        if len(calls) else float("nan"))
+    return out

@@ -24,10 +24,11 @@ PHASE_FIELDS = ("step", "seed", "rollout_s", "version", "land_s", "sampler_end",
 PHASE_DEFAULTS = {"land_s": 0.0}   # fields that a checkpoint written by an earlier version lacks
 
 
-def save_phase(phase: dict, directory: Path) -> None:
+def save_phase(phase: dict, rows, directory: Path) -> None:
+    """`rows`: the full rows of phase["batch"] (Rollouts.fetch)."""
     directory.mkdir(parents=True)
-    pq.write_table(phase["table"], directory / "table.parquet")          # light view of every row generated
-    pq.write_table(phase["batch"].fetch(), directory / "batch.parquet")  # the kept groups' full rows
+    pq.write_table(phase["table"], directory / "table.parquet")   # light view of every row generated
+    pq.write_table(rows, directory / "batch.parquet")             # the kept groups' full rows
     rest = {k: phase[k] for k in PHASE_FIELDS} | {"stats": [s.model_dump() for s in phase["stats"]]}
     (directory / "phase.json").write_text(json.dumps(rest, default=lambda x: x.item()))  # numpy scalars
 
@@ -45,10 +46,10 @@ def load_phase(directory: Path) -> dict:
             "table": table, "batch": Rollouts.from_table(pq.read_table(directory / "batch.parquet"))}
 
 
-def save_phases(phases: list[dict], directory: Path) -> None:
-    """The phases of later steps, one directory each (step_NNNNNN)."""
-    for phase in phases:
-        save_phase(phase, directory / f"step_{phase['step']:06d}")
+def save_phases(phases: list[dict], rows: list, directory: Path) -> None:
+    """The phases of later steps (and their batches' full rows), one directory each (step_NNNNNN)."""
+    for phase, table in zip(phases, rows, strict=True):
+        save_phase(phase, table, directory / f"step_{phase['step']:06d}")
 
 
 def load_phases(directory: Path) -> list[dict]:
@@ -106,6 +107,7 @@ class Prefetch:
         self.step, self._gate, self._after = step, gate, after
         self._cond = threading.Condition()
         self._state, self._result, self._error = "queued", None, None
+        self._cancelled = False
         self._thread = threading.Thread(target=self._run, args=(fn, step), name=f"prefetch-step-{step}", daemon=True)
         self._thread.start()
 
@@ -116,6 +118,7 @@ class Prefetch:
         self.step, self._gate, self._after = result.get("step"), None, None
         self._cond, self._thread = threading.Condition(), None
         self._state, self._result, self._error = "done", result, None
+        self._cancelled = False
         return self
 
     @classmethod
@@ -140,6 +143,7 @@ class Prefetch:
             if self._gate is not None:
                 self._gate.acquire()
             try:
+                self.check()
                 self._set("running")
                 self._result = fn(step)
             finally:
@@ -151,15 +155,21 @@ class Prefetch:
             self._set("done")
 
     # the prefetch thread
+    def check(self) -> None:
+        """Raise if the driver cancelled this phase (it is closing the run): called between draw rounds."""
+        if self._cancelled:
+            raise TrainError(f"the rollout phase of step {self.step} was cancelled: the run is closing")
+
     def wait_for_push(self) -> None:
         """Block until the driver has pushed the current weights (its engines are idle meanwhile)."""
         self._set("waiting_push")   # before the engines count as idle: the driver's hold then sees it
         if self._gate is not None:
             self._gate.release()
         with self._cond:
-            self._cond.wait_for(lambda: self._state == "running")
+            self._cond.wait_for(lambda: self._state == "running" or self._cancelled)
         if self._gate is not None:
-            self._gate.acquire()
+            self._gate.acquire()   # held again in either case: _run releases it when the phase ends
+        self.check()
 
     # the driver's thread
     @property
@@ -179,6 +189,12 @@ class Prefetch:
             if self._state == "waiting_push":
                 self._state = "running"
                 self._cond.notify_all()
+
+    def cancel(self) -> None:
+        """The run is closing: the phase stops at its next draw round (or push wait) with a TrainError."""
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
 
     def join(self) -> None:
         if self._thread is not None:

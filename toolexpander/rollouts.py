@@ -8,7 +8,7 @@ each learner rank fetches the parts its own shard names and assembles its rows (
 So the token lists never pass through the driver.
 
 A part that died with its node before it was fetched raises RowsLost naming it; the trainer then
-generates that part's requests again (Trainer._learn).
+generates that part's requests again and retries what needed the rows (retry_lost, Trainer._regenerate).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import ray
 
 from toolexpander.learner.shards import assemble
+from toolexpander.overlap import TrainError
 from toolexpander.types import ROLLOUT_SCHEMA, PromptRequest, light_view
 
 # A result that died with its node (ObjectLostError and its kin) is a lost actor, like a dead one.
@@ -46,6 +47,27 @@ def fetch_parts(refs: list, ids: list[int]) -> tuple[list, list[int]]:
         except LOST:
             lost.append(int(i))
     return batches, lost
+
+
+def fetch_rows(light: pa.Table, refs: list, ids: list[int]) -> tuple[pa.Table | None, list[int]]:
+    """The full rows that `light` names (parts renumbered 0..k-1 as Rollouts.localize gives them; `refs`
+    those parts, `ids` their numbers in the step), in its order: (table, []), or (None, the ids of
+    the parts lost with their node)."""
+    batches, lost = fetch_parts(refs, ids)
+    return (None, lost) if lost else (assemble(light, batches), [])
+
+
+def retry_lost(action, regenerate, what: str):
+    """action() (it needs a batch's full rows); when some were lost with their node, regenerate(the
+    RowsLost) generates them again and action() runs once more. Lost twice: TrainError."""
+    try:
+        return action()
+    except RowsLost as e:
+        regenerate(e)
+    try:
+        return action()
+    except RowsLost as e:
+        raise TrainError(f"{e}, twice in {what}; giving up (resume from the last checkpoint)") from e
 
 
 def _with_place(light: pa.Table, part: int) -> pa.Table:
@@ -113,8 +135,7 @@ class Rollouts:
         """The full rows, in order (for the driver's own uses: saved rollouts, a checkpoint's queued batch)."""
         if self.num_rows == 0:
             return ROLLOUT_SCHEMA.empty_table()
-        light, refs, ids = self.localize(self.light)
-        batches, lost = fetch_parts(refs, ids)
+        table, lost = fetch_rows(*self.localize(self.light))
         if lost:
             raise RowsLost(lost)
-        return assemble(light, batches)
+        return table

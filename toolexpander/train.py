@@ -26,11 +26,12 @@ from toolexpander import storage
 from toolexpander.config import Config, dump_config
 from toolexpander.data import DataError, load_tasks
 from toolexpander.learner import checkpoint
-from toolexpander.metrics import MetricsWriter, Progress
+from toolexpander.metrics import MetricsWriter, Progress, reward_metrics
 from toolexpander.models import ensure_model
 from toolexpander.overlap import PREFETCH_DIR, Gate, Prefetch, TrainError, load_phases, save_phases
+from toolexpander.rollouts import Rollouts, RowsLost, retry_lost
 from toolexpander.sampling.sampler import RECORD_COLUMNS
-from toolexpander.types import REWARD_DIMS, Task
+from toolexpander.types import Task
 
 
 def load_tokenizer(model_path: Path):
@@ -80,22 +81,6 @@ class StopFlag:
         self.requested = True
         print(f"\nreceived {signal.Signals(signum).name}: finishing this step, then saving a checkpoint",
               flush=True)
-
-
-def reward_metrics(table: pa.Table) -> dict[str, float]:
-    """Per-step rollout metrics from the light view of every row generated (types.light_view)."""
-    out = {f"reward/{d}_mean": float(pc.mean(table.column(f"reward_{d}")).as_py() or 0.0)
-           for d in (*REWARD_DIMS, "total")}
-    out["rollout/completion_len_mean"] = float(pc.mean(table.column("completion_len")).as_py() or 0.0)
-    out["rollout/truncated_share"] = float(pc.mean(pc.equal(table.column("finish_reason"), "length")
-                                                   .cast(pa.float32())).as_py() or 0.0)
-    # Completions with no <tool_call>, among prompts that need one: a policy drifting to "no tool call is
-    # needed" shows here (a <response> is well-formed, so reward/format_mean does not show it).
-    needs_call = pc.not_equal(table.column("subtask"), "no_call")
-    calls = table.filter(needs_call).column("has_tool_call")
-    out["rollout/missed_call_share"] = (float(pc.mean(pc.invert(calls).cast(pa.float32())).as_py())
-                                        if len(calls) else float("nan"))
-    return out
 
 
 class Trainer:
@@ -173,7 +158,6 @@ class Trainer:
         """Rollouts for `requests`; a dead worker is restarted, given the weights, and its prompts
         re-issued (the sampler has not recorded them yet, so nothing is lost or counted twice).
         Returns the rows by reference (rollouts.Rollouts) and the workers' stats."""
-        from toolexpander.rollouts import Rollouts
 
         rollouts, stats, lost = self.rollout.generate_refs(requests, step_seed)
         answered = [rollouts] if rollouts is not None else []
@@ -210,11 +194,13 @@ class Trainer:
         """Draw, generate and record until B informative groups or the draw budget (DAPO-style).
         Returns the light view of every generated row, the kept groups' rows (by reference), the
         sampler records and the workers' stats."""
-        from toolexpander.rollouts import Rollouts
 
         cfg = self.cfg
         kept, generated, records, stats = [], [], [], []
+        prefetch = Prefetch.current()
         for _ in range(cfg.sampler.max_draw_rounds):
+            if prefetch is not None:
+                prefetch.check()   # a closing run cancels the phases queued ahead
             requests = self._sampler_get(self.sampler.next_batch.remote(cfg.sampler.batch_prompts - len(kept)))
             if not requests:
                 break
@@ -304,53 +290,40 @@ class Trainer:
 
     def _learn(self, phase: dict) -> dict[str, float]:
         """The learner's step on the phase's batch. The ranks fetch its rows from the rollout nodes'
-        object stores; rows lost with their node before that are generated again (_regenerate) and the
-        step is retried once."""
-        from toolexpander.rollouts import RowsLost
+        object stores; rows lost with their node before that are generated again and the step retried."""
+        def regenerate(lost):
+            self._regenerate(phase, lost)
+            if self.save_rollouts is not None:
+                self._save_batch(phase)   # what is trained, not what was lost
 
-        for attempt in range(2):
-            try:
-                return self.learner.step(phase["batch"], phase["seed"], self.step)
-            except RowsLost as e:
-                if attempt:
-                    raise TrainError(f"{e}, twice in step {self.step}; giving up (resume from the last "
-                                     "checkpoint)") from e
-                self._regenerate(phase, e)
-                if self.save_rollouts is not None:
-                    self._save_batch(phase)   # what is trained, not what was lost
-        raise AssertionError("unreachable")
+        return retry_lost(lambda: self.learner.step(phase["batch"], phase["seed"], self.step), regenerate,
+                          f"step {self.step}")
 
-    def _regenerate(self, phase: dict, lost) -> None:
+    def _rows(self, phase: dict) -> pa.Table:
+        """The phase's full batch, fetched to the driver (saved rollouts, a checkpoint's queued phases:
+        the training path itself never brings rows here); a part lost with its node is generated again."""
+        return retry_lost(lambda: phase["batch"].fetch(), lambda lost: self._regenerate(phase, lost),
+                          f"step {phase['step']}'s batch")
+
+    def _regenerate(self, phase: dict, lost: RowsLost) -> None:
         """The kept groups of the lost parts, generated again with the engines' current weights (no
-        phase generating meanwhile) and put in their place in phase["batch"]; rewritten to
-        The sampler keeps what it recorded of the first answers (it is
-        not told twice); the new rows carry their own policy_version."""
-        from toolexpander.rollouts import Rollouts
-
+        phase generating meanwhile) and put in their place in phase["batch"]. The sampler keeps what
+        it recorded of the first answers (it is not told twice); the new rows carry their own
+        policy_version."""
         batch = phase["batch"]
         part = batch.light.column("part").to_numpy()
         kept = set(batch.light.column("group_id").to_numpy()[np.isin(part, lost.parts)].tolist())
         requests = [r for p in lost.parts for r in batch.requests[p] if r.group_id in kept]
-        self.metrics.event(self.step, "rows_lost", f"{lost}: generating their {len(requests)} prompt(s) again")
+        self.metrics.event(self.step, "rows_lost", f"step {phase['step']}: {lost}: generating their "
+                           f"{len(requests)} prompt(s) again")
         with self.engines_current():
             again, _ = self._generate(requests, phase["seed"])
         phase["batch"] = Rollouts.concat([batch.without(lost.parts), again])
 
     def _save_batch(self, phase: dict) -> None:
-        """--save-rollouts: the batch's full rows, fetched to the driver (a debugging aid: the training
-        path itself never brings them here); a part lost with its node is generated again first."""
-        from toolexpander.rollouts import RowsLost
-
+        """--save-rollouts: the batch's full rows (a debugging aid)."""
         self.save_rollouts.mkdir(parents=True, exist_ok=True)
-        for attempt in range(2):
-            try:
-                table = phase["batch"].fetch()
-                break
-            except RowsLost as e:
-                if attempt:
-                    raise TrainError(f"{e}, twice in step {self.step}; giving up") from e
-                self._regenerate(phase, e)
-        pq.write_table(table, self.save_rollouts / f"step_{self.step:06d}.parquet")
+        pq.write_table(self._rows(phase), self.save_rollouts / f"step_{self.step:06d}.parquet")
 
     # ---- overlap (train.max_staleness K) -----------------------------------------------------------
     def _admit(self) -> None:
@@ -434,13 +407,14 @@ class Trainer:
         state, the driver the rest), then the manifest by the driver (learner/checkpoint.py). Returns
         the checkpoint's location."""
         ahead = self.drain()   # before the sampler's state: every phase it has begun is then recorded
+        rows = [self._rows(p) for p in ahead]
         tmp = checkpoint.begin(self.ckpt_root, self.step)
         client = {"step": self.step, "policy_version": self.version}
         self.learner.call("save", storage.join(tmp, "learner"), client)
         self._sampler_get(self.sampler.save.remote(storage.join(tmp, "sampler.npz")))
         with storage.writable(tmp) as d:
             (d / "driver.json").write_text(json.dumps({"step": self.step, "policy_version": self.version}))
-            save_phases(ahead, d / PREFETCH_DIR)  # later steps' batches, recorded by the sampler already
+            save_phases(ahead, rows, d / PREFETCH_DIR)  # later steps' batches, recorded by the sampler already
         path = checkpoint.commit(self.ckpt_root, self.step, self.cfg.train.keep_last)
         self.metrics.flush()
         self.upload_driver_files()
@@ -532,8 +506,15 @@ class Trainer:
         return 0
 
     def close(self) -> None:
+        """Phases queued ahead are cancelled and joined first (each ends at its next draw round, or
+        when its Ray call returns, within cluster.call_timeout_s): no thread of this attempt outlives
+        its Ray session, so a restarted attempt starts clean."""
         import ray
 
+        for phase in self.ahead:
+            phase.cancel()
+        for phase in self.ahead:
+            phase.join()
         self.metrics.close()
         try:
             self.upload_driver_files()
@@ -588,6 +569,7 @@ def train(cfg: Config, resume: bool = False, save_rollouts: str | None = None) -
             elif store.is_file(name):
                 (run_dir / name).write_bytes(store.read_bytes(name))
     dump_config(cfg, run_dir / "config.json")
+    from toolexpander.actors.group import WorkerDied   # WorkerHung too: a learner rank's ends the attempt
     restarts = 0
     while True:
         try:
@@ -598,8 +580,6 @@ def train(cfg: Config, resume: bool = False, save_rollouts: str | None = None) -
             code = trainer.run()
             break
         except Exception as e:
-            from toolexpander.actors.group import WorkerDied   # WorkerHung too
-
             if not (isinstance(e, WorkerDied) and e.role == "learner rank") \
                     or restarts >= cfg.cluster.max_restarts or checkpoint.latest(trainer.ckpt_root) is None:
                 raise

@@ -18,10 +18,9 @@ from toolexpander.cluster.local import redirect_output
 from toolexpander.config import LearnerConfig
 from toolexpander.learner.dist import init_distributed
 from toolexpander.learner.grpo import behaviour_weights, clipped_surrogate, group_advantages, lr_lambda
-from toolexpander.learner.shards import assemble
 from toolexpander.learner.shared_prompt import completion_logprobs_plain, completion_logprobs_shared
 from toolexpander.models import check_model_dir
-from toolexpander.rollouts import fetch_parts
+from toolexpander.rollouts import fetch_rows
 
 
 @dataclass
@@ -258,10 +257,10 @@ class Learner:
         names each row's part and place, `refs` are those parts, `ids` their numbers in the step).
         Every rank first learns whether all fetched their parts: if a part was lost with its node,
         no rank trains and each returns (None, the ids it lost); else (metrics, [])."""
-        batches, lost = fetch_parts(refs, ids)
+        table, lost = fetch_rows(light, refs, ids)
         if not self._all_ranks(not lost):
             return None, lost
-        return self.step(assemble(light, batches), step_seed, train_step, padding=padding), []
+        return self.step(table, step_seed, train_step, padding=padding), []
 
     def step(self, table: pa.Table, step_seed: int = 0, train_step: int | None = None,
              padding: int = 0) -> dict[str, float]:
