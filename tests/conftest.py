@@ -56,6 +56,36 @@ def train_tasks():
 
 
 @pytest.fixture(scope="session")
+def s3():
+    """A local S3 endpoint (moto's server: the S3 protocol over HTTP, on 127.0.0.1) with an empty
+    bucket; returns the bucket's URI. The AWS_* variables point this process, and every process it
+    starts from then on (Ray nodes, drivers), at it, as a cluster's nodes find their credentials in
+    their environment or instance role; restored at the end of the session."""
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    boto3.client("s3").create_bucket(Bucket="toolexpander-test")
+    yield "s3://toolexpander-test"
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """A private Ray shared by every test that asks for it: its own temp dir, loopback only, stopped
     by shutdown() at the end of the session. Started once (seconds on a 2-core box), not per module;

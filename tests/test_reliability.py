@@ -26,31 +26,34 @@ def fake_checkpoint(root, step, keep_last=5):
     return checkpoint.commit(root, step, keep_last)
 
 
-@pytest.fixture(params=["path", "uri"])
+@pytest.fixture(params=["path", "uri", "s3"])
 def ckpt_root(request, tmp_path):
-    """A plain directory (written in place, renamed into place) or a file:// URI (the object-store path:
-    staged uploads, no renames, the marker alone completes a checkpoint)."""
+    """A plain directory (written in place, renamed into place), a file:// URI or a bucket (the
+    object-store path: staged uploads, no renames, the marker alone completes a checkpoint)."""
+    if request.param == "s3":
+        return storage.join(request.getfixturevalue("s3"), tmp_path.name, "checkpoints")
     return str(tmp_path) if request.param == "path" else f"file://{tmp_path}"
 
 
-def test_torn_checkpoint_is_never_loaded(ckpt_root, tmp_path):
+def test_torn_checkpoint_is_never_loaded(ckpt_root):
+    store = storage.Store(ckpt_root)
     first = fake_checkpoint(ckpt_root, 2)
     second = fake_checkpoint(ckpt_root, 4)
     assert checkpoint.latest(ckpt_root) == second == storage.join(ckpt_root, "step_00000004")
-    with open(tmp_path / "step_00000004" / "learner" / "model.pt", "r+b") as f:  # truncated by a crash mid-write
-        f.truncate(10)
+    store.write_bytes("step_00000004/learner/model.pt", b"x" * 10)   # cut short by a crash mid-write
     with pytest.warns(UserWarning, match="step_00000004 skipped: learner/model.pt has 10 bytes, expected 1000"):
         assert checkpoint.latest(ckpt_root) == first
-    (tmp_path / "step_00000002" / checkpoint.MARKER).unlink()  # marker never written
+    store.fs.delete_file(store.path(f"step_00000002/{checkpoint.MARKER}"))   # marker never written
     with pytest.warns(UserWarning, match="no COMPLETE marker"):
         assert checkpoint.latest(ckpt_root) is None
 
 
-def test_unfinished_checkpoints_and_pruning(ckpt_root, tmp_path):
+def test_unfinished_checkpoints_and_pruning(ckpt_root):
+    store = storage.Store(ckpt_root)
     checkpoint.begin(ckpt_root, 9)  # a write that never committed
     for step in (1, 2, 3):
         fake_checkpoint(ckpt_root, step, keep_last=2)
-    kept = sorted(p.name for p in tmp_path.glob("step_*") if (p / checkpoint.MARKER).is_file())
+    kept = [name for name in store.dirs("", "step_") if store.is_file(f"{name}/{checkpoint.MARKER}")]
     assert kept == ["step_00000002", "step_00000003"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -1,4 +1,5 @@
-"""The run's storage (toolexpander/storage.py): plain paths in place, URIs through staging copies."""
+"""The run's storage (toolexpander/storage.py): plain paths in place, URIs through staging copies;
+file:// and a bucket (s3://, a local S3 endpoint: tests/conftest.py s3)."""
 
 import pytest
 
@@ -6,8 +7,10 @@ from toolexpander import storage
 from toolexpander.config import ConfigError, load_config
 
 
-@pytest.fixture(params=["path", "uri"])
+@pytest.fixture(params=["path", "uri", "s3"])
 def location(request, tmp_path):
+    if request.param == "s3":
+        return storage.join(request.getfixturevalue("s3"), tmp_path.name, "run")   # a fresh prefix per test
     return str(tmp_path / "run") if request.param == "path" else f"file://{tmp_path}/run"
 
 
@@ -21,13 +24,13 @@ def test_parts_written_and_read_back(location, tmp_path):
         (d / "z.txt").write_text("z")
     storage.write_file(storage.join(location, "state.npz"), b"abc")
     assert storage.Store(location).files("part") == {"a/sub/y.txt": 1, "a/x.bin": 5, "a/z.txt": 1}
-    assert (tmp_path / "run" / "part" / "a" / "sub" / "y.txt").read_text() == "y"
+    assert storage.read_file(storage.join(location, "part", "a", "sub", "y.txt")) == b"y"
     assert storage.read_file(storage.join(location, "state.npz")) == b"abc"
     assert storage.exists(storage.join(location, "part")) and not storage.exists(storage.join(location, "nope"))
     with storage.readable(storage.join(location, "part", "a")) as d:
         assert (d / "sub" / "y.txt").read_text() == "y"
         read_at = d
-    if location.startswith("file://"):   # staged copies, removed afterwards
+    if storage.is_uri(location):   # staged copies, removed afterwards
         assert staged != tmp_path / "run" / "part" / "a" and not staged.exists() and not read_at.exists()
     else:                                # in place
         assert staged == read_at == tmp_path / "run" / "part" / "a"

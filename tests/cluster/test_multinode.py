@@ -85,8 +85,9 @@ class NodeCluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_model):
-    # A private Ray temp dir: Cluster records its address in $RAY_TMPDIR/ray/ray_current_cluster, where
+def cluster(tiny_model, s3):
+    # Started after the local S3 endpoint (s3): its nodes' processes inherit the AWS_* variables, as a
+    # cloud node has its instance role. A private Ray temp dir: Cluster records its address in $RAY_TMPDIR/ray/ray_current_cluster, where
     # any plain ray.init() on this machine would otherwise find it and attach to it.
     root = Path(tempfile.mkdtemp(prefix="mn", dir="/tmp"))   # short: Ray's socket paths live under it
     saved = os.environ.get("RAY_TMPDIR")
@@ -161,37 +162,42 @@ def test_workers_run_where_their_node_started(cluster, repo, tmp_path):
     assert Path(module).is_relative_to(repo)
 
 
-def test_attach_checkpoint_export_and_resume_through_a_storage_uri(cluster, user_dir, tmp_path):
-    """logging.output_dir a URI (file://, which runs the object-store path: staged uploads, no renames):
-    each learner rank uploads its own checkpoint part from the learner node, the driver the manifest
-    last; a new driver on "another machine" (another directory, nothing local) resumes from the URI."""
-    bucket = tmp_path / "bucket"
-    uri = f"file://{bucket}/mn"
+def test_attach_checkpoint_export_and_resume_through_a_bucket(cluster, user_dir, s3, tmp_path):
+    """logging.output_dir a bucket (s3://, a local S3 endpoint reached over HTTP from every node): each
+    learner rank uploads its own checkpoint part from the learner node, the driver the manifest last;
+    a new driver on "another machine" (another directory, nothing local) resumes from the bucket."""
+    from toolexpander import storage
+
+    uri = storage.join(s3, tmp_path.name, "mn")
+    bucket = storage.Store(uri)
     common = ["--output-dir", uri, "--cluster.address", cluster.address]
     train(user_dir, "--config", "configs/smoke.yaml", "--model.path", "models/tiny", "--train.steps", "2",
           *common, *STEPS, *PLACEMENT)
     local = user_dir / "runs" / "mn"          # the driver's own files: logging.local_dir's default
-    assert steps_logged(local) == steps_logged(bucket / "mn") == [0, 1]
-    ckpt = bucket / "mn" / "checkpoints" / "step_00000002"
-    assert (ckpt / "COMPLETE").is_file() and (ckpt / "sampler.npz").is_file() and (ckpt / "driver.json").is_file()
-    manifest = json.loads((ckpt / "COMPLETE").read_text())["files"]
+    logged = [json.loads(line)["step"] for line in bucket.read_text("metrics.jsonl").splitlines()]
+    assert steps_logged(local) == logged == [0, 1]
+    ckpt = "checkpoints/step_00000002"
+    assert all(bucket.is_file(f"{ckpt}/{name}") for name in ("COMPLETE", "sampler.npz", "driver.json"))
+    manifest = json.loads(bucket.read_text(f"{ckpt}/COMPLETE"))["files"]
+    assert manifest == {k: v for k, v in bucket.files(ckpt).items() if k != "COMPLETE"}
     shards = sorted(f for f in manifest if "optim_states" in f)
     assert len(shards) == 2 and "rank_0" in shards[0] and "rank_1" in shards[1], manifest   # one per rank
-    assert not list((bucket / "mn" / "checkpoints").glob(".tmp*"))
-    assert (bucket / "mn" / "hf" / "model.safetensors").is_file()
-    assert (bucket / "mn" / "config.json").is_file() and (bucket / "mn" / "tensorboard").is_dir()
+    assert bucket.dirs("checkpoints") == ["step_00000002"]
+    assert bucket.is_file("hf/model.safetensors")
+    assert bucket.is_file("config.json") and bucket.is_dir("tensorboard")
     placed = events(local, "placement")[0]
     assert placed["driver"] == cluster.head.node_id
     assert placed["rollout"] == [cluster.rollout.node_id]
     assert placed["learner"] == [cluster.learner.node_id] * 2
 
-    # A new driver elsewhere resumes from the URI alone (its config.json, its checkpoint, its metrics).
+    # A new driver elsewhere resumes from the bucket alone (its config.json, its checkpoint, its metrics).
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()   # config.json holds absolute model and data paths (on a cluster: a shared filesystem)
     out = train(elsewhere, "--resume", *common, "--train.steps", "3")
     assert f"resumed from {uri}/checkpoints/step_00000002" in out and "at step 2" in out
-    assert steps_logged(elsewhere / "runs" / "mn") == steps_logged(bucket / "mn") == [0, 1, 2]
-    assert (bucket / "mn" / "checkpoints" / "step_00000003" / "COMPLETE").is_file()
+    logged = [json.loads(line)["step"] for line in bucket.read_text("metrics.jsonl").splitlines()]
+    assert steps_logged(elsewhere / "runs" / "mn") == logged == [0, 1, 2]
+    assert bucket.is_file("checkpoints/step_00000003/COMPLETE")
     # Nothing was written relative to a node's own working directory.
     for node, directory in cluster.dirs.items():
         assert not list(directory.iterdir()), node
