@@ -57,27 +57,39 @@ def train_tasks():
 
 @pytest.fixture(scope="session")
 def s3():
-    """A local S3 endpoint (moto's server: the S3 protocol over HTTP, on 127.0.0.1) with an empty
-    bucket; returns the bucket's URI. The AWS_* variables point this process, and every process it
-    starts from then on (Ray nodes, drivers), at it, as a cluster's nodes find their credentials in
-    their environment or instance role; restored at the end of the session."""
+    """A local S3 endpoint (moto's server: the S3 protocol over HTTP, on 127.0.0.1, in a process of its
+    own: its Flask must not be imported where vLLM walks the loaded modules) with an empty bucket;
+    returns the bucket's URI. The AWS_* variables point this process, and every process it starts from
+    then on (Ray nodes, drivers), at it, as a cluster's nodes find their credentials in their
+    environment or instance role; restored at the end of the session."""
     import socket
+    import subprocess
+    import sys
+    import time
 
-    import boto3
-    from moto.server import ThreadedMotoServer
+    import pyarrow.fs as pafs
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "moto's S3 server did not start"
+            time.sleep(0.1)
     env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    boto3.client("s3").create_bucket(Bucket="toolexpander-test")
+    pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], allow_bucket_creation=True).create_dir("toolexpander-test")
     yield "s3://toolexpander-test"
-    server.stop()
+    server.terminate()
+    server.wait(30)
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
