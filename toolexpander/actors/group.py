@@ -74,6 +74,21 @@ def _get(refs: list, role: str, timeout_s: float | None = None) -> list:
     return out
 
 
+def _get_each(refs: list) -> list:
+    """The values of refs that are ready (ray.wait): one ray.get for all; when one was lost (its actor or
+    its node died), each on its own, a lost one as None."""
+    try:
+        return ray.get(refs)
+    except LOST:
+        out = []
+        for ref in refs:
+            try:
+                out.append(ray.get(ref))
+            except LOST:
+                out.append(None)
+        return out
+
+
 def wait_placed(pg, role: str, bundles: list[dict], timeout_s: float) -> None:
     """Wait for a placement group, or stop saying what it asked for and what the cluster has."""
     try:
@@ -155,20 +170,22 @@ class RolloutGroup:
         carried = self.carried
         calls = [(i, *w.generate_split.options(num_returns=2).remote(shard, step_seed, *self._weights_for(i, carried), **kwargs))
                  for i, (w, shard) in enumerate(zip(self.workers, shards)) if shard]
-        deadline = time.monotonic() + self.timeout_s
+        # One wait and one get for every answer (the driver's cost per worker is Ray's per call).
+        metas = [meta for _, meta, _ in calls]
+        done = set(ray.wait(metas, num_returns=len(metas), timeout=self.timeout_s)[0]) if metas else set()
+        answers = dict(zip(done, _get_each(list(done))))
         lights, refs, answered, stats, lost = [], [], [], [], []
         for i, meta, full in calls:
-            try:
-                light, stat = ray.get(meta, timeout=max(0.0, deadline - time.monotonic()))
-            except LOST:
-                lost.append((i, shards[i]))
-                continue
-            except ray.exceptions.GetTimeoutError:
+            if meta not in done:
                 warnings.warn(f"rollout worker {i} did not answer within {self.timeout_s:g} s "
                               "(cluster.call_timeout_s): killing it; its prompts are re-issued", stacklevel=2)
                 ray.kill(self.workers[i], no_restart=True)
                 lost.append((i, shards[i]))
                 continue
+            if answers[meta] is None:
+                lost.append((i, shards[i]))
+                continue
+            light, stat = answers[meta]
             lights.append(light)
             refs.append(full)
             answered.append(shards[i])
