@@ -24,11 +24,17 @@ $(STAMP): pyproject.toml packaging/placeholders/*/pyproject.toml
 	$(BIN)/python -c "import vllm, deepspeed, ray, toolexpander" 2>&1 | tail -1
 	touch $(STAMP)
 
+# DeepSpeed compiles its CPU communication op on first use (about a minute on 2 cores): once, here,
+# into the cached TORCH_EXTENSIONS_DIR, as part of set-up rather than inside the first run or test.
+DS_OP := $(TORCH_EXTENSIONS_DIR)/deepspeed_shm_comm/deepspeed_shm_comm.so
+$(DS_OP): | $(STAMP)
+	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"
+
 # The demo: a supervised warm start (cached under models/ after its first run), then GRPO from it,
 # evaluated before and after; each demo writes a new run directory and ends with its PNG report.
 DEMO_CONFIG := configs/local-smollm2.yaml
 DEMO_SFT := models/smollm2-135m-demo-sft
-demo: $(STAMP)
+demo: $(STAMP) $(DS_OP)
 	$(BIN)/toolexpander sft --config $(DEMO_CONFIG) --output-dir $(DEMO_SFT)
 	$(BIN)/toolexpander train --config $(DEMO_CONFIG) --model.path $(DEMO_SFT) --model.prepare null \
 		--output-dir runs/demo-$$(date +%Y%m%d-%H%M%S) --report
@@ -37,10 +43,10 @@ demo: $(STAMP)
 # collection order: most tests keep about one core busy (imports, engine and DeepSpeed start-up, one
 # thread per actor), so two at a time fill 2 cores. For print debugging, run a file without -n.
 PARALLEL := -n 2 --dist loadfile --no-loadscope-reorder
-test: $(STAMP)
+test: $(STAMP) $(DS_OP)
 	$(BIN)/python -m pytest tests $(PARALLEL)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(DS_OP)
 	$(BIN)/python -m pytest tests -m "not slow and not gpu" $(PARALLEL)
 
 # The GPU paths (tests/gpu, marked gpu: a ZeRO-2 bf16 learner step, a GPU vLLM engine taking pushed
@@ -70,7 +76,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run_all
 
 # The learning benchmark (base, SFT and five GRPO arms of SmolLM2-135M, evaluated): bench/LEARNING.md.
-learn: $(STAMP)
+learn: $(STAMP) $(DS_OP)
 	$(BIN)/python -m bench.learning
 
 clean-venv:
