@@ -116,7 +116,7 @@ def test_ablation_switches_default_on_and_override():
 
 
 def test_relative_paths_are_made_absolute_at_the_driver(tmp_path, monkeypatch):
-    from toolexpander.train import absolute_paths
+    from toolexpander.config import absolute_paths
 
     monkeypatch.chdir(tmp_path)
     cfg = absolute_paths(load_config(None, {"model.path": "models/tiny", "data.train_path": "d/train.jsonl",

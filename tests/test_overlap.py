@@ -84,6 +84,13 @@ def test_cancelled_phases_end_at_their_next_check_or_push_wait_and_release_the_g
     assert log == [("generate", 1)]
     with gate.held():                              # free: no cancelled phase kept it
         pass
+    busy, release = threading.Event(), threading.Event()
+    stuck = Prefetch(lambda step: busy.set() or release.wait(5), 4, gate)   # in a Ray call: no check
+    busy.wait(5)
+    stuck.cancel()
+    assert stuck.join(0.1) is False                # Trainer.close warns and goes on without it
+    release.set()
+    assert stuck.join(5) is True
 
 
 def test_queued_phases_run_one_at_a_time_in_step_order_and_never_during_a_push():

@@ -433,3 +433,21 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 def dump_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """model.path, data.train_path and logging.output_dir (unless a URI) and logging.local_dir resolved
+    in the driver's working directory, before any actor sees a path under them (an actor's working
+    directory is its raylet's, another on every node) and before config.json records them (a resume
+    then works from any directory)."""
+    from toolexpander import storage
+
+    def resolved(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    location = storage.resolve(cfg.logging.output_dir)
+    local_dir = cfg.logging.local_dir and resolved(cfg.logging.local_dir)
+    return cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"path": resolved(cfg.model.path)}),
+        "data": cfg.data.model_copy(update={"train_path": resolved(cfg.data.train_path)}),
+        "logging": cfg.logging.model_copy(update={"output_dir": location, "local_dir": local_dir})})

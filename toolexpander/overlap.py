@@ -196,9 +196,12 @@ class Prefetch:
             self._cancelled = True
             self._cond.notify_all()
 
-    def join(self) -> None:
+    def join(self, timeout: float | None = None) -> bool:
+        """Whether the phase's thread has ended (within `timeout` seconds, if given)."""
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
 
     def result(self) -> dict:
         self.join()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from toolexpander import storage
-from toolexpander.config import Config, dump_config
+from toolexpander.config import Config, absolute_paths, dump_config
 from toolexpander.data import DataError, load_tasks
 from toolexpander.learner import checkpoint
 from toolexpander.metrics import MetricsWriter, Progress, reward_metrics
@@ -32,6 +33,8 @@ from toolexpander.overlap import PREFETCH_DIR, Gate, Prefetch, TrainError, load_
 from toolexpander.rollouts import Rollouts, RowsLost, retry_lost
 from toolexpander.sampling.sampler import RECORD_COLUMNS
 from toolexpander.types import Task
+
+CLOSE_WAIT_S = 300.0   # Trainer.close: how long a cancelled rollout phase may take to stop
 
 
 def load_tokenizer(model_path: Path):
@@ -158,16 +161,17 @@ class Trainer:
         """Rollouts for `requests`; a dead worker is restarted, given the weights, and its prompts
         re-issued (the sampler has not recorded them yet, so nothing is lost or counted twice).
         Returns the rows by reference (rollouts.Rollouts) and the workers' stats."""
-
         rollouts, stats, lost = self.rollout.generate_refs(requests, step_seed)
         answered = [rollouts] if rollouts is not None else []
+        prefetch = Prefetch.current()
         for worker, shard in lost:
+            if prefetch is not None:
+                prefetch.check()   # a closing run does not wait for a replacement worker's placement
             self.metrics.event(self.step, "worker_restart",
                                f"rollout worker {worker} died or hung (cluster.call_timeout_s); restarting it")
             self.rollout.restart(worker)
             self._log_placement()
             # Object store: the re-issued call carries the engines' version to the new worker (RolloutGroup.carry).
-            prefetch = Prefetch.current()
             if prefetch is not None and not self.sync.stages:  # the learner may be training: the driver
                 prefetch.wait_for_push()                        # connects and pushes after it
             elif not self.sync.stages:
@@ -306,10 +310,9 @@ class Trainer:
                           f"step {phase['step']}'s batch")
 
     def _regenerate(self, phase: dict, lost: RowsLost) -> None:
-        """The kept groups of the lost parts, generated again with the engines' current weights (no
-        phase generating meanwhile) and put in their place in phase["batch"]. The sampler keeps what
-        it recorded of the first answers (it is not told twice); the new rows carry their own
-        policy_version."""
+        """The kept groups of the lost parts, generated again with the engines' current weights (no phase
+        generating meanwhile), in their place in phase["batch"]. The sampler keeps what it recorded of
+        the first answers (it is not told twice); the new rows carry their own policy_version."""
         batch = phase["batch"]
         part = batch.light.column("part").to_numpy()
         kept = set(batch.light.column("group_id").to_numpy()[np.isin(part, lost.parts)].tolist())
@@ -320,8 +323,7 @@ class Trainer:
             again, _ = self._generate(requests, phase["seed"])
         phase["batch"] = Rollouts.concat([batch.without(lost.parts), again])
 
-    def _save_batch(self, phase: dict) -> None:
-        """--save-rollouts: the batch's full rows (a debugging aid)."""
+    def _save_batch(self, phase: dict) -> None:   # --save-rollouts: the batch's full rows (a debugging aid)
         self.save_rollouts.mkdir(parents=True, exist_ok=True)
         pq.write_table(self._rows(phase), self.save_rollouts / f"step_{self.step:06d}.parquet")
 
@@ -506,36 +508,23 @@ class Trainer:
         return 0
 
     def close(self) -> None:
-        """Phases queued ahead are cancelled and joined first (each ends at its next draw round, or
-        when its Ray call returns, within cluster.call_timeout_s): no thread of this attempt outlives
-        its Ray session, so a restarted attempt starts clean."""
+        """Phases queued ahead are cancelled and joined first (each ends at its next draw round or
+        worker restart, or when its Ray call returns; at most CLOSE_WAIT_S): so no thread of this
+        attempt runs on into a restarted attempt's Ray session."""
         import ray
 
         for phase in self.ahead:
             phase.cancel()
+        bound = min(self.cfg.cluster.call_timeout_s, CLOSE_WAIT_S)
         for phase in self.ahead:
-            phase.join()
+            if not phase.join(bound):
+                warnings.warn(f"the rollout phase of step {phase.step} did not stop within {bound:g} s of "
+                              "being cancelled; closing without it", stacklevel=2)
         self.metrics.close()
         try:
             self.upload_driver_files()
         finally:
             ray.shutdown()
-
-
-def absolute_paths(cfg: Config) -> Config:
-    """model.path, data.train_path and logging.output_dir (unless a URI) and logging.local_dir resolved
-    in the driver's working directory, before any actor sees a path under them (an actor's working
-    directory is its raylet's, another on every node) and before config.json records them (a resume
-    then works from any directory)."""
-    def resolved(path: str) -> str:
-        return str(Path(path).expanduser().resolve())
-
-    location = storage.resolve(cfg.logging.output_dir)
-    local_dir = cfg.logging.local_dir and resolved(cfg.logging.local_dir)
-    return cfg.model_copy(update={
-        "model": cfg.model.model_copy(update={"path": resolved(cfg.model.path)}),
-        "data": cfg.data.model_copy(update={"train_path": resolved(cfg.data.train_path)}),
-        "logging": cfg.logging.model_copy(update={"output_dir": location, "local_dir": local_dir})})
 
 
 def driver_dir(cfg: Config) -> Path:
