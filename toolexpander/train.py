@@ -9,6 +9,7 @@ threads (Prefetch) while learner.step runs; a Gate keeps weight pushes out of th
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import time
@@ -580,6 +581,11 @@ def train(cfg: Config, resume: bool = False, save_rollouts: str | None = None) -
             resume = True
         finally:
             trainer.close()
+        # Free the attempt's ObjectRefs and actor handles now, while no Ray session is up: released after
+        # the next ray.init, they would reach the new session's core worker (the suspected cause of one
+        # SIGSEGV of a restarted driver, seen once under load).
+        del trainer
+        gc.collect()
     if code:
         raise SystemExit(code)
     return run_dir
