@@ -17,6 +17,11 @@ os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+# Every Ray the tests start (ray_local, the multi-node and `ray start` clusters, a train subprocess's
+# local mode) runs its workers at niceness 0, as local mode does (cluster/local.py): at Ray's default
+# of 15, one test's workers get ~3% of a core beside the other pytest worker's busy processes, and a
+# multi-node run waited 10 minutes for its rollout worker to start beside two busy loops.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 # `make test` deals whole files to its two workers in collection order (--dist loadfile
 # --no-loadscope-reorder), so a long file collected last runs alone at the end. The longest files go
