@@ -7,7 +7,9 @@ field or setting and a non-zero exit code, never a traceback wall.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -150,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _offline_env()
+    # A crash in native code (Ray's core worker, a CUDA/gloo library) leaves every thread's Python stack
+    # on the process's stderr instead of a bare exit code -11; `kill -USR1 <pid>` prints them on demand
+    # (a run that seems stuck).
+    if not faulthandler.is_enabled() and sys.__stderr__ is not None:
+        faulthandler.enable(file=sys.__stderr__)
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     args, rest = build_parser().parse_known_args(argv)
     if rest and args.command not in ("train", "sft"):
         print(f"toolexpander {args.command}: unexpected arguments {' '.join(rest)}", file=sys.stderr)

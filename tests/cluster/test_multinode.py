@@ -119,16 +119,57 @@ def user_dir(repo, tiny_model, tmp_path_factory):
     return home
 
 
-def train(user_dir: Path, *args, wait=True):
-    cmd = [sys.executable, "-m", "toolexpander", "train", *args]
-    # Loopback: Ray would otherwise swap the cluster's 127.0.0.1 for this machine's address.
-    proc = subprocess.Popen(cmd, cwd=user_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **LOOPBACK_ENV}, start_new_session=True)
-    if not wait:
-        return proc
-    stdout, stderr = proc.communicate(timeout=900)
-    assert proc.returncode == 0, (stdout[-2000:], stderr[-4000:])
-    return stdout
+class Driver:
+    """A `toolexpander train` process attached to the cluster, its stdout and stderr in files (a pipe
+    nobody reads while the test waits would block it). finish() waits for it to exit 0; one that hangs
+    past the timeout is asked for every thread's stack (SIGUSR1, the CLI's faulthandler) and killed."""
+
+    def __init__(self, user_dir: Path, *args):
+        logs = user_dir / "driver-logs"
+        logs.mkdir(exist_ok=True)
+        stem = logs / f"{time.time_ns()}"
+        self.out, self.err = stem.with_suffix(".out"), stem.with_suffix(".err")
+        with self.out.open("w") as out, self.err.open("w") as err:
+            # Loopback: Ray would otherwise swap the cluster's 127.0.0.1 for this machine's address.
+            self.proc = subprocess.Popen([sys.executable, "-m", "toolexpander", "train", *args], cwd=user_dir,
+                                         stdout=out, stderr=err, env={**os.environ, **LOOPBACK_ENV},
+                                         start_new_session=True)
+
+    def running(self) -> bool:
+        if self.proc.poll() is None:
+            return True
+        self._fail(f"exited {self.proc.returncode} early")
+
+    def finish(self, timeout: float = 600) -> str:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+            time.sleep(5)
+            self.kill()
+            self._fail(f"still running after {timeout:g} s (its threads' stacks are at the end of stderr)")
+        if self.proc.returncode != 0:
+            self._fail(f"exited {self.proc.returncode}")
+        return self.out.read_text()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def _fail(self, what: str) -> None:
+        # pytest.fail: an assert's message would be cut to a few lines
+        pytest.fail(f"toolexpander train {what}\n--- stdout (end) ---\n{self.out.read_text()[-2000:]}\n"
+                    f"--- stderr (end) ---\n{self.err.read_text()[-8000:]}", pytrace=False)
+
+
+def train(user_dir: Path, *args) -> str:
+    """Run `toolexpander train` to its end (exit 0); its stdout."""
+    driver = Driver(user_dir, *args)
+    try:
+        return driver.finish()
+    finally:
+        driver.kill()
 
 
 def events(run_dir: Path, kind: str) -> list[dict]:
@@ -206,22 +247,19 @@ def test_attach_checkpoint_export_and_resume_through_a_bucket(cluster, user_dir,
 def lose_node_mid_run(cluster, user_dir, role: str, until, *args) -> None:
     """Start a run attached to the cluster, wait until until() holds, remove the `role` node ("rollout"
     or "learner"), add a fresh one like it, and wait for the run to end with exit code 0."""
-    proc = train(user_dir, "--config", "configs/smoke.yaml", "--model.path", "models/tiny",
-                 "--cluster.address", cluster.address, *args, *STEPS, *PLACEMENT, wait=False)
+    driver = Driver(user_dir, "--config", "configs/smoke.yaml", "--model.path", "models/tiny",
+                    "--cluster.address", cluster.address, *args, *STEPS, *PLACEMENT)
     try:
         start = time.time()
         while not until():
-            assert proc.poll() is None, proc.stderr.read()[-4000:]
-            assert time.time() - start < 600, f"{until.__doc__} never happened"
+            assert driver.running() and time.time() - start < 600, f"{until.__doc__} never happened"
             time.sleep(0.2)
         cluster.cluster.remove_node(getattr(cluster, role))
         cpus = {"rollout": 1, "learner": 2}[role]
         setattr(cluster, role, cluster.add(f"{role}-{int(time.time())}", num_cpus=cpus, resources={role: 1}))
-        stdout, stderr = proc.communicate(timeout=900)
+        driver.finish()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, (stdout[-2000:], stderr[-4000:])
+        driver.kill()
 
 
 def test_losing_the_rollout_node_mid_run(cluster, user_dir):
@@ -251,8 +289,8 @@ def test_losing_the_rollout_node_mid_run(cluster, user_dir):
 
 def test_losing_the_learner_node_restarts_the_run_from_its_checkpoint(cluster, user_dir):
     """The learner node dies mid-run (both ZeRO-2 ranks with it) and a fresh one joins: the driver
-    starts the run again from its last checkpoint in the same process (cluster.max_restarts), on the new
-    node, and it finishes with one metrics row per step."""
+    starts the run again from its last checkpoint in the same process and Ray session (cluster.max_restarts),
+    on the new node, and it finishes with one metrics row per step."""
     run = user_dir / "runs" / "learner-loss"
     saved = run / "checkpoints" / "step_00000002" / "COMPLETE"
 
@@ -265,7 +303,9 @@ def test_losing_the_learner_node_restarts_the_run_from_its_checkpoint(cluster, u
     restarts = events(run, "restart")
     assert len(restarts) == 1 and "learner rank" in restarts[0]["message"], restarts
     assert steps_logged(run) == list(range(16))                     # rows past the checkpoint superseded
-    assert set(events(run, "placement")[-1]["learner"]) == {cluster.learner.node_id}
+    placements = events(run, "placement")
+    assert set(placements[-1]["learner"]) == {cluster.learner.node_id}
+    assert len(placements) == 2 and placements[0]["job"] == placements[1]["job"]   # one Ray job, one driver
     assert (run / "hf" / "model.safetensors").is_file()
 
 
