@@ -38,15 +38,26 @@ class RowsLost(RuntimeError):
                          "were fetched")
 
 
+def get_each(refs: list) -> list:
+    """The values of refs, one ray.get for all; when one was lost (its actor or its node died), each
+    on its own, a lost one as None."""
+    try:
+        return ray.get(list(refs))
+    except LOST:
+        out = []
+        for ref in refs:
+            try:
+                out.append(ray.get(ref))
+            except LOST:
+                out.append(None)
+        return out
+
+
 def fetch_parts(refs: list, ids: list[int]) -> tuple[list, list[int]]:
-    """ray.get of each part; returns (the batches fetched, the ids of those that were lost)."""
-    batches, lost = [], []
-    for ref, i in zip(refs, ids):
-        try:
-            batches.append(ray.get(ref))
-        except LOST:
-            lost.append(int(i))
-    return batches, lost
+    """The parts' batches; returns (the batches fetched, the ids of those that were lost)."""
+    values = get_each(refs)
+    batches = [v for v in values if v is not None]
+    return batches, [int(i) for i, v in zip(ids, values) if v is None]
 
 
 def fetch_rows(light: pa.Table, refs: list, ids: list[int]) -> tuple[pa.Table | None, list[int]]:

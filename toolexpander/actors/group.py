@@ -19,7 +19,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from toolexpander.actors.rollout import RolloutWorker
 from toolexpander.config import Config
 from toolexpander.learner.shards import shard_tables
-from toolexpander.rollouts import LOST, Rollouts, RowsLost
+from toolexpander.rollouts import LOST, Rollouts, RowsLost, get_each
 from toolexpander.types import PromptRequest, RolloutStats
 
 
@@ -72,21 +72,6 @@ def _get(refs: list, role: str, timeout_s: float | None = None) -> list:
         except ray.exceptions.GetTimeoutError:
             raise WorkerHung(role, i, timeout_s) from None
     return out
-
-
-def _get_each(refs: list) -> list:
-    """The values of refs that are ready (ray.wait): one ray.get for all; when one was lost (its actor or
-    its node died), each on its own, a lost one as None."""
-    try:
-        return ray.get(refs)
-    except LOST:
-        out = []
-        for ref in refs:
-            try:
-                out.append(ray.get(ref))
-            except LOST:
-                out.append(None)
-        return out
 
 
 def wait_placed(pg, role: str, bundles: list[dict], timeout_s: float) -> None:
@@ -173,7 +158,7 @@ class RolloutGroup:
         # One wait and one get for every answer (the driver's cost per worker is Ray's per call).
         metas = [meta for _, meta, _ in calls]
         done = set(ray.wait(metas, num_returns=len(metas), timeout=self.timeout_s)[0]) if metas else set()
-        answers = dict(zip(done, _get_each(list(done))))
+        answers = dict(zip(done, get_each(list(done))))
         lights, refs, answered, stats, lost = [], [], [], [], []
         for i, meta, full in calls:
             if meta not in done:
