@@ -88,7 +88,10 @@ class StopFlag:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path, resume: bool, save_rollouts: str | None):
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool, save_rollouts: str | None,
+                 mode: str | None = None):
+        """mode: the Ray session a previous attempt of this run left up ("local" or the address it
+        attached to); None connects (cluster.local.connect)."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -106,7 +109,7 @@ class Trainer:
         # the other until the first weight push.
         with ThreadPoolExecutor(max_workers=2) as pool:
             tokenizer = pool.submit(load_tokenizer, self.model_path)
-            self.mode = connect(cfg, log_dir=run_dir / "logs")
+            self.mode = mode or connect(cfg, log_dir=run_dir / "logs")
             rollout = pool.submit(RolloutGroup, cfg, str(self.model_path))
             tokenizer = tokenizer.result()
             learner = pool.submit(LearnerGroup, cfg, str(self.model_path), tokenizer.pad_token_id or 0)
@@ -141,13 +144,14 @@ class Trainer:
             self.sync.stage(self.version)
 
     def _log_placement(self) -> None:
-        """events.jsonl: the Ray node id of the driver (and sampler), each rollout worker and each rank."""
+        """events.jsonl: the Ray job, and the node of the driver (and sampler), each rollout worker and rank."""
         import ray
 
         from toolexpander.actors.group import bundle_nodes
 
-        self.metrics.event(self.step, "placement", "the Ray node of each actor",
-                           driver=ray.get_runtime_context().get_node_id(),
+        context = ray.get_runtime_context()
+        self.metrics.event(self.step, "placement", "the Ray node of each actor", job=context.get_job_id(),
+                           driver=context.get_node_id(),
                            rollout=bundle_nodes(self.rollout.pg), learner=bundle_nodes(self.learner.pg))
 
     def _sampler_get(self, ref):
@@ -508,10 +512,12 @@ class Trainer:
         self.export()
         return 0
 
-    def close(self) -> None:
+    def close(self, keep_session: bool = False) -> None:
         """Phases queued ahead are cancelled and joined first (each ends at its next draw round or
         worker restart, or when its Ray call returns; at most CLOSE_WAIT_S): so no thread of this
-        attempt runs on into a restarted attempt's Ray session."""
+        attempt runs on into a restarted attempt. keep_session: the attempt's actors and placement
+        groups go and the Ray session stays up for the next attempt (not shut down and started again
+        in one process); otherwise Ray is shut down."""
         import ray
 
         for phase in self.ahead:
@@ -525,7 +531,12 @@ class Trainer:
         try:
             self.upload_driver_files()
         finally:
-            ray.shutdown()
+            if keep_session:
+                self.rollout.shutdown()
+                self.learner.shutdown()
+                ray.kill(self.sampler, no_restart=True)
+            else:
+                ray.shutdown()
 
 
 def driver_dir(cfg: Config) -> Path:
@@ -560,12 +571,13 @@ def train(cfg: Config, resume: bool = False, save_rollouts: str | None = None) -
                 (run_dir / name).write_bytes(store.read_bytes(name))
     dump_config(cfg, run_dir / "config.json")
     from toolexpander.actors.group import WorkerDied   # WorkerHung too: a learner rank's ends the attempt
-    restarts = 0
+    restarts, mode = 0, None
     while True:
         try:
-            trainer = Trainer(cfg, run_dir, resume, save_rollouts)
+            trainer = Trainer(cfg, run_dir, resume, save_rollouts, mode)
         except DataError as e:
             raise TrainError(f"data.train_path: refusing to start, bad rows:\n{e}") from None
+        again = False
         try:
             code = trainer.run()
             break
@@ -578,13 +590,10 @@ def train(cfg: Config, resume: bool = False, save_rollouts: str | None = None) -
                        f"(restart {restarts} of cluster.max_restarts {cfg.cluster.max_restarts})")
             trainer.metrics.event(trainer.step, "restart", message)
             print(message, flush=True)
-            resume = True
+            resume, mode, again = True, trainer.mode, True
         finally:
-            trainer.close()
-        # Free the attempt's ObjectRefs and actor handles now, while no Ray session is up: released after
-        # the next ray.init, they would reach the new session's core worker (the suspected cause of one
-        # SIGSEGV of a restarted driver, seen once under load).
-        del trainer
+            trainer.close(keep_session=again)
+        del trainer   # the attempt's ObjectRefs and actor handles, released before the next one starts
         gc.collect()
     if code:
         raise SystemExit(code)
