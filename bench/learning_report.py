@@ -57,12 +57,15 @@ def _mean(values: list[float]) -> float | None:
 
 def train_summary(rows: list[dict]) -> dict:
     """The training columns: `correct` over the first and last EDGE steps, the all-fail share over
-    the whole run and its last EDGE steps (plain means of the logged values)."""
+    the whole run and its last EDGE steps (plain means of the logged values), and the share of seen
+    prompts left unsolved at the last step (None for runs that did not log it)."""
     _, correct = series(rows, "reward/correct_mean")
     _, all_fail = series(rows, "sampler/all_fail_share")
+    _, unsolved = series(rows, "sampler/unsolved_share")
     return {"steps": len({r["step"] for r in rows if isinstance(r.get("step"), int)}),
             "correct_first": _mean(correct[:EDGE]), "correct_last": _mean(correct[-EDGE:]),
             "all_fail_mean": _mean(all_fail), "all_fail_last": _mean(all_fail[-EDGE:]),
+            "unsolved_end": unsolved[-1] if unsolved else None,
             "lag_mean": _mean(series(rows, "rollout/policy_lag_mean")[1]),
             "mismatch_k3_mean": _mean(series(rows, "rollout/mismatch_k3_kl")[1])}
 
@@ -90,7 +93,8 @@ def table_rows(stages: dict[str, dict]) -> list[dict]:
         row = {"stage": name, "label": STAGE_LABELS.get(name, name), **eval_columns(s.get("toolrl"), s.get("bfcl"))}
         row.update(train_summary(s["metrics"]) if s.get("metrics") else
                    {"steps": None, "correct_first": None, "correct_last": None,
-                    "all_fail_mean": None, "all_fail_last": None, "lag_mean": None, "mismatch_k3_mean": None})
+                    "all_fail_mean": None, "all_fail_last": None, "unsolved_end": None, "lag_mean": None,
+                    "mismatch_k3_mean": None})
         rows.append(row)
     return rows
 
@@ -109,13 +113,13 @@ def markdown_table(rows: list[dict]) -> str:
     categories = list(dict.fromkeys(c for r in rows for c in r["bfcl"]))
     head = (["stage", "ToolRL correct %", "ToolRL format %"] + [f"BFCL {c} %" for c in categories]
             + ["BFCL non-live %", f"train correct, first {EDGE}", f"train correct, last {EDGE}",
-               "all-fail share, run", f"all-fail share, last {EDGE}"])
+               "all-fail share, run", f"all-fail share, last {EDGE}", "unsolved prompts, end"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = ([r["label"], _pct(r["toolrl_correct"]), _pct(r["toolrl_format"])]
                  + [_pct(r["bfcl"].get(c)) for c in categories]
                  + [_pct(r["bfcl_non_live"]), _num(r["correct_first"]), _num(r["correct_last"]),
-                    _num(r["all_fail_mean"]), _num(r["all_fail_last"])])
+                    _num(r["all_fail_mean"]), _num(r["all_fail_last"]), _num(r["unsolved_end"])])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -280,7 +284,9 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         "",
         f"Training columns: `reward/correct_mean` averaged over the first and the last {EDGE} steps, and "
         f"`sampler/all_fail_share` (share of the step's groups with no correct completion) over every step "
-        f"and over the last {EDGE}.",
+        f"and over the last {EDGE}; `sampler/unsolved_share` at the last step (share of the prompts drawn so "
+        "far whose latest group had no correct completion: per prompt, where the all-fail share counts each "
+        "hard-sample round of a prompt as another group).",
         "",
         noise_note(rows),
         "",

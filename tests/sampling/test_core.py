@@ -110,7 +110,16 @@ def test_record_result_and_metrics():
     core.end_step()
     m = core.metrics()
     assert m["sampler/seen_prompts"] == 3.0
+    assert m["sampler/unsolved_share"] == pytest.approx(1 / 3)        # prompt 0 of the 3 seen
     assert [m[f"sampler/demo_round/{k}"] for k in range(4)] == [7.0, 1.0, 0.0, 0.0]
+    # prompt 0 solved with its demo, prompt 2 failing now: still 1 of 3; a small group (5 completions,
+    # none correct) is no evidence, so prompt 1 keeps its last verdict (solved)
+    core.record(np.array([0, 2]), np.array([1, 0]), rewards([3, 0]))
+    core.record(np.array([1]), np.array([0]), rewards([0], n=5))
+    assert core.metrics()["sampler/unsolved_share"] == pytest.approx(1 / 3)
+    core.record(np.array([2, 3]), np.array([1, 0]), rewards([0, 0]))
+    assert core.metrics()["sampler/unsolved_share"] == pytest.approx(2 / 4)
+    assert make_core().metrics()["sampler/unsolved_share"] == 0.0                  # nothing seen
     # `single` groups had mean correct 0, 1 and 0.4 -> M = 0.1 * 1.4 / 3
     assert m["sampler/mastery/single"] == pytest.approx(0.1 * 1.4 / 3, abs=1e-15)
     assert sum(m[f"sampler/share/{s}"] for s in SUBTASKS) == pytest.approx(1.0)

@@ -179,8 +179,12 @@ class SamplerCore:
     def metrics(self) -> dict[str, float]:
         w_S = self._eligible_weights()
         q_T = self._shares(self._capacity(w_S))
+        seen_S = self._seen_S > 0
         out = {"sampler/parked": float(np.count_nonzero(self._parked_until_S >= self.step)),
-               "sampler/seen_prompts": float(np.count_nonzero(self._seen_S))}
+               "sampler/seen_prompts": float(np.count_nonzero(seen_S)),
+               # per prompt, not per group: the seen prompts whose latest group had no correct completion
+               # (hard-sample rounds generate each hard prompt again, which a per-group share counts twice)
+               "sampler/unsolved_share": float(np.count_nonzero(self._streak_S[seen_S] > 0) / max(1, seen_S.sum()))}
         per_round = np.bincount(self._round_S, minlength=len(self.schedule) + 1)
         out.update({f"sampler/demo_round/{k}": float(v) for k, v in enumerate(per_round)})
         out.update({f"sampler/mastery/{name}": float(self._mastery_T[t]) for t, name in enumerate(SUBTASKS)})
