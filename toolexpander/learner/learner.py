@@ -120,8 +120,11 @@ def ds_config(cfg: LearnerConfig) -> dict:
         "managed_gradient_accumulation": False,
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
+        # torch's fused AdamW (one kernel over all parameters, on CPU and CUDA): 0.067 s against the
+        # per-tensor loop's 0.34 s for SmolLM2-135M's 135M float32 parameters on 2 cores; the same
+        # update to float32 rounding (2.4e-7 on weights of order 1 after 3 steps).
         "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "betas": [0.9, 0.999], "eps": 1e-8,
-                                                  "weight_decay": 0.0, "torch_adam": True}},
+                                                  "weight_decay": 0.0, "torch_adam": True, "fused": True}},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
