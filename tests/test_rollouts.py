@@ -180,6 +180,54 @@ def test_carried_weights_reach_each_worker_once_with_its_next_generate_call(ray_
         ray.kill(w)
 
 
+def test_weights_lost_with_the_learner_node_end_the_attempt_as_the_learner_s_death(ray_local, train_tasks, tmp_path):
+    """The weights the workers are to load with their next generate call (object-store sync) live in
+    learner rank 0's node's object store; lost with it, every call carrying them fails however often its
+    worker is replaced. check_weights tells that apart from a dead rollout worker: WorkerDied for the
+    learner (train() restarts the run from its checkpoint), not "rollout worker died twice"."""
+    import time
+
+    import numpy as np
+    import pytest
+    import ray
+
+    from bench.driver_scale import FakeRolloutWorker
+    from toolexpander.actors.group import WorkerDied
+    from toolexpander.rollouts import LOST
+    from toolexpander.types import PromptRequest
+
+    @ray.remote(num_cpus=0)
+    class Owner:   # an object in the store whose owner then dies: lost, as with its node
+        def hold(self):
+            return [ray.put([("w", np.zeros(1 << 16, np.float32))])]
+
+    worker_cls = ray.remote(FakeRolloutWorker).options(num_cpus=0)
+    workers = [worker_cls.remote(i, 0.0, 4, 4, 8, 4, seed=i) for i in range(2)]
+    group = fake_group(config(tmp_path), workers)
+    group.timeout_s = 30.0
+    requests = [PromptRequest(task=t, demo_round=0, group_id=g) for g, t in enumerate(train_tasks[:2])]
+    group.carry(1, ray.put([("w", np.ones(1 << 16, np.float32))]))
+    group.check_weights()                                   # alive: nothing to say
+    owner = Owner.remote()
+    [lost] = ray.get(owner.hold.remote())
+    ray.kill(owner)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:   # until Ray knows the owner died (it tells the driver asynchronously)
+        try:
+            ray.get(lost, timeout=10)
+        except LOST:
+            break
+        time.sleep(0.1)
+    group.carry(2, lost)
+    rollouts, _, failed = group.generate_refs(requests, step_seed=0)
+    assert rollouts is None and [i for i, _ in failed] == [0, 1]   # the workers live; their calls failed
+    with pytest.raises(WorkerDied, match="learner rank 0 died") as died:
+        group.check_weights()
+    assert died.value.role == "learner rank"
+    for w in workers:
+        ray.kill(w)
+
+
 def test_rows_lost_before_a_checkpoint_saved_a_queued_phase_are_generated_again(ray_local, train_tasks, tmp_path):
     """max_staleness 1: step 1's rollout phase is queued when the checkpoint after step 0 is taken, and
     one of its parts is lost (its owner died) before Trainer.save fetched it: save generates those

@@ -172,6 +172,7 @@ class Trainer:
         for worker, shard in lost:
             if prefetch is not None:
                 prefetch.check()   # a closing run does not wait for a replacement worker's placement
+            self.rollout.check_weights()   # lost with learner rank 0's node: WorkerDied, train() restarts
             self.metrics.event(self.step, "worker_restart",
                                f"rollout worker {worker} died or hung (cluster.call_timeout_s); restarting it")
             self.rollout.restart(worker)
@@ -203,7 +204,6 @@ class Trainer:
         """Draw, generate and record until B informative groups or the draw budget (DAPO-style).
         Returns the light view of every generated row, the kept groups' rows (by reference), the
         sampler records and the workers' stats."""
-
         cfg = self.cfg
         kept, generated, records, stats = [], [], [], []
         prefetch = Prefetch.current()

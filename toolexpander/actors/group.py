@@ -194,6 +194,21 @@ class RolloutGroup:
             return None, None
         return carried
 
+    def check_weights(self) -> None:
+        """Raises WorkerDied for learner rank 0 when the weights the workers are to load next (the carried
+        ref, in rank 0's node's object store) died with that node: a generate call carrying them would
+        fail however often its worker is replaced, and the run must restart from its checkpoint.
+        Fetches them (a copy on the driver's node), so it is called on the failure path only."""
+        if self.carried is None:
+            return
+        try:
+            ray.get(self.carried[1], timeout=self.timeout_s)
+        except LOST as e:
+            raise WorkerDied("learner rank", 0, e) from None
+        except ray.exceptions.GetTimeoutError:   # not known to be lost: the caller goes on as before
+            warnings.warn(f"the staged weights (version {self.carried[0]}) could not be fetched within "
+                          f"{self.timeout_s:g} s (cluster.call_timeout_s) to check them", stacklevel=2)
+
     def push(self, version: int, weights_ref) -> float:
         """Load `weights_ref` (an ObjectRef of [(name, array)]) into every worker; slowest worker's seconds."""
         seconds = _get([w.update_weights.remote(version, weights_ref) for w in self.workers], "rollout worker",
