@@ -21,6 +21,33 @@ def config(tmp_path, **train):
         "logging": {"output_dir": str(tmp_path / "run")}})
 
 
+def lost_ref(value):
+    """An ObjectRef of `value` whose owner (an actor that put it) then died: lost, as with its node.
+    Returns once Ray knows (it tells the driver asynchronously)."""
+    import time
+
+    import ray
+
+    from toolexpander.rollouts import LOST
+
+    @ray.remote(num_cpus=0)
+    class Owner:
+        def hold(self, value):
+            return [ray.put(value)]
+
+    owner = Owner.remote()
+    [lost] = ray.get(owner.hold.remote(value))
+    ray.kill(owner)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ray.get(lost, timeout=10)
+        except LOST:
+            return lost
+        time.sleep(0.1)
+    raise AssertionError("Ray never reported the object lost")
+
+
 def test_the_driver_holds_light_views_and_refs_and_fetches_rows_in_request_order(ray_local, train_tasks, tmp_path):
     import ray
 
@@ -185,7 +212,6 @@ def test_weights_lost_with_the_learner_node_end_the_attempt_as_the_learner_s_dea
     learner rank 0's node's object store; lost with it, every call carrying them fails however often its
     worker is replaced. check_weights tells that apart from a dead rollout worker: WorkerDied for the
     learner (train() restarts the run from its checkpoint), not "rollout worker died twice"."""
-    import time
 
     import numpy as np
     import pytest
@@ -193,13 +219,7 @@ def test_weights_lost_with_the_learner_node_end_the_attempt_as_the_learner_s_dea
 
     from bench.driver_scale import FakeRolloutWorker
     from toolexpander.actors.group import WorkerDied
-    from toolexpander.rollouts import LOST
     from toolexpander.types import PromptRequest
-
-    @ray.remote(num_cpus=0)
-    class Owner:   # an object in the store whose owner then dies: lost, as with its node
-        def hold(self):
-            return [ray.put([("w", np.zeros(1 << 16, np.float32))])]
 
     worker_cls = ray.remote(FakeRolloutWorker).options(num_cpus=0)
     workers = [worker_cls.remote(i, 0.0, 4, 4, 8, 4, seed=i) for i in range(2)]
@@ -208,17 +228,7 @@ def test_weights_lost_with_the_learner_node_end_the_attempt_as_the_learner_s_dea
     requests = [PromptRequest(task=t, demo_round=0, group_id=g) for g, t in enumerate(train_tasks[:2])]
     group.carry(1, ray.put([("w", np.ones(1 << 16, np.float32))]))
     group.check_weights()                                   # alive: nothing to say
-    owner = Owner.remote()
-    [lost] = ray.get(owner.hold.remote())
-    ray.kill(owner)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:   # until Ray knows the owner died (it tells the driver asynchronously)
-        try:
-            ray.get(lost, timeout=10)
-        except LOST:
-            break
-        time.sleep(0.1)
-    group.carry(2, lost)
+    group.carry(2, lost_ref([("w", np.zeros(1 << 16, np.float32))]))
     rollouts, _, failed = group.generate_refs(requests, step_seed=0)
     assert rollouts is None and [i for i, _ in failed] == [0, 1]   # the workers live; their calls failed
     with pytest.raises(WorkerDied, match="learner rank 0 died") as died:
@@ -232,7 +242,6 @@ def test_rows_lost_before_a_checkpoint_saved_a_queued_phase_are_generated_again(
     """max_staleness 1: step 1's rollout phase is queued when the checkpoint after step 0 is taken, and
     one of its parts is lost (its owner died) before Trainer.save fetched it: save generates those
     groups again, the checkpoint holds step 1's full batch, and step 1 then trains those rows."""
-    import time
     import types
     from pathlib import Path
 
@@ -241,7 +250,6 @@ def test_rows_lost_before_a_checkpoint_saved_a_queued_phase_are_generated_again(
 
     from bench.driver_scale import FakeLearner, FakeRolloutWorker, close_simulated, simulated_trainer
     from toolexpander.overlap import PREFETCH_DIR
-    from toolexpander.rollouts import LOST
 
     class SavingLearner(FakeLearner):
         trained = []
@@ -257,11 +265,6 @@ def test_rows_lost_before_a_checkpoint_saved_a_queued_phase_are_generated_again(
         def log(self):
             return self.trained
 
-    @ray.remote(num_cpus=0)
-    class Owner:   # an object in the store whose owner then dies: lost, as with its node
-        def hold(self, table):
-            return [ray.put(table)]
-
     worker_cls = ray.remote(FakeRolloutWorker).options(num_cpus=0, max_concurrency=1)
     workers = [worker_cls.remote(i, 0.0, 4, 4, 8, 4, seed=i) for i in range(2)]
     learner = ray.remote(SavingLearner).options(num_cpus=0).remote()
@@ -276,17 +279,7 @@ def test_rows_lost_before_a_checkpoint_saved_a_queued_phase_are_generated_again(
     trainer.step += 1
     [phase] = trainer.drain()                            # step 1's, generated while step 0 trained
     assert phase["step"] == 1 and sorted(set(phase["batch"].light.column("group_id").to_pylist())) == [4, 5, 6, 7]
-    owner = Owner.remote()
-    [lost] = ray.get(owner.hold.remote(ray.get(phase["batch"].parts[0])))
-    ray.kill(owner)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:   # until Ray knows the owner died (it tells the driver asynchronously)
-        try:
-            ray.get(lost, timeout=10)
-        except LOST:
-            break
-        time.sleep(0.1)
-    phase["batch"].parts[0] = lost
+    phase["batch"].parts[0] = lost_ref(ray.get(phase["batch"].parts[0]))
     saved = Path(trainer.save())
     assert [(s, kind) for s, kind, _ in events] == [(1, "rows_lost")]
     assert events[0][2].startswith("step 1: the rollout rows of part(s) [0] were lost")
