@@ -1,7 +1,8 @@
 """The learning benchmark: does each method teach SmolLM2-135M to call tools? Writes bench/LEARNING.md.
 
-One seed, in order: evaluate the base model; `toolexpander sft` (a supervised warm start) and evaluate
-it; five GRPO arms from the SFT model with the same seed and steps -- (a) plain GRPO, (b) + hard
+In order: evaluate the base model; `toolexpander sft` (a supervised warm start, trained with the first
+seed) and evaluate it; for each seed (one by default), five GRPO arms from the SFT model with that seed
+and the same steps -- (a) plain GRPO, (b) + hard
 sampling, (c) + DSCL, (d) both papers, (e) (a) with rollouts one step ahead of the learner
 (train.max_staleness 1) -- each evaluated from its HF export. Every evaluation runs the
 ToolRL test set and a fixed BFCL non-live AST subset as two concurrent `toolexpander eval`
@@ -12,6 +13,7 @@ runs/learn-<stamp>/ (git-ignored).
     python -m bench.learning                    # the full run (`make learn`): bench/LEARNING.md, bench/learning/*.png
     python -m bench.learning --smoke            # the tiny random model, 2 steps per arm, into a temp directory
     python -m bench.learning --arms a,d --steps 5 --seed 1
+    python -m bench.learning --arms a,d --seeds 0,1       # each arm with each seed; means and per-seed values
     python -m bench.learning --report-only runs/learn-<stamp>   # rewrite LEARNING.md from a finished run
 """
 
@@ -103,10 +105,12 @@ class Pipeline:
         self.config, self.overrides, self.run_dir = config, overrides, run_dir
         self.cfg = load_config(REPO / config, parse_overrides(overrides))
         self.steps = args.steps or (SMOKE_STEPS if args.smoke else self.cfg.train.steps)
-        self.seed = args.seed
+        self.seeds = args.seeds or [args.seed]
+        self.seed = self.seeds[0]   # the SFT warm start's seed, and the seed whose arms keep plain names
         self.toolrl_limit = self.cfg.eval.limit if args.smoke else None  # the whole ToolRL test set
         self.state = {"command": _shown([sys.executable, "-m", "bench.learning", *sys.argv[1:]]),
-                      "config": config, "overrides": overrides, "seed": args.seed, "steps": self.steps,
+                      "config": config, "overrides": overrides, "seed": self.seed, "seeds": self.seeds,
+                      "steps": self.steps,
                       "max_tokens": self.cfg.eval.max_tokens, "bfcl_limit": self.cfg.eval.limit,
                       "bfcl_categories": BFCL_CATEGORIES, "toolrl_limit": self.toolrl_limit,
                       "settings": settings(self.cfg), "arms": [], "stages": [], "commit": _commit(),
@@ -119,15 +123,16 @@ class Pipeline:
         from the start (its partial directory kept aside as arm_<x>.failed-<n>). `done`: its learning.json
         as read before this Pipeline was made (making one writes a fresh one). Returns the finished arms."""
         self.state.update({k: done[k] for k in ("stages", "arms", "commit", "command", "seed", "steps")})
+        self.state["seeds"] = self.seeds   # the run's seeds, or more of them (main checks)
         self.state["resumed"] = done.get("resumed", []) + [_shown([sys.executable, "-m", "bench.learning",
                                                                    *sys.argv[1:]])]
         finished = [a for a in done["arms"] if all(load_summary(run_dir, a, s) for s in ("toolrl", "bfcl"))]
         self.state["arms"] = finished
-        for arm in report.ARMS:
-            partial = run_dir / arm_dir(arm)
-            if arm not in finished and partial.exists():
-                k = sum(1 for _ in run_dir.glob(f"{arm_dir(arm)}.failed-*"))
-                partial.rename(run_dir / f"{arm_dir(arm)}.failed-{k}")
+        for partial in sorted(run_dir.glob(arm_dir("*"))):
+            stage = partial.name[len(arm_dir("")):]
+            if partial.is_dir() and ".failed-" not in stage and stage not in finished:
+                k = sum(1 for _ in run_dir.glob(f"{partial.name}.failed-*"))
+                partial.rename(run_dir / f"{partial.name}.failed-{k}")
         self._save()
         return finished
 
@@ -163,7 +168,7 @@ class Pipeline:
         bfcl = [*PYTHON, "eval", "--suite", "bfcl", "--categories", *BFCL_CATEGORIES, "--limit",
                 str(self.cfg.eval.limit), *common, "--out", str(out["bfcl"])]
         logs = self.run_dir / "logs"
-        name = f"eval ({stage})" if stage in report.ARMS else f"eval {stage}"
+        name = f"eval ({stage})" if report.split_stage(stage)[0] in report.ARMS else f"eval {stage}"
         t0 = time.perf_counter()
         keys = {suite: eval_key(model, cmd) for suite, cmd in (("toolrl", toolrl), ("bfcl", bfcl))} if cache else {}
         hits = {suite: EVAL_CACHE / f"{key}.json" for suite, key in keys.items()
@@ -219,22 +224,32 @@ class Pipeline:
         log(f"sft: done in {time.perf_counter() - t0:.0f} s ({note})")
         return model
 
-    def train(self, arm: str, sft_model: Path) -> Path:
-        run = self.run_dir / arm_dir(arm)
+    def train(self, arm: str, sft_model: Path, seed: int) -> tuple[str, Path]:
+        """Arm `arm` from the SFT model with `seed` (train, sampler and rollout seed): (stage, HF export)."""
+        stage = report.stage_id(arm, seed, self.seed)
+        run = self.run_dir / arm_dir(stage)
         seeds = [f"--{key}.seed" for key in ("train", "sampler", "rollout")]
         cmd = [*PYTHON, "train", "--config", self.config, *self.overrides, "--model.path", str(sft_model),
                "--model.prepare", "null", "--output-dir", str(run), "--train.steps", str(self.steps),
                # every step's trained groups, so that a drift can be replayed (bench/first_update.py)
                "--save-rollouts", str(run / "rollouts"),
-               *[x for key in seeds for x in (key, str(self.seed))], *report.ARMS[arm][1]]
-        log_path = self.run_dir / "logs" / f"train_{arm}.log"
+               *[x for key in seeds for x in (key, str(seed))], *report.ARMS[arm][1]]
+        log_path = self.run_dir / "logs" / f"train_{stage}.log"
         t0 = time.perf_counter()
-        log(f"train ({arm}) {report.ARMS[arm][0]}: {self.steps} steps (log: {_relative(log_path)})")
-        run_logged(f"train {arm}", [(cmd, log_path)])
-        self.state["arms"].append(arm)
-        self._record(f"train ({arm})", t0, [cmd])
-        log(f"train ({arm}): done in {time.perf_counter() - t0:.0f} s")
-        return run / "hf"
+        log(f"train ({stage}) {report.ARMS[arm][0]}, seed {seed}: {self.steps} steps (log: {_relative(log_path)})")
+        run_logged(f"train {stage}", [(cmd, log_path)])
+        self.state["arms"].append(stage)
+        self._record(f"train ({stage})", t0, [cmd])
+        log(f"train ({stage}): done in {time.perf_counter() - t0:.0f} s")
+        return stage, run / "hf"
+
+    def arms(self, arms: list[str], sft_model: Path, done: list[str] = ()) -> None:
+        """Train and evaluate every arm with every seed, seed by seed (so that a run cut short still
+        holds whole seeds to compare), skipping the stages in `done`."""
+        for seed in self.seeds:
+            for arm in arms:
+                if report.stage_id(arm, seed, self.seed) not in done:
+                    self.evaluate(*self.train(arm, sft_model, seed))
 
 
 # Shown in LEARNING.md's protocol line; the whole resolved config is in every run directory.
@@ -272,6 +287,16 @@ def eval_key(model: Path, cmd: list[str]) -> str:
         except metadata.PackageNotFoundError:
             h.update(f"{dist} absent".encode())
     return h.hexdigest()[:32]
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least one seed, each once")
+    return seeds
 
 
 def arm_dir(arm: str) -> str:
@@ -323,8 +348,9 @@ def stage_rows(run_dir: Path, state: dict) -> tuple[list[dict], dict]:
     for stage in ("base", "sft", *state["arms"]):
         metrics = run_dir / arm_dir(stage) / "metrics.jsonl"
         stages[stage] = {"toolrl": load_summary(run_dir, stage, "toolrl"), "bfcl": load_summary(run_dir, stage, "bfcl"),
-                         "metrics": read_metrics(metrics) if stage in report.ARMS else None}
-    return report.table_rows(stages), stages
+                         "metrics": read_metrics(metrics) if report.split_stage(stage)[0] in report.ARMS else None}
+    seeds = state.get("seeds") or [state.get("seed")]
+    return report.table_rows(stages, seeds[0] if len(seeds) > 1 else None), stages
 
 
 def arm_prompts(run_dir: Path, arms: list[str]) -> str:
@@ -364,13 +390,16 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0, help="sft, sampler, rollout and train seed")
+    ap.add_argument("--seeds", type=_seed_list, help="comma-separated GRPO seeds, e.g. 0,1: every arm trains "
+                    "with each (sampler, rollout and train seed); the SFT warm start once, with the first")
     ap.add_argument("--arms", default=",".join(report.ARMS), help="comma-separated subset of a,b,c,d,e")
     ap.add_argument("--steps", type=int, help="GRPO steps per arm (default: the config's train.steps)")
     ap.add_argument("--smoke", action="store_true", help="tiny random model, tiny settings, a temp output")
     ap.add_argument("--out", type=Path, help="where LEARNING.md and learning/*.png go (default: bench/, "
                     "or the temp directory under --smoke)")
     ap.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish a run that stopped: the arms "
-                    "without an evaluation are trained again (with the run's own config, seed and steps)")
+                    "without an evaluation are trained again (with the run's own config, seeds and steps); "
+                    "with --seeds (the run's seeds first), also the arms of the seeds added")
     ap.add_argument("--report-only", type=Path, metavar="RUN_DIR", help="rewrite the report from a finished run")
     ap.add_argument("--compare", type=Path, metavar="RUN_DIR", help="an earlier run's directory: the report "
                     "sets its evaluations beside this run's, stage by stage, with the settings that differ")
@@ -383,19 +412,26 @@ def main(argv: list[str] | None = None) -> None:
     arms = [a for a in args.arms.split(",") if a]
     if not arms or set(arms) - set(report.ARMS):
         ap.error(f"--arms: choose from {','.join(report.ARMS)}, got {args.arms!r}")
+    if args.seeds and "--seed" in (argv if argv is not None else sys.argv[1:]):
+        ap.error("--seed and --seeds: give one of them")
     if args.report_only:
         print(f"wrote {write_report(args.report_only.resolve(), out or REPO / 'bench', compare)}")
         return
     if args.resume:
         run_dir = args.resume.resolve()
         done = json.loads((run_dir / "learning.json").read_text())
-        p = Pipeline(argparse.Namespace(**{**vars(args), "steps": done["steps"], "seed": done["seed"]}),
+        seeds = done.get("seeds") or [done["seed"]]
+        if args.seeds:   # more seeds for a finished run: its own first, in its order
+            if args.seeds[:len(seeds)] != seeds:
+                ap.error(f"--resume {args.resume} --seeds {','.join(map(str, args.seeds))}: the run's seeds are "
+                         f"{','.join(map(str, seeds))}; give them first, then the seeds to add")
+            seeds = args.seeds
+        p = Pipeline(argparse.Namespace(**{**vars(args), "steps": done["steps"], "seed": done["seed"],
+                                           "seeds": seeds}),
                      done["config"], done["overrides"], run_dir)
         finished = p.resume(run_dir, done)
-        sft_model = p.sft_model(None)
-        for arm in [a for a in arms if a not in finished]:
-            log(f"resume: ({arm}) from the start; finished earlier: {', '.join(finished) or 'none'}")
-            p.evaluate(arm, p.train(arm, sft_model))
+        log(f"resume: finished earlier: {', '.join(finished) or 'none'}; every other arm from its start")
+        p.arms(arms, p.sft_model(None), finished)
         path = write_report(run_dir, out or REPO / "bench", compare)
         log(f"wrote {_relative(path)} (raw outputs: {_relative(run_dir)})")
         return
@@ -412,8 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     p.evaluate("base", base, cache=not args.smoke)
     sft_model = p.sft(run_dir / "sft_model" if args.smoke else None)
     p.evaluate("sft", sft_model, cache=not args.smoke)
-    for arm in arms:
-        p.evaluate(arm, p.train(arm, sft_model))
+    p.arms(arms, sft_model)
     path = write_report(run_dir, out, compare)
     log(f"wrote {_relative(path)} (raw outputs: {_relative(run_dir)})")
 

@@ -27,6 +27,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {
                                                  "--train.max_staleness", "1"]),
 }
 STAGE_LABELS = {"base": "base", "sft": "SFT", **{k: f"({k}) {label}" for k, (label, _) in ARMS.items()}}
+SEED_MARK = "-s"  # an arm trained with another than the run's first seed: stage "a-s1" is (a) with seed 1
 REWARD_DIMS = ("format", "tool_name", "param_name", "param_value", "exemplar", "correct")
 EDGE = 3  # "first / last 3 steps"
 
@@ -35,6 +36,27 @@ GOAL_TOOLRL = 0.20        # (d) ToolRL-test correct
 GOAL_GAIN = 0.05          # (d) minus SFT, ToolRL-test correct
 GOAL_BFCL_SIMPLE = 0.10   # (d) BFCL non-live simple AST
 GOAL_ALL_FAIL_RATIO = 0.5  # (d) mean all-fail share / (a)'s, over the run (equal steps)
+
+
+# ---- stages and seeds ----------------------------------------------------------------------------
+def stage_id(arm: str, seed: int, first_seed: int) -> str:
+    """The stage of one arm trained with one seed: the arm's letter for the run's first seed (the seed
+    the SFT warm start was trained with), "<arm>-s<seed>" for every other."""
+    return arm if seed == first_seed else f"{arm}{SEED_MARK}{seed}"
+
+
+def split_stage(stage: str) -> tuple[str, int | None]:
+    """(arm or stage name, seed); seed None for the run's first seed and for base/SFT."""
+    arm, mark, seed = stage.partition(SEED_MARK)
+    return (arm, int(seed)) if mark and arm in ARMS and seed.isdigit() else (stage, None)
+
+
+def label(stage: str, seed: int | None = None) -> str:
+    """A stage's label; with several seeds in a run, each arm row names its seed."""
+    arm, own = split_stage(stage)
+    text = STAGE_LABELS.get(arm, arm)
+    seed = own if own is not None else seed
+    return f"{text}, seed {seed}" if arm in ARMS and seed is not None else text
 
 
 # ---- numbers -------------------------------------------------------------------------------------
@@ -85,18 +107,57 @@ def eval_columns(toolrl: dict | None, bfcl: dict | None) -> dict:
     return out
 
 
-def table_rows(stages: dict[str, dict]) -> list[dict]:
+def table_rows(stages: dict[str, dict], first_seed: int | None = None) -> list[dict]:
     """stages: name -> {"toolrl": summary | None, "bfcl": summary | None, "metrics": rows | None},
-    in table order. One row per stage: its label, eval columns and (for the arms) training columns."""
+    in table order. One row per stage: its label, eval columns and (for the arms) training columns.
+    first_seed: the run's first seed, named in the arm rows' labels when the run has several seeds."""
     rows = []
     for name, s in stages.items():
-        row = {"stage": name, "label": STAGE_LABELS.get(name, name), **eval_columns(s.get("toolrl"), s.get("bfcl"))}
+        arm, seed = split_stage(name)
+        row = {"stage": name, "arm": arm, "seed": first_seed if seed is None and arm in ARMS else seed,
+               "label": label(name, first_seed), **eval_columns(s.get("toolrl"), s.get("bfcl"))}
         row.update(train_summary(s["metrics"]) if s.get("metrics") else
                    {"steps": None, "correct_first": None, "correct_last": None,
                     "all_fail_mean": None, "all_fail_last": None, "unsolved_end": None, "lag_mean": None,
                     "mismatch_k3_mean": None})
         rows.append(row)
     return rows
+
+
+# Columns averaged over an arm's seeds (seed_means); bfcl's per-category dict is averaged key by key.
+MEAN_KEYS = ("toolrl_correct", "toolrl_format", "bfcl_non_live", "bfcl_simple", "correct_first", "correct_last",
+             "all_fail_mean", "all_fail_last", "unsolved_end", "lag_mean", "mismatch_k3_mean")
+
+
+def seed_means(rows: list[dict]) -> list[dict]:
+    """One row per stage kind: base and SFT as they are, each arm the plain mean of its seeds' rows
+    (a value missing in one seed is left out of that mean; `seeds` lists the seeds averaged, in run
+    order, and `per_seed` each seed's row). With one seed per arm the rows come back unchanged in value."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r["arm"] not in ARMS:
+            out[r["stage"]] = {**r, "seeds": [], "per_seed": [r]}
+            continue
+        m = out.setdefault(r["arm"], {"stage": r["arm"], "arm": r["arm"], "seed": None,
+                                      "label": STAGE_LABELS[r["arm"]], "seeds": [], "per_seed": []})
+        m["seeds"].append(r["seed"])
+        m["per_seed"].append(r)
+    for m in out.values():
+        if m["arm"] not in ARMS:
+            continue
+        each = m["per_seed"]
+        for key in MEAN_KEYS:
+            m[key] = _mean([r[key] for r in each if r.get(key) is not None])
+        m["toolrl_n"] = each[0].get("toolrl_n")
+        m["bfcl_n"] = each[0].get("bfcl_n")
+        m["steps"] = each[0].get("steps")
+        categories = dict.fromkeys(c for r in each for c in r["bfcl"])
+        m["bfcl"] = {c: _mean([r["bfcl"][c] for r in each if r["bfcl"].get(c) is not None]) for c in categories}
+    return list(out.values())
+
+
+def several_seeds(rows: list[dict]) -> bool:
+    return any(len(m["seeds"]) > 1 for m in seed_means(rows))
 
 
 # ---- text ----------------------------------------------------------------------------------------
@@ -124,6 +185,41 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _each(m: dict, key: str, fmt) -> str:
+    """An arm's mean over its seeds followed by each seed's value: "8.8 (7.5 / 10.0)"."""
+    values = [fmt(r.get(key)) for r in m["per_seed"]]
+    return f"{fmt(m.get(key))} ({' / '.join(values)})" if len(values) > 1 else fmt(m.get(key))
+
+
+def markdown_seeds(rows: list[dict]) -> str:
+    """Each arm's mean over its seeds with every seed's value, and each arm minus (a) seed by seed
+    (paired: the same seed draws the same first prompts), for a run with several seeds per arm."""
+    means = [m for m in seed_means(rows) if m["arm"] in ARMS]
+    head = ["arm", "seeds", "ToolRL correct %", "ToolRL format %", "BFCL non-live %",
+            f"train correct, last {EDGE}", "all-fail share, run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in means:
+        lines.append("| " + " | ".join([
+            m["label"], ", ".join(str(s) for s in m["seeds"]), _each(m, "toolrl_correct", _pct),
+            _each(m, "toolrl_format", _pct), _each(m, "bfcl_non_live", _pct), _each(m, "correct_last", _num),
+            _each(m, "all_fail_mean", _num)]) + " |")
+    text = ["Each cell: the mean over the arm's seeds, then each seed's value in the order of the seeds column.",
+            "", *lines]
+    plain = next((m for m in means if m["arm"] == "a"), None)
+    diffs = []
+    for m in means:
+        if plain is None or m is plain:
+            continue
+        a_by_seed = {r["seed"]: r["toolrl_correct"] for r in plain["per_seed"] if r["toolrl_correct"] is not None}
+        pairs = [(r["seed"], r["toolrl_correct"] - a_by_seed[r["seed"]]) for r in m["per_seed"]
+                 if r["toolrl_correct"] is not None and r["seed"] in a_by_seed]
+        if pairs:
+            each = ", ".join(f"seed {seed} {100 * d:+.1f}" for seed, d in pairs)
+            diffs.append(f"- ({m['arm']}) minus (a), ToolRL correct, seed by seed: {each}; mean "
+                         f"{100 * _mean([d for _, d in pairs]):+.1f} points.")
+    return "\n".join(text + ([""] + diffs if diffs else []))
+
+
 def noise_note(rows: list[dict], reference: str = "sft") -> str:
     """One seed and a finite test set: the binomial standard error of the reference stage's ToolRL
     correct rate, sqrt(p (1 - p) / n), so that a reader can tell a difference from noise."""
@@ -132,7 +228,13 @@ def noise_note(rows: list[dict], reference: str = "sft") -> str:
         return ""
     p, n = ref["toolrl_correct"], ref["toolrl_n"]
     se = (p * (1.0 - p) / n) ** 0.5
-    return (f"Noise: one seed, {n} ToolRL questions (one question is {100 / n:.2f} points). At the "
+    spreads = [(m["label"], max(v) - min(v)) for m in seed_means(rows) if m["arm"] in ARMS
+               for v in [[r["toolrl_correct"] for r in m["per_seed"] if r["toolrl_correct"] is not None]]
+               if len(v) > 1]
+    seeds = ("one seed" if not spreads else
+             "several seeds per arm: the ToolRL correct rate of one arm moved between its seeds by "
+             + ", ".join(f"{100 * d:.1f} points ({name})" for name, d in spreads) + ";")
+    return (f"Noise: {seeds} {n} ToolRL questions (one question is {100 / n:.2f} points). At the "
             f"{ref['label']} row's rate ({_pct(p)}%) the standard error of a ToolRL correct rate is "
             f"{100 * se:.1f} points, so differences between rows smaller than about {200 * se:.1f} points "
             "are within noise; training columns average only a few steps of a few groups each.")
@@ -173,8 +275,9 @@ def _status(value: float | None, target: float, unit: str, higher_is_better: boo
 
 
 def goals(rows: list[dict]) -> list[dict]:
-    """Each goal with its measured value and "met" / "missed by X" / "not run"."""
-    by = {r["stage"]: r for r in rows}
+    """Each goal with its measured value and "met" / "missed by X" / "not run". An arm run with several
+    seeds is measured by its mean over them (seed_means)."""
+    by = {r["stage"]: r for r in seed_means(rows)}
     get = lambda stage, key: by.get(stage, {}).get(key)  # noqa: E731
     d_correct, sft_correct = get("d", "toolrl_correct"), get("sft", "toolrl_correct")
     gain = None if d_correct is None or sft_correct is None else d_correct - sft_correct
@@ -183,7 +286,7 @@ def goals(rows: list[dict]) -> list[dict]:
     if d_fail is not None and a_fail is not None:
         ratio = d_fail / a_fail if a_fail > 0 else (0.0 if d_fail == 0 else math.inf)
     base = get("base", "toolrl_correct")
-    return [
+    items = [
         {"name": "(d) full pipeline: ToolRL-test correct" + (f" (base {_pct(base)}%)" if base is not None else ""),
          "target": f">= {_pct(GOAL_TOOLRL)}%", "measured": "-" if d_correct is None else f"{_pct(d_correct)}%",
          "status": _status(d_correct, GOAL_TOOLRL, "points")},
@@ -200,6 +303,12 @@ def goals(rows: list[dict]) -> list[dict]:
                     else _status(ratio, GOAL_ALL_FAIL_RATIO, "x", higher_is_better=False))},
         *([overlap_goal(by["a"], by["e"])] if "e" in by else []),
     ]
+    d_seeds = len(by.get("d", {}).get("seeds", []))
+    if d_seeds > 1:
+        for g in items[:4]:
+            if g["measured"] != "-":
+                g["measured"] += f", mean of {d_seeds} seeds"
+    return items
 
 
 def overlap_goal(a: dict, e: dict) -> dict:
@@ -252,12 +361,13 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
     stages (see markdown_times)."""
     settings = ", ".join(f"{k} {v}" for k, v in (info.get("settings") or {}).items())
     settings = f" ({settings})" if settings else ""
-    arms = "\n".join(f"| ({k}) {ARMS[k][0]} | `{' '.join(ARMS[k][1])}` |" for k in info["arms"])
+    letters = dict.fromkeys(split_stage(stage)[0] for stage in info["arms"])
+    arms = "\n".join(f"| ({k}) {ARMS[k][0]} | `{' '.join(ARMS[k][1])}` |" for k in letters)
     return "\n".join([
         "# Learning benchmark",
         "",
         "Written by the script, never by hand. "
-        f"`{info['command']}` on {info['date']}, seed {info['seed']}, commit {info['commit']}. "
+        f"`{info['command']}` on {info['date']}, {_seeds_text(info)}, commit {info['commit']}. "
         f"Machine: {info['cpu']}, {info['cores']} cores (1-min load average at the end {info['loadavg']:.1f}; "
         "the machine may have been shared with other jobs). "
         f"Raw outputs (eval JSONs with every completion, each arm's metrics.jsonl and run directory, "
@@ -269,7 +379,11 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         "",
         f"Protocol: config `{info['config']}`{settings}. The base model is evaluated, warm-started with "
         "`toolexpander sft`, evaluated again; then each GRPO arm trains from the SFT model for "
-        f"{info['steps']} steps with the same seed, and its HF export is evaluated."
+        f"{info['steps']} steps " + (
+            f"with each of the seeds {', '.join(str(x) for x in info['seeds'])} (train, sampler and rollout "
+            f"seed; the SFT warm start is trained once, with seed {info['seed']}, so every arm and seed starts "
+            "from the same model)" if len(info.get("seeds") or []) > 1 else "with the same seed")
+        + ", and its HF export is evaluated."
         + (f" Prompts each arm drew from (the run's start event): {info['prompts']}." if info.get("prompts") else "")
         + " Evaluation: greedy, "
         f"at most {info['max_tokens']} new tokens; the ToolRL test set ({_count(rows, 'toolrl_n')} questions, "
@@ -288,6 +402,7 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         "far whose latest group had no correct completion: per prompt, where the all-fail share counts each "
         "hard-sample round of a prompt as another group).",
         "",
+        *(["## Across seeds", "", markdown_seeds(rows), ""] if several_seeds(rows) else []),
         noise_note(rows),
         "",
         *(["## Against an earlier run", "", info["compare"], ""] if info.get("compare") else []),
@@ -314,6 +429,11 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         *[f"![{Path(p).stem}]({p})" for p in plots],
         "",
     ])
+
+
+def _seeds_text(info: dict) -> str:
+    seeds = info.get("seeds") or [info["seed"]]
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(str(x) for x in seeds)}"
 
 
 def _count(rows: list[dict], key: str) -> str:
@@ -344,9 +464,10 @@ def _axes(title: str, ylabel: str, ncols: int = 1):
     return fig, list(axes.flat)
 
 
-def figure_rewards(rows: list[dict], arm: str):
-    """Every reward dimension's mean against step for one arm; exemplar (at most 0.01) on its own axis."""
-    fig, (ax, ax_ex) = _axes(f"reward dimensions, {STAGE_LABELS.get(arm, arm)}", "mean over completions", 2)
+def figure_rewards(rows: list[dict], arm: str, name: str | None = None):
+    """Every reward dimension's mean against step for one arm (its table label `name`); exemplar (at
+    most 0.01) on its own axis."""
+    fig, (ax, ax_ex) = _axes(f"reward dimensions, {name or label(arm)}", "mean over completions", 2)
     for dim in REWARD_DIMS:
         steps, values = series(rows, f"reward/{dim}_mean")
         if steps:
@@ -360,12 +481,12 @@ def figure_rewards(rows: list[dict], arm: str):
     return fig
 
 
-def figure_arms(metrics: dict[str, list[dict]], key: str, title: str):
-    """One metric against step, one line per arm."""
+def figure_arms(metrics: dict[str, list[dict]], key: str, title: str, names: dict[str, str] | None = None):
+    """One metric against step, one line per arm (and seed), labelled by `names` (stage -> table label)."""
     fig, (ax,) = _axes(title, key)
     for arm, rows in metrics.items():
         steps, values = series(rows, key)
-        ax.plot(steps, values, marker="o", markersize=3, label=STAGE_LABELS.get(arm, arm))
+        ax.plot(steps, values, marker="o", markersize=3, label=(names or {}).get(arm) or label(arm))
     ax.set_ylim(-0.02, 1.02)  # both plotted metrics are shares / means of {0, 1} values
     ax.legend(fontsize=8)
     return fig
@@ -380,7 +501,7 @@ def figure_eval(rows: list[dict]):
         values = [100 * (r[key] or 0.0) for r in rows]  # a missing value draws as no bar
         bars = ax.bar([i + offset for i in x], values, width=0.4, label=label)
         ax.bar_label(bars, labels=[_pct(r[key]) for r in rows], fontsize=7)
-    ax.set_xticks(x, [STAGE_LABELS.get(r["stage"], r["stage"]) for r in rows], rotation=20, ha="right", fontsize=8)
+    ax.set_xticks(x, [r["label"] for r in rows], rotation=20, ha="right", fontsize=8)
     ax.set_xlabel("")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
@@ -394,10 +515,12 @@ def write_plots(rows: list[dict], metrics: dict[str, list[dict]], out_dir: Path)
     for old in out_dir.glob("*.png"):
         old.unlink()
     figures = {"eval": figure_eval(rows)}
+    names = {r["stage"]: r["label"] for r in rows}
     if metrics:
-        figures["correct"] = figure_arms(metrics, "reward/correct_mean", "correct per step, every arm")
-        figures["all_fail"] = figure_arms(metrics, "sampler/all_fail_share", "all-fail share per step, every arm")
-        figures.update({f"rewards_{arm}": figure_rewards(r, arm) for arm, r in metrics.items()})
+        figures["correct"] = figure_arms(metrics, "reward/correct_mean", "correct per step, every arm", names)
+        figures["all_fail"] = figure_arms(metrics, "sampler/all_fail_share", "all-fail share per step, every arm",
+                                          names)
+        figures.update({f"rewards_{arm}": figure_rewards(r, arm, names.get(arm)) for arm, r in metrics.items()})
     paths = []
     for name, fig in figures.items():
         fig.tight_layout()

@@ -247,7 +247,7 @@ def test_a_cached_evaluation_is_reused_and_said_so(tmp_path, monkeypatch):
     (model / "model.safetensors").write_bytes(b"weights")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    args = argparse.Namespace(steps=1, smoke=False, seed=0)
+    args = argparse.Namespace(steps=1, smoke=False, seed=0, seeds=None)
     p = learning.Pipeline(args, learning.SMOKE_CONFIG, [], run_dir)
     calls = []
     monkeypatch.setattr(learning, "run_logged", lambda stage, jobs: calls.append(stage))
@@ -302,8 +302,8 @@ def test_resume_trains_only_the_arms_without_evaluations(tmp_path, monkeypatch):
         (run / "eval" / f"a_{suite}.json").write_text(json.dumps({"summary": {"overall": 0.1, "seconds": 1}}))
     (run / "arm_b").mkdir()                                     # killed in the middle of (b)
     calls = []
-    monkeypatch.setattr(learning.Pipeline, "train", lambda self, arm, sft: calls.append(("train", arm, self.steps,
-                                                                                          self.seed)) or sft)
+    monkeypatch.setattr(learning.Pipeline, "train", lambda self, arm, sft, seed: calls.append(
+        ("train", arm, self.steps, seed)) or (report.stage_id(arm, seed, self.seed), sft))
     monkeypatch.setattr(learning.Pipeline, "evaluate", lambda self, arm, model, cache=False: calls.append(("eval", arm)))
     monkeypatch.setattr(learning, "write_report", lambda run_dir, out, compare=None: out / "LEARNING.md")
     learning.main(["--resume", str(run), "--arms", "a,b,c", "--out", str(tmp_path)])
@@ -316,3 +316,103 @@ def test_resume_trains_only_the_arms_without_evaluations(tmp_path, monkeypatch):
     (run / "eval" / "b_toolrl.json").write_text(json.dumps({"summary": {"overall": 0.1, "seconds": 1}}))
     learning.main(["--resume", str(run), "--arms", "a,b", "--out", str(tmp_path)])
     assert len(json.loads((run / "learning.json").read_text())["resumed"]) == 2
+
+
+def test_a_second_seed_resumes_after_the_first_seeds_arms(tmp_path, monkeypatch):
+    import json
+
+    from bench import learning
+
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    state = {"command": "x", "config": learning.SMOKE_CONFIG, "overrides": [], "seed": 0, "seeds": [0, 1],
+             "steps": 5, "arms": ["a", "d", "a-s1"], "stages": [], "commit": "`abc`"}
+    (run / "learning.json").write_text(json.dumps(state))
+    for stage in ("a", "d", "a-s1"):
+        for suite in ("toolrl", "bfcl"):
+            (run / "eval" / f"{stage}_{suite}.json").write_text(json.dumps({"summary": {"overall": 0.1}}))
+    (run / "arm_d-s1").mkdir()                                  # killed in the middle of (d) with seed 1
+    calls = []
+    monkeypatch.setattr(learning.Pipeline, "train", lambda self, arm, sft, seed: calls.append(
+        ("train", arm, seed)) or (report.stage_id(arm, seed, self.seed), sft))
+    monkeypatch.setattr(learning.Pipeline, "evaluate", lambda self, stage, model, cache=False: calls.append(("eval", stage)))
+    monkeypatch.setattr(learning, "write_report", lambda run_dir, out, compare=None: out / "LEARNING.md")
+    learning.main(["--resume", str(run), "--arms", "a,d", "--out", str(tmp_path)])
+    assert calls == [("train", "d", 1), ("eval", "d-s1")]
+    assert (run / "arm_d-s1.failed-0").is_dir() and not (run / "arm_d-s1").exists()
+    # More seeds for the same run: its own seeds first, then the one added; a different order is refused.
+    calls.clear()
+    learning.main(["--resume", str(run), "--arms", "a,d", "--seeds", "0,1,2", "--out", str(tmp_path)])
+    assert calls == [("train", "d", 1), ("eval", "d-s1"), ("train", "a", 2), ("eval", "a-s2"),
+                     ("train", "d", 2), ("eval", "d-s2")]
+    assert json.loads((run / "learning.json").read_text())["seeds"] == [0, 1, 2]
+    with pytest.raises(SystemExit):
+        learning.main(["--resume", str(run), "--seeds", "1,0"])
+
+
+def test_seeds_argument_is_a_list_of_distinct_integers_and_excludes_seed():
+    from bench import learning
+
+    for bad in (["--seeds", "0,x"], ["--seeds", "1,1"], ["--seeds", ","], ["--seed", "2", "--seeds", "0,1"]):
+        with pytest.raises(SystemExit):
+            learning.main(bad)
+
+
+def test_stage_names_carry_every_seed_but_the_first():
+    assert report.stage_id("a", 0, 0) == "a" and report.stage_id("d", 2, 0) == "d-s2"
+    assert report.split_stage("d-s2") == ("d", 2) and report.split_stage("a") == ("a", None)
+    assert report.split_stage("sft") == ("sft", None)
+    assert report.label("d-s2") == "(d) full method (both papers), seed 2"
+    assert report.label("a", 0) == "(a) plain GRPO, seed 0" and report.label("a") == "(a) plain GRPO"
+    assert report.label("sft", 0) == "SFT"
+
+
+SEEDED = {**STAGES,
+          "a-s1": {"toolrl": toolrl(6, 80, 0.5), "bfcl": bfcl({**ZERO, "simple_python": 0.3}),
+                   "metrics": metrics([0.2, 0.2, 0.2, 0.4, 0.6], [0.6, 0.6, 0.6, 0.6, 0.6])},
+          "d-s1": {"toolrl": toolrl(12, 80, 0.7), "bfcl": bfcl({**ZERO, "simple_python": 0.5}),
+                   "metrics": metrics([0.0, 0.0, 0.3, 0.3, 0.3], [0.2, 0.2, 0.2, 0.2, 0.2])}}
+
+
+def test_seed_means_average_each_arm_over_its_seeds():
+    rows = report.table_rows(SEEDED, first_seed=0)
+    assert [r["label"] for r in rows] == ["base", "SFT", "(a) plain GRPO, seed 0", "(d) full method (both papers), seed 0",
+                                          "(a) plain GRPO, seed 1", "(d) full method (both papers), seed 1"]
+    means = {m["stage"]: m for m in report.seed_means(rows)}
+    assert list(means) == ["base", "sft", "a", "d"]
+    a, d = means["a"], means["d"]
+    assert a["seeds"] == [0, 1] and d["seeds"] == [0, 1]
+    assert a["toolrl_correct"] == pytest.approx((10 + 6) / 160) and d["toolrl_correct"] == pytest.approx(32 / 160)
+    assert a["toolrl_format"] == pytest.approx(0.55) and a["bfcl_simple"] == pytest.approx(0.2)
+    assert a["bfcl"]["simple_python"] == pytest.approx(0.2) and a["bfcl"]["multiple"] == pytest.approx(0.05)
+    assert a["correct_last"] == pytest.approx(((0.3 + 0.4 + 0.5) / 3 + (0.2 + 0.4 + 0.6) / 3) / 2)
+    # (d) seed 0 logged a null all-fail share at step 2: its mean is over the 4 values it has.
+    assert d["all_fail_mean"] == pytest.approx(((0.5 + 0.1 + 0.2 + 0.2) / 4 + 0.2) / 2)
+    assert means["sft"]["toolrl_correct"] == pytest.approx(0.1) and means["sft"]["seeds"] == []
+    # One seed per arm: the same values as the table.
+    single = {m["stage"]: m for m in report.seed_means(report.table_rows(STAGES))}
+    assert single["d"]["toolrl_correct"] == pytest.approx(0.25) and single["d"]["seeds"] == [None]
+    assert not report.several_seeds(report.table_rows(STAGES)) and report.several_seeds(rows)
+
+
+def test_across_seeds_section_lists_each_seed_and_the_paired_differences():
+    rows = report.table_rows(SEEDED, first_seed=0)
+    text = report.markdown_seeds(rows)
+    assert "| (a) plain GRPO | 0, 1 | 10.0 (12.5 / 7.5) | 55.0 (60.0 / 50.0) |" in text
+    assert "| (d) full method (both papers) | 0, 1 | 20.0 (25.0 / 15.0) | 80.0 (90.0 / 70.0) |" in text
+    assert "- (d) minus (a), ToolRL correct, seed by seed: seed 0 +12.5, seed 1 +7.5; mean +10.0 points." in text
+    goals = report.goals(rows)
+    assert goals[0]["measured"] == "20.0%, mean of 2 seeds" and goals[0]["status"] == "met"
+    assert goals[1]["measured"] == "+10.0 points, mean of 2 seeds"
+    note = report.noise_note(rows)
+    assert note.startswith("Noise: several seeds per arm: the ToolRL correct rate of one arm moved between its "
+                           "seeds by 5.0 points ((a) plain GRPO), 10.0 points ((d) full method (both papers)); 80 ")
+    info = {"command": "x", "date": "d", "seed": 0, "seeds": [0, 1], "commit": "`abc`", "cpu": "c", "cores": 2,
+            "loadavg": 1.0, "run_dir": "r", "config": "k", "steps": 5, "max_tokens": 16, "bfcl_limit": 10,
+            "bfcl_categories": ["simple_python"], "arms": ["a", "d", "a-s1", "d-s1"], "stages": []}
+    doc = report.document(info, rows, [])
+    assert "on d, seeds 0, 1, commit" in doc and "## Across seeds" in doc and text in doc
+    assert "with each of the seeds 0, 1 (train, sampler and rollout seed; the SFT warm start is trained once, " \
+           "with seed 0" in doc
+    assert doc.count("| (a) plain GRPO | `--sampler.hard_rounds false") == 1
+    assert "## Across seeds" not in report.document({**info, "seeds": [0]}, report.table_rows(STAGES), [])
