@@ -253,7 +253,7 @@ class Pipeline:
 
 
 # Shown in LEARNING.md's protocol line; the whole resolved config is in every run directory.
-SETTINGS = ("model.dtype", "data.subset", "sft.rows", "sft.epochs", "sft.lr", "rollout.n", "rollout.temperature", "rollout.max_tokens",
+SETTINGS = ("model.dtype", "data.subset", "data.subset_mix", "sft.rows", "sft.epochs", "sft.lr", "rollout.n", "rollout.temperature", "rollout.max_tokens",
             "sampler.batch_prompts", "sampler.max_draw_rounds", "learner.lr", "learner.warmup_steps", "learner.lr_gamma")
 
 
@@ -287,6 +287,13 @@ def eval_key(model: Path, cmd: list[str]) -> str:
         except metadata.PackageNotFoundError:
             h.update(f"{dist} absent".encode())
     return h.hexdigest()[:32]
+
+
+def _override(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or "." not in key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SECTION.FIELD=VALUE, e.g. data.subset_mix=file")
+    return f"--{key}", value
 
 
 def _seed_list(text: str) -> list[int]:
@@ -367,6 +374,28 @@ def arm_prompts(run_dir: Path, arms: list[str]) -> str:
     return "; ".join(f"{' '.join(names)} {text}" for text, names in said.items())
 
 
+def training_mix(run_dir: Path, stages: list[str]) -> dict[int, str]:
+    """{train.seed: "no_call 10, single 30, ..."}: the prompts per sub-task the arms of each seed drew
+    from, recomputed from an arm's resolved config (the same tokenizer and seeded draw the run used)."""
+    from toolexpander.config import Config
+    from toolexpander.trainset import subtask_mix, training_tasks
+
+    out: dict[int, str] = {}
+    for stage in stages:
+        path = run_dir / arm_dir(stage) / "config.json"
+        cfg = Config.model_validate(json.loads(path.read_text())) if path.is_file() else None
+        if cfg is not None and cfg.train.seed not in out:
+            tasks, _ = training_tasks(cfg, Path(cfg.model.path))
+            out[cfg.train.seed] = subtask_mix(tasks).replace(":", " ").replace(",", ", ")
+    return out
+
+
+def eval_mix(run_dir: Path) -> str:
+    """The ToolRL test set's questions per category, from the SFT (or base) evaluation's summary."""
+    summary = load_summary(run_dir, "sft", "toolrl") or load_summary(run_dir, "base", "toolrl") or {}
+    return ", ".join(f"{name} {c['n']}" for name, c in (summary.get("categories") or {}).items())
+
+
 def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     """LEARNING.md and the PNGs under out/, from RUN_DIR's learning.json, eval JSONs and metrics;
     with `compare`, an earlier run's directory, a table of both runs' evaluations stage by stage."""
@@ -381,6 +410,7 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     plots = report.write_plots(rows, metrics, out / "learning")
     m = machine()
     state["prompts"] = arm_prompts(run_dir, state["arms"])
+    state["mix"], state["test_mix"] = training_mix(run_dir, state["arms"]), eval_mix(run_dir)
     info = {**state, "date": m["date"], "cpu": m["cpu"], "cores": m["nproc"], "loadavg": m["loadavg_1m"]}
     text = report.document(info, rows, [str(p.relative_to(out)) for p in plots])
     (out / "LEARNING.md").write_text(text)
@@ -400,6 +430,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish a run that stopped: the arms "
                     "without an evaluation are trained again (with the run's own config, seeds and steps); "
                     "with --seeds (the run's seeds first), also the arms of the seeds added")
+    ap.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for SFT and every arm, e.g. --set data.subset_mix=file (repeatable)")
     ap.add_argument("--report-only", type=Path, metavar="RUN_DIR", help="rewrite the report from a finished run")
     ap.add_argument("--compare", type=Path, metavar="RUN_DIR", help="an earlier run's directory: the report "
                     "sets its evaluations beside this run's, stage by stage, with the settings that differ")
@@ -414,6 +446,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--arms: choose from {','.join(report.ARMS)}, got {args.arms!r}")
     if args.seeds and "--seed" in (argv if argv is not None else sys.argv[1:]):
         ap.error("--seed and --seeds: give one of them")
+    if args.set and (args.resume or args.report_only):
+        ap.error("--set applies to a new run (a resumed one keeps the overrides in its learning.json)")
     if args.report_only:
         print(f"wrote {write_report(args.report_only.resolve(), out or REPO / 'bench', compare)}")
         return
@@ -441,6 +475,7 @@ def main(argv: list[str] | None = None) -> None:
         run_dir, out, config, overrides = root / f"learn-{stamp}", out or root, SMOKE_CONFIG, SMOKE_OVERRIDES
     else:
         run_dir, out, config, overrides = REPO / "runs" / f"learn-{stamp}", out or REPO / "bench", CONFIG, []
+    overrides = [*overrides, *(x for pair in args.set for x in pair)]
     run_dir.mkdir(parents=True)
     log(f"learning benchmark: run directory {_relative(run_dir)}, config {config}, arms {','.join(arms)}")
     p = Pipeline(args, config, overrides, run_dir)

@@ -377,7 +377,9 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
            + " (each unfinished arm trained again from its start; the stopped one's directory is kept as "
              "arm_<x>.failed-<n>)." if info.get("resumed") else ""),
         "",
-        f"Protocol: config `{info['config']}`{settings}. The base model is evaluated, warm-started with "
+        f"Protocol: config `{info['config']}`"
+        + (f" with `{' '.join(info['overrides'])}`" if info.get("overrides") else "")
+        + f"{settings}. The base model is evaluated, warm-started with "
         "`toolexpander sft`, evaluated again; then each GRPO arm trains from the SFT model for "
         f"{info['steps']} steps " + (
             f"with each of the seeds {', '.join(str(x) for x in info['seeds'])} (train, sampler and rollout "
@@ -385,6 +387,9 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
             "from the same model)" if len(info.get("seeds") or []) > 1 else "with the same seed")
         + ", and its HF export is evaluated."
         + (f" Prompts each arm drew from (the run's start event): {info['prompts']}." if info.get("prompts") else "")
+        + (" Training prompts per sub-task: " + "; ".join(f"seed {k}: {v}" for k, v in info["mix"].items())
+           + (f" (the ToolRL test set: {info['test_mix']})" if info.get("test_mix") else "") + "."
+           if info.get("mix") else "")
         + " Evaluation: greedy, "
         f"at most {info['max_tokens']} new tokens; the ToolRL test set ({_count(rows, 'toolrl_n')} questions, "
         "scored by our reward's `correct`); BFCL non-live AST, the first "

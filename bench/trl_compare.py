@@ -190,8 +190,9 @@ def main(argv: list[str] | None = None) -> None:
             result = run_ours(args.steps, args.dtype)
         else:
             ours = RESULTS / "trl_compare_ours.json"
-            task_ids = json.loads(ours.read_text())["result"].get("task_ids") if ours.exists() else None
-            result = run_trl(args.steps, args.dtype, (task_ids or [])[: PROMPTS * args.steps] or None)
+            drawn = (json.loads(ours.read_text())["result"].get("task_ids") or []) if ours.exists() else []
+            # TRL trains, step for step, the prompts ours drew; without a run of ours (None) its own first ones.
+            result = run_trl(args.steps, args.dtype, drawn[: PROMPTS * args.steps] or None)
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"trl_compare_{side}.json").write_text(json.dumps({"result": result}, indent=2) + "\n")
         print(f"{side}: {result['step_s']:.2f} s/step, {result['completions_per_s']:.3f} completions/s")

@@ -350,10 +350,12 @@ def test_a_second_seed_resumes_after_the_first_seeds_arms(tmp_path, monkeypatch)
         learning.main(["--resume", str(run), "--seeds", "1,0"])
 
 
-def test_seeds_argument_is_a_list_of_distinct_integers_and_excludes_seed():
+def test_seeds_and_set_arguments_are_checked():
     from bench import learning
 
-    for bad in (["--seeds", "0,x"], ["--seeds", "1,1"], ["--seeds", ","], ["--seed", "2", "--seeds", "0,1"]):
+    assert learning._override("data.subset_mix=file") == ("--data.subset_mix", "file")
+    for bad in (["--seeds", "0,x"], ["--seeds", "1,1"], ["--seeds", ","], ["--seed", "2", "--seeds", "0,1"],
+                ["--set", "subset_mix=file"], ["--set", "data.subset_mix"], ["--resume", "x", "--set", "a.b=1"]):
         with pytest.raises(SystemExit):
             learning.main(bad)
 
@@ -410,7 +412,13 @@ def test_across_seeds_section_lists_each_seed_and_the_paired_differences():
     info = {"command": "x", "date": "d", "seed": 0, "seeds": [0, 1], "commit": "`abc`", "cpu": "c", "cores": 2,
             "loadavg": 1.0, "run_dir": "r", "config": "k", "steps": 5, "max_tokens": 16, "bfcl_limit": 10,
             "bfcl_categories": ["simple_python"], "arms": ["a", "d", "a-s1", "d-s1"], "stages": []}
-    doc = report.document(info, rows, [])
+    doc = report.document({**info, "mix": {0: "no_call 10, parallel 4", 1: "no_call 6, parallel 14"},
+                           "test_mix": "no_call 2, parallel 35"}, rows, [])
+    assert ("Training prompts per sub-task: seed 0: no_call 10, parallel 4; seed 1: no_call 6, parallel 14 "
+            "(the ToolRL test set: no_call 2, parallel 35).") in doc
+    assert "Training prompts per sub-task" not in report.document(info, rows, [])
+    assert "Protocol: config `k` with `--data.subset_mix file` (" in report.document(
+        {**info, "overrides": ["--data.subset_mix", "file"], "settings": {"data.subset_mix": "file"}}, rows, [])
     assert "on d, seeds 0, 1, commit" in doc and "## Across seeds" in doc and text in doc
     assert "with each of the seeds 0, 1 (train, sampler and rollout seed; the SFT warm start is trained once, " \
            "with seed 0" in doc

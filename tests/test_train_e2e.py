@@ -111,7 +111,7 @@ def test_replay_runs_the_learner_alone_on_dumped_rollouts(repo, three_steps, tmp
 
 def test_a_subset_is_drawn_from_the_prompts_that_fit(repo, tiny_model):
     from toolexpander.config import Config
-    from toolexpander.train import training_tasks
+    from toolexpander.trainset import training_tasks
 
     def cfg(**data):
         return Config.model_validate({"model": {"path": str(tiny_model), "prepare": None},
@@ -124,3 +124,19 @@ def test_a_subset_is_drawn_from_the_prompts_that_fit(repo, tiny_model):
     assert len(subset) == 64 and left_out_too == left_out               # 64 prompts, all of them fitting
     assert {t.id for t in subset} <= {t.id for t in everything}
     assert [t.id for t in training_tasks(cfg(subset=64), tiny_model)[0]] == [t.id for t in subset]  # seeded
+    # subset_mix file: each sub-task's share of all 200 rows, not of the fitting ones (the length filter
+    # leaves out mostly parallel prompts). Exact counts: tests/sampling/test_curriculum.py.
+    from toolexpander.data import load_tasks
+    from toolexpander.trainset import subtask_mix
+
+    kinds = ("no_call", "single", "parallel", "multi_turn")
+    rows = load_tasks(repo / "data" / "tool_calls_train.jsonl")[:200]
+    mixed, _ = training_tasks(cfg(subset=64, subset_mix="file"), tiny_model)
+    assert len(mixed) == 64 and {t.id for t in mixed} <= {t.id for t in everything}
+
+    def distance(tasks):   # total variation distance of the sub-task shares from the file's
+        return sum(abs(sum(t.subtask == k for t in tasks) / len(tasks) - sum(t.subtask == k for t in rows) / len(rows))
+                   for k in kinds) / 2
+
+    assert distance(mixed) < distance(subset) / 2   # here 0.034 against 0.104 (seeded: the same each run)
+    assert subtask_mix(mixed) == ",".join(f"{k}:{sum(t.subtask == k for t in mixed)}" for k in kinds)

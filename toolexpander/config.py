@@ -78,6 +78,11 @@ class DataConfig(Section):
     limit: int | None = Field(None, ge=1, description="use only the first N rows (debugging)")
     subset: int | None = Field(None, ge=1, description="train on a random subset of N rows, drawn from the "
                                "rows whose prompt fits max_prompt_tokens (seed: train.seed)")
+    subset_mix: Literal["fitting", "file"] = Field(
+        "fitting", description="how data.subset is drawn: fitting = uniformly from the rows that fit "
+        "max_prompt_tokens; file = each sub-task with its share of all rows of train_path, so that the length "
+        "filter, which leaves out mostly long parallel-call prompts, does not also change the sub-task mix "
+        "(a sub-task with too few fitting rows gives its place to the others)")
 
 
 class RolloutConfig(Section):

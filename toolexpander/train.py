@@ -33,42 +33,9 @@ from toolexpander.models import ensure_model
 from toolexpander.overlap import PREFETCH_DIR, Gate, Prefetch, TrainError, load_phases, save_phases
 from toolexpander.rollouts import Rollouts, RowsLost, retry_lost
 from toolexpander.sampling.sampler import RECORD_COLUMNS
-from toolexpander.types import Task
+from toolexpander.trainset import load_tokenizer, subtask_mix, training_tasks
 
 CLOSE_WAIT_S = 300.0   # Trainer.close: how long a cancelled rollout phase may take to stop
-
-
-def load_tokenizer(model_path: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_path)
-
-
-def fitting_tasks(tasks: list[Task], model_path: Path, cfg: Config, tokenizer=None) -> tuple[list[Task], int]:
-    """Tasks whose bare prompt fits data.max_prompt_tokens (and the context with max_tokens)."""
-    from toolexpander.prompt import prompt_ids
-
-    if tokenizer is None:   # not `or`: a tokenizer's truth is its vocabulary's length
-        tokenizer = load_tokenizer(model_path)
-    limit = min(cfg.data.max_prompt_tokens, cfg.rollout.max_model_len - cfg.rollout.max_tokens)
-    kept = [t for t in tasks if len(prompt_ids(tokenizer, t)) <= limit]
-    return kept, len(tasks) - len(kept)
-
-
-def training_tasks(cfg: Config, model_path: Path, rows: list[Task] | None = None,
-                   tokenizer=None) -> tuple[list[Task], int]:
-    """The tasks a run trains on and how many were left out as too long: data.train_path (its first
-    data.limit rows; `rows` when the caller has read them), those that fit, then data.subset of them
-    (seeded by train.seed), so that a subset of 64 trains on 64 prompts."""
-    if rows is None:
-        rows = load_tasks(cfg.data.train_path)[: cfg.data.limit]
-    tasks, too_long = fitting_tasks(rows, model_path, cfg, tokenizer)
-    if not tasks:
-        raise TrainError(f"data.train_path: no task fits data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
-    if cfg.data.subset and cfg.data.subset < len(tasks):
-        pick = np.random.default_rng(cfg.train.seed).choice(len(tasks), cfg.data.subset, replace=False)
-        tasks = [tasks[i] for i in sorted(pick)]
-    return tasks, too_long
 
 
 class StopFlag:
@@ -130,7 +97,8 @@ class Trainer:
             self._restore()
         self.metrics = MetricsWriter(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project,
                                      cfg.model_dump(mode="json"), resume, start_step=self.step)
-        self.metrics.event(self.step, "start", f"mode={self.mode} tasks={len(tasks)} too_long={too_long}")
+        self.metrics.event(self.step, "start", f"mode={self.mode} tasks={len(tasks)} too_long={too_long} "
+                           f"mix={subtask_mix(tasks)}")
         self._log_placement()
 
     def init_overlap(self) -> None:

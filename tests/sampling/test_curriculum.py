@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from toolexpander.sampling.curriculum import allocate, draw_weighted, shares
+from toolexpander.sampling.curriculum import allocate, draw_weighted, pick_subset, shares
 
 ALL = np.ones(4, dtype=bool)
 
@@ -73,3 +73,25 @@ def test_draw_weighted_single_draw_is_proportional_to_weight():
     w = np.array([1.0, 2.0, 0.0, 7.0])
     counts = np.bincount(np.concatenate([draw_weighted(w, 1, rng) for _ in range(20000)]), minlength=4)
     np.testing.assert_allclose(counts / counts.sum(), w / w.sum(), atol=0.01)
+
+
+def test_pick_subset_uniform_is_the_seeded_choice_it_always_was():
+    for seed in range(3):
+        expected = np.sort(np.random.default_rng(seed).choice(50, 8, replace=False))
+        np.testing.assert_array_equal(pick_subset(["single"] * 50, 8, np.random.default_rng(seed)), expected)
+
+
+def test_pick_subset_with_a_mix_takes_each_subtasks_share_of_the_other_population():
+    # The file: 60% parallel, 20% single, 20% no_call; the fitting prompts: 2 parallel, 10 single, 10 no_call.
+    fitting = ["parallel"] * 2 + ["single"] * 10 + ["no_call"] * 10
+    file = ["parallel"] * 6 + ["single"] * 2 + ["no_call"] * 2
+    for seed in range(20):
+        picked = pick_subset(fitting, 5, np.random.default_rng(seed), file)
+        kinds = [fitting[i] for i in picked]
+        assert len(set(picked.tolist())) == 5 and list(picked) == sorted(picked)
+        # parallel wants 3 of 5 but has 2: both taken, its third place split by share between the others
+        assert kinds.count("parallel") == 2 and {kinds.count("single"), kinds.count("no_call")} <= {1, 2}
+    # Room for every share: exactly 64 * share when it is whole (file shares 1/2, 1/4, 1/4).
+    fitting = ["parallel"] * 40 + ["single"] * 40 + ["no_call"] * 40
+    picked = pick_subset(fitting, 64, np.random.default_rng(0), ["parallel"] * 2 + ["single", "no_call"])
+    assert [sum(fitting[i] == k for i in picked) for k in ("parallel", "single", "no_call")] == [32, 16, 16]

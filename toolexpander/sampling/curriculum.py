@@ -92,3 +92,20 @@ def draw_weighted(w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray
             w[taken] = 0.0
             cdf = np.cumsum(w)
     return taken
+
+
+def pick_subset(subtasks: list[str], k: int, rng: np.random.Generator, mix_of: list[str] | None = None) -> np.ndarray:
+    """Indices (sorted) of k of the prompts whose sub-tasks are `subtasks`: uniform over them
+    (mix_of None), or with each sub-task's share of `mix_of` (another population's sub-tasks, e.g.
+    the whole training file before the prompt-length filter): counts by allocate(), capped at the
+    prompts a sub-task has (what it lacks goes to the others by share), then uniform inside each."""
+    if mix_of is None:
+        return np.sort(rng.choice(len(subtasks), k, replace=False))
+    names = sorted(set(subtasks) | set(mix_of))
+    code = {name: i for i, name in enumerate(names)}
+    want_T = np.bincount([code[s] for s in mix_of], minlength=len(names)) / max(1, len(mix_of))
+    codes = np.array([code[s] for s in subtasks], dtype=np.int64)
+    members_T = [np.flatnonzero(codes == t) for t in range(len(names))]
+    counts_T = allocate(k, want_T, np.array([len(m) for m in members_T]), rng)
+    picked = [rng.choice(m, c, replace=False) for m, c in zip(members_T, counts_T) if c > 0]
+    return np.sort(np.concatenate(picked + [np.empty(0, np.int64)]))
