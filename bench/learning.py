@@ -422,7 +422,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="sft, sampler, rollout and train seed")
     ap.add_argument("--seeds", type=_seed_list, help="comma-separated GRPO seeds, e.g. 0,1: every arm trains "
                     "with each (sampler, rollout and train seed); the SFT warm start once, with the first")
-    ap.add_argument("--arms", default=",".join(report.ARMS), help="comma-separated subset of a,b,c,d,e")
+    ap.add_argument("--arms", help="comma-separated subset of a,b,c,d,e (default: all; with --resume, the "
+                    "run's own)")
     ap.add_argument("--steps", type=int, help="GRPO steps per arm (default: the config's train.steps)")
     ap.add_argument("--smoke", action="store_true", help="tiny random model, tiny settings, a temp output")
     ap.add_argument("--out", type=Path, help="where LEARNING.md and learning/*.png go (default: bench/, "
@@ -441,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     if compare is not None and not (compare / "learning.json").is_file():
         ap.error(f"--compare {args.compare}: no learning.json there (not a learning-benchmark run directory)")
     os.chdir(REPO)  # the config's relative paths (models/, data/) are relative to the repository
-    arms = [a for a in args.arms.split(",") if a]
+    arms = [a for a in (args.arms or ",".join(report.ARMS)).split(",") if a]
     if not arms or set(arms) - set(report.ARMS):
         ap.error(f"--arms: choose from {','.join(report.ARMS)}, got {args.arms!r}")
     if args.seeds and "--seed" in (argv if argv is not None else sys.argv[1:]):
@@ -464,6 +465,9 @@ def main(argv: list[str] | None = None) -> None:
                                            "seeds": seeds}),
                      done["config"], done["overrides"], run_dir)
         finished = p.resume(run_dir, done)
+        arms = arms if args.arms else done.get("plan") or arms   # runs before "plan" was kept: every arm
+        p.state["plan"] = arms
+        p._save()
         log(f"resume: finished earlier: {', '.join(finished) or 'none'}; every other arm from its start")
         p.arms(arms, p.sft_model(None), finished)
         path = write_report(run_dir, out or REPO / "bench", compare)
@@ -479,6 +483,8 @@ def main(argv: list[str] | None = None) -> None:
     run_dir.mkdir(parents=True)
     log(f"learning benchmark: run directory {_relative(run_dir)}, config {config}, arms {','.join(arms)}")
     p = Pipeline(args, config, overrides, run_dir)
+    p.state["plan"] = arms   # the arms a --resume without --arms trains
+    p._save()
     base = p.prepare()
     p.evaluate("base", base, cache=not args.smoke)
     sft_model = p.sft(run_dir / "sft_model" if args.smoke else None)

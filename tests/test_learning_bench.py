@@ -340,6 +340,12 @@ def test_a_second_seed_resumes_after_the_first_seeds_arms(tmp_path, monkeypatch)
     learning.main(["--resume", str(run), "--arms", "a,d", "--out", str(tmp_path)])
     assert calls == [("train", "d", 1), ("eval", "d-s1")]
     assert (run / "arm_d-s1.failed-0").is_dir() and not (run / "arm_d-s1").exists()
+    # Without --arms a resume trains the run's own arms ("plan"), not every arm.
+    state = json.loads((run / "learning.json").read_text())
+    assert state["plan"] == ["a", "d"]
+    calls.clear()
+    learning.main(["--resume", str(run), "--out", str(tmp_path)])
+    assert calls == [("train", "d", 1), ("eval", "d-s1")]
     # More seeds for the same run: its own seeds first, then the one added; a different order is refused.
     calls.clear()
     learning.main(["--resume", str(run), "--arms", "a,d", "--seeds", "0,1,2", "--out", str(tmp_path)])
