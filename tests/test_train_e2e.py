@@ -15,6 +15,7 @@ CONTRACT = (
     + ["reward/scorer_errors"]
     + ["sampler/demo_rate", "sampler/all_fail_share", "sampler/zero_signal_share", "sampler/parked",
        "learner/loss", "learner/lr", "learner/grad_norm", "learner/clip_frac", "learner/skipped",
+       "learner/host_rss_gb", "learner/host_trimmed_gb",
        "time/step_s", "time/rollout_s", "time/learner_s", "time/weight_push_s", "rollout/tokens_per_s"]
     + [f"sampler/{kind}/{t}" for kind in ("mastery", "share") for t in ("no_call", "single", "parallel", "multi_turn")]
 )

@@ -17,6 +17,7 @@ import torch
 from toolexpander.cluster.local import redirect_output
 from toolexpander.config import LearnerConfig
 from toolexpander.learner.dist import init_distributed
+from toolexpander.learner import host_memory
 from toolexpander.learner.grpo import behaviour_weights, clipped_surrogate, group_advantages, lr_lambda
 from toolexpander.learner.shared_prompt import completion_logprobs_plain, completion_logprobs_shared
 from toolexpander.models import check_model_dir
@@ -312,6 +313,7 @@ class Learner:
         if losses:
             out["learner/loss_first_update"], out["learner/loss_last_update"] = losses[0], losses[-1]
         gap = self._sum_ranks([self._gap[0], float(self._gap[1])])
+        out.update(host_memory.release_if_short(self.cfg.trim_below_available))
         out.update({"learner/skipped": float(attempted - applied),
                     "learner/applied": float(applied), "learner/lr": self.lr(),
                     "learner/updates": float(self.updates),
