@@ -232,12 +232,13 @@ class LearnerConfig(Section):
                                   "sequence (prompt + completion) scored with eager attention")
     max_nonfinite_in_row: int = Field(3, ge=1)
     trim_below_available: float | None = Field(
-        0.25, ge=0.0, le=1.0, description="after a step, hand the memory glibc keeps for reuse back to the OS "
+        0.4, ge=0.0, le=1.0, description="after a step, hand the memory glibc keeps for reuse back to the OS "
         "(malloc_trim) when the node's available memory is below this share of its total: steps of different "
         "sizes fragment the heap and a CPU learner grows step after step (on a 24 GB machine a SmolLM2 "
         "learner reached 12.3 GB and was OOM-killed; a trim returned 3.7 GB). Trimming costs the next step "
-        "its page faults, hence only when memory is short. None: never. Logged: learner/host_rss_gb, "
-        "learner/host_trimmed_gb")
+        "its page faults, hence only when memory is short; the margin left must hold a step's growth (up to "
+        "5.7 GB there: at 0.25 the node was at 74% used before the step that would have killed it). None: "
+        "never. Logged: learner/host_rss_gb, learner/host_trimmed_gb")
     weight_sync: Literal["auto", "gloo", "object_store", "nccl"] = "auto"
     weight_sync_bucket_mb: int = Field(64, ge=1)
     weight_sync_timeout_s: float = Field(120.0, gt=0.0, le=3600.0, description="gloo weight group: how "
