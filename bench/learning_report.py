@@ -231,7 +231,7 @@ def noise_note(rows: list[dict], reference: str = "sft") -> str:
     spreads = [(m["label"], max(v) - min(v)) for m in seed_means(rows) if m["arm"] in ARMS
                for v in [[r["toolrl_correct"] for r in m["per_seed"] if r["toolrl_correct"] is not None]]
                if len(v) > 1]
-    seeds = ("one seed" if not spreads else
+    seeds = ("one seed," if not spreads else
              "several seeds per arm: the ToolRL correct rate of one arm moved between its seeds by "
              + ", ".join(f"{100 * d:.1f} points ({name})" for name, d in spreads) + ";")
     return (f"Noise: {seeds} {n} ToolRL questions (one question is {100 / n:.2f} points). At the "

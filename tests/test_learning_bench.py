@@ -200,7 +200,7 @@ def test_a_failing_subprocess_stops_its_partner_and_names_stage_and_log(tmp_path
 def test_noise_note_gives_the_binomial_standard_error_of_the_sft_rate():
     # SFT: 8 of 80 correct, p = 0.1: se = sqrt(0.1 * 0.9 / 80) = 0.03354 -> 3.4 points, 2 se 6.7 points
     note = report.noise_note(report.table_rows(STAGES))
-    assert "80 ToolRL questions (one question is 1.25 points)" in note
+    assert note.startswith("Noise: one seed, 80 ToolRL questions (one question is 1.25 points)")
     assert "rate (10.0%) the standard error of a ToolRL correct rate is 3.4 points" in note
     assert "smaller than about 6.7 points" in note
     assert report.noise_note(report.table_rows({"base": STAGES["base"]})) == ""
