@@ -350,11 +350,26 @@ def run_settings(run_dir: Path, state: dict) -> dict:
     return found
 
 
+CALL_CATEGORIES = ("single", "parallel")   # the ToolRL test questions that each need a call (71 of 80)
+
+
+def no_call_answers(run_dir: Path, stage: str) -> float | None:
+    """The share of the ToolRL test's single and parallel questions whose greedy answer opens with the
+    no-call thought ("<think>No tool call is needed ..."), from the eval JSON's raw outputs: the drift
+    toward no-call answers that the (d) arm showed, which `format` and `correct` do not isolate."""
+    path = run_dir / "eval" / f"{stage}_toolrl.json"
+    entries = [e for e in json.loads(path.read_text()).get("entries", [])
+               if e.get("category") in CALL_CATEGORIES] if path.is_file() else []
+    return sum(str(e.get("raw", "")).lstrip().startswith("<think>No") for e in entries) / len(entries) if entries else None
+
+
 def stage_rows(run_dir: Path, state: dict) -> tuple[list[dict], dict]:
     stages = {}
     for stage in ("base", "sft", *state["arms"]):
         metrics = run_dir / arm_dir(stage) / "metrics.jsonl"
-        stages[stage] = {"toolrl": load_summary(run_dir, stage, "toolrl"), "bfcl": load_summary(run_dir, stage, "bfcl"),
+        toolrl = load_summary(run_dir, stage, "toolrl")
+        toolrl = toolrl and {**toolrl, "no_call_answers": no_call_answers(run_dir, stage)}
+        stages[stage] = {"toolrl": toolrl, "bfcl": load_summary(run_dir, stage, "bfcl"),
                          "metrics": read_metrics(metrics) if report.split_stage(stage)[0] in report.ARMS else None}
     seeds = state.get("seeds") or [state.get("seed")]
     return report.table_rows(stages, seeds[0] if len(seeds) > 1 else None), stages

@@ -95,11 +95,12 @@ def train_summary(rows: list[dict]) -> dict:
 def eval_columns(toolrl: dict | None, bfcl: dict | None) -> dict:
     """The eval columns from two eval summaries: ToolRL correct and format (fractions), BFCL accuracy
     per category, BFCL's non-live group (the overall of a non-live-only run) and its simple group."""
-    out: dict = {"toolrl_correct": None, "toolrl_format": None, "toolrl_n": None, "bfcl": {},
+    out: dict = {"toolrl_correct": None, "toolrl_format": None, "toolrl_no_call": None, "toolrl_n": None, "bfcl": {},
                  "bfcl_non_live": None, "bfcl_simple": None, "bfcl_n": None}
     if toolrl is not None:
         out.update(toolrl_correct=toolrl.get("overall"), toolrl_n=toolrl.get("n"),
-                   toolrl_format=(toolrl.get("means") or {}).get("format"))
+                   toolrl_format=(toolrl.get("means") or {}).get("format"),
+                   toolrl_no_call=toolrl.get("no_call_answers"))
     if bfcl is not None:
         groups = bfcl.get("groups") or {}
         out.update(bfcl={c: r["accuracy"] for c, r in bfcl["categories"].items()}, bfcl_n=bfcl.get("n"),
@@ -172,12 +173,13 @@ def _num(v) -> str:
 def markdown_table(rows: list[dict]) -> str:
     """The papers'-style table: one row per stage; percentages for evals, means for training."""
     categories = list(dict.fromkeys(c for r in rows for c in r["bfcl"]))
-    head = (["stage", "ToolRL correct %", "ToolRL format %"] + [f"BFCL {c} %" for c in categories]
+    head = (["stage", "ToolRL correct %", "ToolRL format %", "ToolRL call questions answered 'No' %"]
+            + [f"BFCL {c} %" for c in categories]
             + ["BFCL non-live %", f"train correct, first {EDGE}", f"train correct, last {EDGE}",
                "all-fail share, run", f"all-fail share, last {EDGE}", "unsolved prompts, end"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = ([r["label"], _pct(r["toolrl_correct"]), _pct(r["toolrl_format"])]
+        cells = ([r["label"], _pct(r["toolrl_correct"]), _pct(r["toolrl_format"]), _pct(r["toolrl_no_call"])]
                  + [_pct(r["bfcl"].get(c)) for c in categories]
                  + [_pct(r["bfcl_non_live"]), _num(r["correct_first"]), _num(r["correct_last"]),
                     _num(r["all_fail_mean"]), _num(r["all_fail_last"]), _num(r["unsolved_end"])])
@@ -401,6 +403,8 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         "",
         markdown_table(rows),
         "",
+        "\"Call questions answered 'No'\": the share of the ToolRL test's single and parallel questions (each "
+        "needs a call) whose greedy answer opens with the no-call thought, `<think>No`. "
         f"Training columns: `reward/correct_mean` averaged over the first and the last {EDGE} steps, and "
         f"`sampler/all_fail_share` (share of the step's groups with no correct completion) over every step "
         f"and over the last {EDGE}; `sampler/unsolved_share` at the last step (share of the prompts drawn so "

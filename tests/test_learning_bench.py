@@ -38,7 +38,7 @@ STAGES = {
     "sft": {"toolrl": toolrl(8, 80, 0.5), "bfcl": bfcl({**ZERO, "simple_python": 0.1})},
     "a": {"toolrl": toolrl(10, 80, 0.6), "bfcl": bfcl({**ZERO, "simple_python": 0.1, "multiple": 0.1}),
           "metrics": metrics([0.1, 0.2, 0.3, 0.4, 0.5], [0.8, 0.6, 0.4, 0.4, 0.2])},
-    "d": {"toolrl": toolrl(20, 80, 0.9),
+    "d": {"toolrl": {**toolrl(20, 80, 0.9), "no_call_answers": 0.45},
           "bfcl": bfcl({"simple_python": 0.2, "multiple": 0.3, "parallel": 0.1, "parallel_multiple": 0.0}),
           "metrics": metrics([0.0, 0.3, 0.6, 0.6, 0.9], [0.5, 0.1, None, 0.2, 0.2])},
 }
@@ -70,15 +70,16 @@ def test_table_has_one_row_per_stage_with_exact_cells():
     rows = report.table_rows(STAGES)
     assert [r["label"] for r in rows] == ["base", "SFT", "(a) plain GRPO", "(d) full method (both papers)"]
     table = report.markdown_table(rows).splitlines()
-    assert table[0] == ("| stage | ToolRL correct % | ToolRL format % | BFCL simple_python % | BFCL multiple % | "
+    assert table[0] == ("| stage | ToolRL correct % | ToolRL format % | ToolRL call questions answered 'No' % | "
+                        "BFCL simple_python % | BFCL multiple % | "
                         "BFCL parallel % | BFCL parallel_multiple % | BFCL non-live % | train correct, first 3 | "
                         "train correct, last 3 | all-fail share, run | all-fail share, last 3 | "
                         "unsolved prompts, end |")
-    assert table[2] == "| base | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 | - | - | - | - | - |"
-    assert table[3] == "| SFT | 10.0 | 50.0 | 10.0 | 0.0 | 0.0 | 0.0 | 2.5 | - | - | - | - | - |"
-    assert table[4] == ("| (a) plain GRPO | 12.5 | 60.0 | 10.0 | 10.0 | 0.0 | 0.0 | 5.0 | "
+    assert table[2] == "| base | 0.0 | 0.0 | - | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 | - | - | - | - | - |"
+    assert table[3] == "| SFT | 10.0 | 50.0 | - | 10.0 | 0.0 | 0.0 | 0.0 | 2.5 | - | - | - | - | - |"
+    assert table[4] == ("| (a) plain GRPO | 12.5 | 60.0 | - | 10.0 | 10.0 | 0.0 | 0.0 | 5.0 | "
                         "0.200 | 0.400 | 0.480 | 0.333 | 0.500 |")
-    assert table[5] == ("| (d) full method (both papers) | 25.0 | 90.0 | 20.0 | 30.0 | 10.0 | 0.0 | 15.0 | "
+    assert table[5] == ("| (d) full method (both papers) | 25.0 | 90.0 | 45.0 | 20.0 | 30.0 | 10.0 | 0.0 | 15.0 | "
                         "0.300 | 0.700 | 0.250 | 0.167 | 0.100 |")
 
 
@@ -430,3 +431,20 @@ def test_across_seeds_section_lists_each_seed_and_the_paired_differences():
            "with seed 0" in doc
     assert doc.count("| (a) plain GRPO | `--sampler.hard_rounds false") == 1
     assert "## Across seeds" not in report.document({**info, "seeds": [0]}, report.table_rows(STAGES), [])
+
+
+def test_no_call_answers_counts_call_questions_opened_with_the_no_call_thought(tmp_path):
+    import json
+
+    from bench.learning import no_call_answers
+
+    (tmp_path / "eval").mkdir()
+    entries = [{"category": "single", "raw": "<think>No tool call is needed here"},
+               {"category": "single", "raw": " <think>No, wait"},
+               {"category": "parallel", "raw": "<think>The request needs f"},
+               {"category": "parallel", "raw": "garbage"},
+               {"category": "no_call", "raw": "<think>No tool call is needed here"},     # needs no call: left out
+               {"category": "multi_turn", "raw": "<think>No tool call is needed here"}]  # mixed: left out
+    (tmp_path / "eval" / "d_toolrl.json").write_text(json.dumps({"summary": {}, "entries": entries}))
+    assert no_call_answers(tmp_path, "d") == 0.5
+    assert no_call_answers(tmp_path, "a") is None
