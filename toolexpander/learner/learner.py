@@ -16,8 +16,8 @@ import torch
 
 from toolexpander.cluster.local import redirect_output
 from toolexpander.config import LearnerConfig
-from toolexpander.learner.dist import init_distributed
 from toolexpander.learner import host_memory
+from toolexpander.learner.dist import init_distributed
 from toolexpander.learner.grpo import behaviour_weights, clipped_surrogate, group_advantages, lr_lambda
 from toolexpander.learner.shared_prompt import completion_logprobs_plain, completion_logprobs_shared
 from toolexpander.models import check_model_dir
