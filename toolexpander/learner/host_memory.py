@@ -67,7 +67,6 @@ def release_if_short(below: float | None, share: float | None = None) -> dict[st
     below `below` (None: never). Metrics: learner/host_rss_gb (before any trim), learner/host_trimmed_gb
     (what the trim returned, 0 when none ran)."""
     before = resident_bytes()
-    share = available_share() if share is None and below is not None else share
-    trimmed = below is not None and share is not None and share < below and trim()
+    trimmed = below is not None and (available_share() if share is None else share) < below and trim()
     after = resident_bytes() if trimmed else before
     return {"learner/host_rss_gb": before / GIB, "learner/host_trimmed_gb": max(0, before - after) / GIB}
