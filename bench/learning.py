@@ -124,8 +124,8 @@ class Pipeline:
         as read before this Pipeline was made (making one writes a fresh one). Returns the finished arms."""
         self.state.update({k: done[k] for k in ("stages", "arms", "commit", "command", "seed", "steps")})
         self.state["seeds"] = self.seeds   # the run's seeds, or more of them (main checks)
-        self.state["resumed"] = done.get("resumed", []) + [_shown([sys.executable, "-m", "bench.learning",
-                                                                   *sys.argv[1:]])]
+        self.state["resumed"] = done.get("resumed", []) + [{
+            "command": _shown([sys.executable, "-m", "bench.learning", *sys.argv[1:]]), "commit": _commit()}]
         finished = [a for a in done["arms"] if all(load_summary(run_dir, a, s) for s in ("toolrl", "bfcl"))]
         self.state["arms"] = finished
         for partial in sorted(run_dir.glob(arm_dir("*"))):
@@ -310,9 +310,15 @@ def arm_dir(arm: str) -> str:
     return f"arm_{arm}"
 
 
-def load_summary(run_dir: Path, stage: str, suite: str) -> dict | None:
+def load_eval(run_dir: Path, stage: str, suite: str) -> dict | None:
+    """RUN_DIR/eval/<stage>_<suite>.json (its summary and every entry), or None before it is written."""
     path = run_dir / "eval" / f"{stage}_{suite}.json"
-    return json.loads(path.read_text())["summary"] if path.is_file() else None
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_summary(run_dir: Path, stage: str, suite: str) -> dict | None:
+    result = load_eval(run_dir, stage, suite)
+    return result["summary"] if result is not None else None
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -353,22 +359,20 @@ def run_settings(run_dir: Path, state: dict) -> dict:
 CALL_CATEGORIES = ("single", "parallel")   # the ToolRL test questions that each need a call (71 of 80)
 
 
-def no_call_answers(run_dir: Path, stage: str) -> float | None:
+def no_call_answers(entries: list[dict]) -> float | None:
     """The share of the ToolRL test's single and parallel questions whose greedy answer opens with the
-    no-call thought ("<think>No tool call is needed ..."), from the eval JSON's raw outputs: the drift
-    toward no-call answers that the (d) arm showed, which `format` and `correct` do not isolate."""
-    path = run_dir / "eval" / f"{stage}_toolrl.json"
-    entries = [e for e in json.loads(path.read_text()).get("entries", [])
-               if e.get("category") in CALL_CATEGORIES] if path.is_file() else []
-    return sum(str(e.get("raw", "")).lstrip().startswith("<think>No") for e in entries) / len(entries) if entries else None
+    no-call thought ("<think>No tool call is needed ..."), from an eval JSON's entries (raw outputs): the
+    drift toward no-call answers that the (d) arm showed, which `format` and `correct` do not isolate."""
+    calls = [e for e in entries if e.get("category") in CALL_CATEGORIES]
+    return sum(str(e.get("raw", "")).lstrip().startswith("<think>No") for e in calls) / len(calls) if calls else None
 
 
 def stage_rows(run_dir: Path, state: dict) -> tuple[list[dict], dict]:
     stages = {}
     for stage in ("base", "sft", *state["arms"]):
         metrics = run_dir / arm_dir(stage) / "metrics.jsonl"
-        toolrl = load_summary(run_dir, stage, "toolrl")
-        toolrl = toolrl and {**toolrl, "no_call_answers": no_call_answers(run_dir, stage)}
+        result = load_eval(run_dir, stage, "toolrl")   # one read: the summary, and the entries for the column
+        toolrl = result and {**result["summary"], "no_call_answers": no_call_answers(result.get("entries", []))}
         stages[stage] = {"toolrl": toolrl, "bfcl": load_summary(run_dir, stage, "bfcl"),
                          "metrics": read_metrics(metrics) if report.split_stage(stage)[0] in report.ARMS else None}
     seeds = state.get("seeds") or [state.get("seed")]
@@ -391,7 +395,8 @@ def arm_prompts(run_dir: Path, arms: list[str]) -> str:
 
 def training_mix(run_dir: Path, stages: list[str]) -> dict[int, str]:
     """{train.seed: "no_call 10, single 30, ..."}: the prompts per sub-task the arms of each seed drew
-    from, recomputed from an arm's resolved config (the same tokenizer and seeded draw the run used)."""
+    from, as the arm's start event logged it (`mix=`); for a run older than that field, recomputed from
+    the arm's resolved config (the same tokenizer and seeded draw the run used)."""
     from toolexpander.config import Config
     from toolexpander.trainset import subtask_mix, training_tasks
 
@@ -399,9 +404,15 @@ def training_mix(run_dir: Path, stages: list[str]) -> dict[int, str]:
     for stage in stages:
         path = run_dir / arm_dir(stage) / "config.json"
         cfg = Config.model_validate(json.loads(path.read_text())) if path.is_file() else None
-        if cfg is not None and cfg.train.seed not in out:
+        if cfg is None or cfg.train.seed in out:
+            continue
+        events = read_metrics(run_dir / arm_dir(stage) / "events.jsonl")
+        start = next((e["message"] for e in events if e.get("event") == "start"), "")
+        mix = next((part[len("mix="):] for part in start.split() if part.startswith("mix=")), None)
+        if mix is None:
             tasks, _ = training_tasks(cfg, Path(cfg.model.path))
-            out[cfg.train.seed] = subtask_mix(tasks).replace(":", " ").replace(",", ", ")
+            mix = subtask_mix(tasks)
+        out[cfg.train.seed] = mix.replace(":", " ").replace(",", ", ")
     return out
 
 

@@ -357,6 +357,14 @@ def _duration(seconds: float) -> str:
     return f"{minutes} m {s:02d} s" if minutes else f"{s} s"
 
 
+def _resumed(entry: dict | str) -> str:
+    """A resume as LEARNING.md names it: its command and the commit it ran (learning.json of runs before
+    2026-12-03 kept the command only)."""
+    if isinstance(entry, str):
+        return f"`{entry}`"
+    return f"`{entry['command']}` at commit {entry['commit']}"
+
+
 def document(info: dict, rows: list[dict], plots: list[str]) -> str:
     """The whole LEARNING.md. info: date, cpu, cores, loadavg, command, seed, commit, run_dir,
     config, settings ({dotted key: value}), steps, max_tokens, bfcl_limit, bfcl_categories, arms,
@@ -375,7 +383,7 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         f"Raw outputs (eval JSONs with every completion, each arm's metrics.jsonl and run directory, "
         f"the SFT metrics, every subprocess's log): `{info['run_dir']}` (git-ignored)."
         + (" The run stopped in an arm and was continued with "
-           + "; ".join(f"`{c}`" for c in info["resumed"])
+           + "; ".join(_resumed(c) for c in info["resumed"])
            + " (each unfinished arm trained again from its start; the stopped one's directory is kept as "
              "arm_<x>.failed-<n>)." if info.get("resumed") else ""),
         "",

@@ -147,9 +147,12 @@ def test_document_names_everything_a_reader_needs():
         assert needle in text, needle
     assert text.count("| met |") == 3 and "| missed by 0.02x |" in text
     assert "continued with" not in text and "Prompts each arm drew from" not in text
-    resumed = report.document({**info, "resumed": ["python -m bench.learning --resume runs/learn-x"],
+    resumed = report.document({**info, "resumed": ["python -m bench.learning --resume runs/learn-x",
+                                                   {"command": "python -m bench.learning --resume runs/learn-x "
+                                                               "--arms d", "commit": "`abc`"}],
                                "prompts": "(a) (d) 25 prompts, 39 rows left out as too long"}, rows, [])
-    assert "The run stopped in an arm and was continued with `python -m bench.learning --resume runs/learn-x`" in resumed
+    assert ("The run stopped in an arm and was continued with `python -m bench.learning --resume runs/learn-x`; "
+            "`python -m bench.learning --resume runs/learn-x --arms d` at commit `abc` (each unfinished") in resumed
     assert "Prompts each arm drew from (the run's start event): (a) (d) 25 prompts, 39 rows left out" in resumed
 
 
@@ -307,12 +310,14 @@ def test_resume_trains_only_the_arms_without_evaluations(tmp_path, monkeypatch):
         ("train", arm, self.steps, seed)) or (report.stage_id(arm, seed, self.seed), sft))
     monkeypatch.setattr(learning.Pipeline, "evaluate", lambda self, arm, model, cache=False: calls.append(("eval", arm)))
     monkeypatch.setattr(learning, "write_report", lambda run_dir, out, compare=None: out / "LEARNING.md")
+    monkeypatch.setattr(learning, "_commit", lambda: "`def`")
     learning.main(["--resume", str(run), "--arms", "a,b,c", "--out", str(tmp_path)])
     assert calls == [("train", "b", 5, 3), ("eval", "b"), ("train", "c", 5, 3), ("eval", "c")]
     assert (run / "arm_b.failed-0").is_dir() and not (run / "arm_b").exists()
     kept = json.loads((run / "learning.json").read_text())
     assert [s["stage"] for s in kept["stages"]] == ["eval base", "train (a)", "eval (a)"]
-    assert kept["arms"] == ["a"] and len(kept["resumed"]) == 1
+    assert kept["arms"] == ["a"] and kept["commit"] == "`abc`"   # the run's start commit is kept
+    assert [r["commit"] for r in kept["resumed"]] == ["`def`"]    # the resume's own is recorded beside it
     # A second resume keeps the first one's record.
     (run / "eval" / "b_toolrl.json").write_text(json.dumps({"summary": {"overall": 0.1, "seconds": 1}}))
     learning.main(["--resume", str(run), "--arms", "a,b", "--out", str(tmp_path)])
@@ -433,18 +438,64 @@ def test_across_seeds_section_lists_each_seed_and_the_paired_differences():
     assert "## Across seeds" not in report.document({**info, "seeds": [0]}, report.table_rows(STAGES), [])
 
 
-def test_no_call_answers_counts_call_questions_opened_with_the_no_call_thought(tmp_path):
-    import json
-
+def test_no_call_answers_counts_call_questions_opened_with_the_no_call_thought():
     from bench.learning import no_call_answers
 
-    (tmp_path / "eval").mkdir()
     entries = [{"category": "single", "raw": "<think>No tool call is needed here"},
                {"category": "single", "raw": " <think>No, wait"},
                {"category": "parallel", "raw": "<think>The request needs f"},
                {"category": "parallel", "raw": "garbage"},
                {"category": "no_call", "raw": "<think>No tool call is needed here"},     # needs no call: left out
                {"category": "multi_turn", "raw": "<think>No tool call is needed here"}]  # mixed: left out
-    (tmp_path / "eval" / "d_toolrl.json").write_text(json.dumps({"summary": {}, "entries": entries}))
-    assert no_call_answers(tmp_path, "d") == 0.5
-    assert no_call_answers(tmp_path, "a") is None
+    assert no_call_answers(entries) == 0.5
+    assert no_call_answers(entries[4:]) is None   # no call question among them
+    assert no_call_answers([]) is None
+
+
+def test_stage_rows_take_summary_and_no_call_column_from_the_same_eval_json(tmp_path):
+    import json
+
+    from bench.learning import stage_rows
+
+    (tmp_path / "eval").mkdir()
+    entries = [{"category": "single", "raw": "<think>No tool call is needed here"},
+               {"category": "parallel", "raw": "<think>The request needs f"},
+               {"category": "parallel", "raw": "<think>No"},
+               {"category": "single", "raw": "<think>f"}]
+    for stage, suites in STAGES.items():
+        for suite in ("toolrl", "bfcl"):
+            body = {"summary": suites[suite], "entries": entries[:1] if stage == "base" else entries}
+            (tmp_path / "eval" / f"{stage}_{suite}.json").write_text(json.dumps(body))
+    rows, stages = stage_rows(tmp_path, {"arms": ["a"], "seeds": [0]})   # d evaluated, not in arms: left out
+    assert [r["stage"] for r in rows] == ["base", "sft", "a"]
+    assert [r["toolrl_no_call"] for r in rows] == [1.0, 0.5, 0.5]
+    assert [r["toolrl_correct"] for r in rows] == [0.0, 0.1, 0.125]
+    assert stages["a"]["metrics"] == [] and stages["sft"]["metrics"] is None   # no metrics.jsonl for a; sft is no arm
+
+
+def test_training_mix_reads_the_start_event_and_recomputes_for_older_runs(tmp_path, tiny_model):
+    import json
+
+    from bench.learning import REPO, training_mix
+    from toolexpander.config import Config
+    from toolexpander.trainset import subtask_mix, training_tasks
+
+    def arm(stage: str, seed: int, start: str | None) -> Config:
+        cfg = Config.model_validate({"model": {"path": str(tiny_model), "prepare": None},
+                                     "data": {"train_path": str(REPO / "data" / "tool_calls_train.jsonl"),
+                                              "limit": 200, "max_prompt_tokens": 700, "subset": 64},
+                                     "train": {"seed": seed}})
+        (tmp_path / f"arm_{stage}").mkdir()
+        (tmp_path / f"arm_{stage}" / "config.json").write_text(cfg.model_dump_json())
+        if start is not None:
+            (tmp_path / f"arm_{stage}" / "events.jsonl").write_text(
+                json.dumps({"step": 0, "event": "start", "message": start}) + "\n")
+        return cfg
+
+    arm("a", 0, "mode=local tasks=64 too_long=3 mix=no_call:10,single:30,parallel:4,multi_turn:20")
+    arm("d", 0, "mode=local tasks=64 too_long=3 mix=no_call:1,single:1,parallel:1,multi_turn:1")  # seed 0 known
+    older = arm("a-s1", 1, "mode=local tasks=64 too_long=3")   # before the start event logged mix=
+    expected = subtask_mix(training_tasks(older, tiny_model)[0]).replace(":", " ").replace(",", ", ")
+    assert training_mix(tmp_path, ["a", "d", "a-s1", "b"]) == {   # b: no directory, left out
+        0: "no_call 10, single 30, parallel 4, multi_turn 20", 1: expected}
+    assert expected.startswith("no_call ") and sum(int(x.split()[1]) for x in expected.split(", ")) == 64
