@@ -389,6 +389,8 @@ def arm_prompts(run_dir: Path, arms: list[str]) -> str:
         fields = dict(part.split("=", 1) for part in start.split() if "=" in part)
         if "tasks" in fields:
             text = f"{fields['tasks']} prompts, {fields.get('too_long', '?')} rows left out as too long"
+            if fields.get("long_answer", "0") != "0":
+                text += f" and {fields['long_answer']} for an answer longer than data.max_answer_tokens"
             said.setdefault(text, []).append(f"({arm})")
     return "; ".join(f"{' '.join(names)} {text}" for text, names in said.items())
 
@@ -410,7 +412,7 @@ def training_mix(run_dir: Path, stages: list[str]) -> dict[int, str]:
         start = next((e["message"] for e in events if e.get("event") == "start"), "")
         mix = next((part[len("mix="):] for part in start.split() if part.startswith("mix=")), None)
         if mix is None:
-            tasks, _ = training_tasks(cfg, Path(cfg.model.path))
+            tasks = training_tasks(cfg, Path(cfg.model.path))[0]
             mix = subtask_mix(tasks)
         out[cfg.train.seed] = mix.replace(":", " ").replace(",", ", ")
     return out

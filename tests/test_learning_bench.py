@@ -283,12 +283,14 @@ def test_arm_prompts_reads_each_arms_start_event(tmp_path):
     from bench.learning import arm_prompts
 
     for arm, message in [("a", "mode=local tasks=25 too_long=39"), ("b", "mode=local tasks=25 too_long=39"),
-                         ("c", "mode=cluster tasks=64 too_long=0")]:
+                         ("c", "mode=cluster tasks=64 too_long=0"),
+                         ("e", "mode=local tasks=64 too_long=39 long_answer=12 mix=no_call:64")]:
         (tmp_path / f"arm_{arm}").mkdir()
         (tmp_path / f"arm_{arm}" / "events.jsonl").write_text(
             json.dumps({"step": 0, "event": "start", "message": message}) + "\n")
-    assert arm_prompts(tmp_path, ["a", "b", "c", "d"]) == (
-        "(a) (b) 25 prompts, 39 rows left out as too long; (c) 64 prompts, 0 rows left out as too long")
+    assert arm_prompts(tmp_path, ["a", "b", "c", "d", "e"]) == (
+        "(a) (b) 25 prompts, 39 rows left out as too long; (c) 64 prompts, 0 rows left out as too long; "
+        "(e) 64 prompts, 39 rows left out as too long and 12 for an answer longer than data.max_answer_tokens")
 
 
 def test_resume_trains_only_the_arms_without_evaluations(tmp_path, monkeypatch):

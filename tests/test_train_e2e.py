@@ -119,9 +119,9 @@ def test_a_subset_is_drawn_from_the_prompts_that_fit(repo, tiny_model):
                                       "data": {"train_path": str(repo / "data" / "tool_calls_train.jsonl"),
                                                "limit": 200, "max_prompt_tokens": 700, **data}})
 
-    everything, left_out = training_tasks(cfg(), tiny_model)
+    everything, left_out, _ = training_tasks(cfg(), tiny_model)
     assert left_out > 20 and len(everything) == 200 - left_out          # some of the 200 rows are too long
-    subset, left_out_too = training_tasks(cfg(subset=64), tiny_model)
+    subset, left_out_too, _ = training_tasks(cfg(subset=64), tiny_model)
     assert len(subset) == 64 and left_out_too == left_out               # 64 prompts, all of them fitting
     assert {t.id for t in subset} <= {t.id for t in everything}
     assert [t.id for t in training_tasks(cfg(subset=64), tiny_model)[0]] == [t.id for t in subset]  # seeded
@@ -132,7 +132,7 @@ def test_a_subset_is_drawn_from_the_prompts_that_fit(repo, tiny_model):
 
     kinds = ("no_call", "single", "parallel", "multi_turn")
     rows = load_tasks(repo / "data" / "tool_calls_train.jsonl")[:200]
-    mixed, _ = training_tasks(cfg(subset=64, subset_mix="file"), tiny_model)
+    mixed = training_tasks(cfg(subset=64, subset_mix="file"), tiny_model)[0]
     assert len(mixed) == 64 and {t.id for t in mixed} <= {t.id for t in everything}
 
     def distance(tasks):   # total variation distance of the sub-task shares from the file's
@@ -141,3 +141,21 @@ def test_a_subset_is_drawn_from_the_prompts_that_fit(repo, tiny_model):
 
     assert distance(mixed) < distance(subset) / 2   # here 0.034 against 0.104 (seeded: the same each run)
     assert subtask_mix(mixed) == ",".join(f"{k}:{sum(t.subtask == k for t in mixed)}" for k in kinds)
+
+    # max_answer_tokens: the rows whose prompt fits lose those whose reference answer (as a completion,
+    # with the end-of-turn token) is longer; counted apart from the long prompts.
+    from toolexpander.sft import answer_text, end_of_turn_id
+    from toolexpander.trainset import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model)
+    sizes = {t.id: len(tokenizer.encode(answer_text(t), add_special_tokens=False) + [end_of_turn_id(tokenizer)])
+             for t in everything}
+    answered, left_out_again, long_answers = training_tasks(cfg(max_answer_tokens=128), tiny_model)
+    assert left_out_again == left_out and long_answers == sum(n > 128 for n in sizes.values()) > 10
+    assert [t.id for t in answered] == [t.id for t in everything if sizes[t.id] <= 128]   # order kept
+    drawn, _, _ = training_tasks(cfg(subset=64, max_answer_tokens=128), tiny_model)
+    assert len(drawn) == 64 and all(sizes[t.id] <= 128 for t in drawn)
+    from toolexpander.overlap import TrainError
+
+    with pytest.raises(TrainError, match="no task fits data.max_prompt_tokens=700 and data.max_answer_tokens=8"):
+        training_tasks(cfg(max_answer_tokens=8), tiny_model)

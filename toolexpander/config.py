@@ -77,10 +77,18 @@ class DataConfig(Section):
     max_prompt_tokens: int = Field(1536, ge=64, description="longer prompts are left out, counted")
     limit: int | None = Field(None, ge=1, description="use only the first N rows (debugging)")
     subset: int | None = Field(None, ge=1, description="train on a random subset of N rows, drawn from the "
-                               "rows whose prompt fits max_prompt_tokens (seed: train.seed)")
+                               "rows whose prompt fits max_prompt_tokens and answer max_answer_tokens "
+                               "(seed: train.seed)")
+    max_answer_tokens: int | None = Field(
+        None, ge=8, description="leave out (counted: the start event's long_answer=) the rows whose reference "
+        "answer, as a completion (the ground truth in the target format with the demonstrations' think line, "
+        "then the end-of-turn token), is longer than this: a completion that rollout.max_tokens cuts off is "
+        "never correct, so such a prompt gives GRPO only failing groups and, with hard-sample rounds, demos "
+        "that cannot help (at 128 tokens, 428 of the 635 parallel-call training rows, for SmolLM2's tokenizer). "
+        "Set it to rollout.max_tokens; None keeps every row")
     subset_mix: Literal["fitting", "file"] = Field(
         "fitting", description="how data.subset is drawn: fitting = uniformly from the rows that fit "
-        "max_prompt_tokens; file = each sub-task with its share of all rows of train_path, so that the length "
+        "max_prompt_tokens (and max_answer_tokens); file = each sub-task with its share of all rows of train_path, so that the length "
         "filter, which leaves out mostly long parallel-call prompts, does not also change the sub-task mix "
         "(a sub-task with too few fitting rows gives its place to the others)")
 

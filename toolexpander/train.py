@@ -80,8 +80,7 @@ class Trainer:
             rollout = pool.submit(RolloutGroup, cfg, str(self.model_path))
             tokenizer = tokenizer.result()
             learner = pool.submit(LearnerGroup, cfg, str(self.model_path), tokenizer.pad_token_id or 0)
-            tasks, too_long = training_tasks(cfg, self.model_path, rows, tokenizer)
-            self.too_long = too_long
+            tasks, too_long, long_answers = training_tasks(cfg, self.model_path, rows, tokenizer)
             # The sampler holds the run's per-prompt state: it lives on the driver's node (the head under
             # `ray job submit`), never on a rollout or learner node that may be lost mid-run.
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -98,7 +97,7 @@ class Trainer:
         self.metrics = MetricsWriter(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project,
                                      cfg.model_dump(mode="json"), resume, start_step=self.step)
         self.metrics.event(self.step, "start", f"mode={self.mode} tasks={len(tasks)} too_long={too_long} "
-                           f"mix={subtask_mix(tasks)}")
+                           f"long_answer={long_answers} mix={subtask_mix(tasks)}")
         self._log_placement()
 
     def init_overlap(self) -> None:
@@ -137,10 +136,11 @@ class Trainer:
         rollouts, stats, lost = self.rollout.generate_refs(requests, step_seed)
         answered = [rollouts] if rollouts is not None else []
         prefetch = Prefetch.current()
-        for worker, shard in lost:
+        for i, (worker, shard) in enumerate(lost):
             if prefetch is not None:
                 prefetch.check()   # a closing run does not wait for a replacement worker's placement
-            self.rollout.check_weights()   # lost with learner rank 0's node: WorkerDied, train() restarts
+            if i == 0:   # once per step (it fetches the staged weights): lost with learner rank 0's node,
+                self.rollout.check_weights()   # WorkerDied, and train() restarts from the checkpoint
             self.metrics.event(self.step, "worker_restart",
                                f"rollout worker {worker} died or hung (cluster.call_timeout_s); restarting it")
             self.rollout.restart(worker)
