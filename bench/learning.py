@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -424,6 +425,22 @@ def eval_mix(run_dir: Path) -> str:
     return ", ".join(f"{name} {c['n']}" for name, c in (summary.get("categories") or {}).items())
 
 
+def answer_ceiling(model_path: Path, max_tokens: int, limit: int | None = None) -> str:
+    """"11 of 80 (parallel 6, multi_turn 5)": the ToolRL test questions (the first `limit`) whose reference
+    answer, as the completion SFT teaches (toolexpander.trainset.answer_tokens), is longer than the
+    evaluation's max_tokens: no model reaches them at that budget."""
+    from toolexpander.data import load_tasks
+    from toolexpander.eval.runner import DATA_FILES
+    from toolexpander.trainset import answer_tokens, load_tokenizer
+    from toolexpander.types import SUBTASKS
+
+    tokenizer = load_tokenizer(model_path)
+    tasks = load_tasks(REPO / "data" / DATA_FILES["toolrl"])[:limit]
+    over = Counter(t.subtask for t in tasks if answer_tokens(tokenizer, t) > max_tokens)
+    detail = ", ".join(f"{name} {over[name]}" for name in SUBTASKS if over[name])
+    return f"{sum(over.values())} of {len(tasks)}" + (f" ({detail})" if detail else "")
+
+
 def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     """LEARNING.md and the PNGs under out/, from RUN_DIR's learning.json, eval JSONs and metrics;
     with `compare`, an earlier run's directory, a table of both runs' evaluations stage by stage."""
@@ -439,6 +456,10 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     m = machine()
     state["prompts"] = arm_prompts(run_dir, state["arms"])
     state["mix"], state["test_mix"] = training_mix(run_dir, state["arms"]), eval_mix(run_dir)
+    from toolexpander.config import load_config, parse_overrides
+
+    model = REPO / load_config(REPO / state["config"], parse_overrides(state["overrides"])).model.path  # its tokenizer
+    state["ceiling"] = answer_ceiling(model, state["max_tokens"], state.get("toolrl_limit")) if model.is_dir() else None
     info = {**state, "date": m["date"], "cpu": m["cpu"], "cores": m["nproc"], "loadavg": m["loadavg_1m"]}
     text = report.document(info, rows, [str(p.relative_to(out)) for p in plots])
     (out / "LEARNING.md").write_text(text)

@@ -402,7 +402,10 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
            if info.get("mix") else "")
         + " Evaluation: greedy, "
         f"at most {info['max_tokens']} new tokens; the ToolRL test set ({_count(rows, 'toolrl_n')} questions, "
-        "scored by our reward's `correct`); BFCL non-live AST, the first "
+        "scored by our reward's `correct`"
+        + (f"; {info['ceiling']} of them have a reference answer longer than {info['max_tokens']} tokens as the "
+           "completion SFT teaches, so no model reaches them at this budget" if info.get("ceiling") else "")
+        + "); BFCL non-live AST, the first "
         f"{info['bfcl_limit']} questions of each of {', '.join(info['bfcl_categories'])} "
         f"({_count(rows, 'bfcl_n')} questions, scored by BFCL's own `ast_checker`; "
         "\"BFCL non-live\" is BFCL's unweighted mean over the categories run).",

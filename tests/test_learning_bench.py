@@ -146,7 +146,11 @@ def test_document_names_everything_a_reader_needs():
                    "![correct](learning/correct.png)", report.markdown_table(rows)):
         assert needle in text, needle
     assert text.count("| met |") == 3 and "| missed by 0.02x |" in text
-    assert "continued with" not in text and "Prompts each arm drew from" not in text
+    assert "continued with" not in text and "Prompts each arm drew from" not in text and "no model reaches" not in text
+    ceiling = report.document({**info, "ceiling": "11 of 80 (parallel 6, multi_turn 5)"}, rows, [])
+    assert ("(80 questions, scored by our reward's `correct`; 11 of 80 (parallel 6, multi_turn 5) of them have a "
+            "reference answer longer than 160 tokens as the completion SFT teaches, so no model reaches them at "
+            "this budget); BFCL") in ceiling
     resumed = report.document({**info, "resumed": ["python -m bench.learning --resume runs/learn-x",
                                                    {"command": "python -m bench.learning --resume runs/learn-x "
                                                                "--arms d", "commit": "`abc`"}],
@@ -501,3 +505,21 @@ def test_training_mix_reads_the_start_event_and_recomputes_for_older_runs(tmp_pa
     assert training_mix(tmp_path, ["a", "d", "a-s1", "b"]) == {   # b: no directory, left out
         0: "no_call 10, single 30, parallel 4, multi_turn 20", 1: expected}
     assert expected.startswith("no_call ") and sum(int(x.split()[1]) for x in expected.split(", ")) == 64
+
+
+def test_answer_ceiling_counts_the_test_questions_a_budget_cuts_off(tiny_model):
+    from collections import Counter
+
+    from bench.learning import REPO, answer_ceiling
+    from toolexpander.data import load_tasks
+    from toolexpander.sft import answer_text
+    from toolexpander.trainset import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model)
+    tasks = load_tasks(REPO / "data" / "tool_calls_eval.jsonl")
+    sizes = [(t.subtask, len(tokenizer.encode(answer_text(t), add_special_tokens=False)) + 1) for t in tasks]
+    over = Counter(kind for kind, n in sizes if n > 160)
+    assert answer_ceiling(tiny_model, 160) == (f"{sum(over.values())} of 80 (parallel {over['parallel']}, "
+                                               f"multi_turn {over['multi_turn']})")
+    assert set(over) == {"parallel", "multi_turn"} and answer_ceiling(tiny_model, 4096) == "0 of 80"
+    assert answer_ceiling(tiny_model, 4096, limit=20) == "0 of 20"
