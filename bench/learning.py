@@ -426,7 +426,7 @@ def eval_mix(run_dir: Path) -> str:
 
 
 def answer_ceiling(model_path: Path, max_tokens: int, limit: int | None = None) -> str:
-    """"11 of 80 (parallel 6, multi_turn 5)": the ToolRL test questions (the first `limit`) whose reference
+    """"11 of the 80 (parallel 6, multi_turn 5)": the ToolRL test questions (the first `limit`) whose reference
     answer, as the completion SFT teaches (toolexpander.trainset.answer_tokens), is longer than the
     evaluation's max_tokens: no model reaches them at that budget."""
     from toolexpander.data import load_tasks
@@ -438,7 +438,7 @@ def answer_ceiling(model_path: Path, max_tokens: int, limit: int | None = None) 
     tasks = load_tasks(REPO / "data" / DATA_FILES["toolrl"])[:limit]
     over = Counter(t.subtask for t in tasks if answer_tokens(tokenizer, t) > max_tokens)
     detail = ", ".join(f"{name} {over[name]}" for name in SUBTASKS if over[name])
-    return f"{sum(over.values())} of {len(tasks)}" + (f" ({detail})" if detail else "")
+    return f"{sum(over.values())} of the {len(tasks)}" + (f" ({detail})" if detail else "")
 
 
 def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:

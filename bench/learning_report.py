@@ -403,7 +403,7 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         + " Evaluation: greedy, "
         f"at most {info['max_tokens']} new tokens; the ToolRL test set ({_count(rows, 'toolrl_n')} questions, "
         "scored by our reward's `correct`"
-        + (f"; {info['ceiling']} of them have a reference answer longer than {info['max_tokens']} tokens as the "
+        + (f"; {info['ceiling']} have a reference answer longer than {info['max_tokens']} tokens as the "
            "completion SFT teaches, so no model reaches them at this budget" if info.get("ceiling") else "")
         + "); BFCL non-live AST, the first "
         f"{info['bfcl_limit']} questions of each of {', '.join(info['bfcl_categories'])} "

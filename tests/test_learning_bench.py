@@ -147,8 +147,8 @@ def test_document_names_everything_a_reader_needs():
         assert needle in text, needle
     assert text.count("| met |") == 3 and "| missed by 0.02x |" in text
     assert "continued with" not in text and "Prompts each arm drew from" not in text and "no model reaches" not in text
-    ceiling = report.document({**info, "ceiling": "11 of 80 (parallel 6, multi_turn 5)"}, rows, [])
-    assert ("(80 questions, scored by our reward's `correct`; 11 of 80 (parallel 6, multi_turn 5) of them have a "
+    ceiling = report.document({**info, "ceiling": "11 of the 80 (parallel 6, multi_turn 5)"}, rows, [])
+    assert ("(80 questions, scored by our reward's `correct`; 11 of the 80 (parallel 6, multi_turn 5) have a "
             "reference answer longer than 160 tokens as the completion SFT teaches, so no model reaches them at "
             "this budget); BFCL") in ceiling
     resumed = report.document({**info, "resumed": ["python -m bench.learning --resume runs/learn-x",
@@ -519,7 +519,7 @@ def test_answer_ceiling_counts_the_test_questions_a_budget_cuts_off(tiny_model):
     tasks = load_tasks(REPO / "data" / "tool_calls_eval.jsonl")
     sizes = [(t.subtask, len(tokenizer.encode(answer_text(t), add_special_tokens=False)) + 1) for t in tasks]
     over = Counter(kind for kind, n in sizes if n > 160)
-    assert answer_ceiling(tiny_model, 160) == (f"{sum(over.values())} of 80 (parallel {over['parallel']}, "
+    assert answer_ceiling(tiny_model, 160) == (f"{sum(over.values())} of the 80 (parallel {over['parallel']}, "
                                                f"multi_turn {over['multi_turn']})")
-    assert set(over) == {"parallel", "multi_turn"} and answer_ceiling(tiny_model, 4096) == "0 of 80"
-    assert answer_ceiling(tiny_model, 4096, limit=20) == "0 of 20"
+    assert set(over) == {"parallel", "multi_turn"} and answer_ceiling(tiny_model, 4096) == "0 of the 80"
+    assert answer_ceiling(tiny_model, 4096, limit=20) == "0 of the 20"
