@@ -115,3 +115,43 @@ def test_gloo_push_to_a_dead_worker_times_out_then_replaces_it_and_pushes_again(
     finally:
         rollout.shutdown()
         learner.shutdown()
+
+
+def test_the_synchronous_loop_keeps_only_the_weights_it_landed(ray_local, tiny_model, train_tasks):
+    # The object store path of Trainer with max_staleness 0: each step stages the new weights
+    # (_publish) and the next rollout phase lands them with land(defer=True) (no version). Every older
+    # version must be dropped then, or the object store holds one copy of the model per step (it did:
+    # 18 objects, 4.6 GB pinned at step 17 of a SmolLM2 run). An evaluation (land()) drops nothing.
+    from toolexpander.actors.group import LearnerGroup, RolloutGroup, WeightSync
+    from toolexpander.config import Config
+    from toolexpander.types import PromptRequest
+    from tests.learner.test_learner import batch
+
+    cfg = Config.model_validate({
+        "model": {"path": str(tiny_model), "prepare": None},
+        "rollout": {"num_workers": 1, "n": 2, "max_tokens": 4, "max_model_len": 2048},
+        "learner": {"lr": 1e-3, "weight_sync": "object_store", "is_cap": None}})
+    learner = LearnerGroup(cfg, str(tiny_model), pad_id=2)
+    rollout = RolloutGroup(cfg, str(tiny_model))
+    try:
+        sync = WeightSync(learner, rollout, cfg)
+        task = next(t for t in train_tasks if t.subtask == "single" and len(str(t.tools)) < 800)
+        request = [PromptRequest(task=task, demo_round=0, group_id=0)]
+        assert sync.land(defer=True) == (0.0, None) and sync.staged == {}   # nothing staged yet
+        for version in (1, 2, 3):
+            learner.call("step", batch(0), 0)
+            sync.stage(version)
+            assert sync.land(defer=True) == (0.0, version)   # carried with the next generate call
+            rows, _, _ = rollout.generate(request, version, greedy=True, max_tokens=4)
+            assert {r["policy_version"] for r in rows.to_pylist()} == {version}
+            assert sorted(sync.staged) == [version]
+        for version in (4, 5):
+            learner.call("step", batch(0), 0)
+            sync.stage(version)
+        seconds, landed = sync.land()                        # an evaluation: pushed now, nothing dropped
+        assert landed == 5 and seconds > 0 and sorted(sync.staged) == [3, 4, 5]
+        assert sync.land(defer=True) == (0.0, None)          # the engines hold 5: nothing to carry...
+        assert sorted(sync.staged) == [5]                    # ...and the older ones go
+    finally:
+        rollout.shutdown()
+        learner.shutdown()

@@ -323,17 +323,24 @@ class WeightSync:
 
     def land(self, version: int | None = None, defer: bool = False) -> tuple[float, int | None]:
         """Load `version` into every worker unless the engines hold it already (the caller makes sure no
-        generation is in flight): a rollout phase lands the version it was admitted with, and staged
-        versions older than it are dropped (phases run in step order); without `version` (an evaluation)
-        the newest staged lands and nothing is dropped. defer=True (a rollout phase): the weights are not
-        pushed now but carried with each worker's next generate call (RolloutGroup.carry), which loads
-        them before it generates (their seconds come back in RolloutStats.land_s).
-        Returns (seconds, the version landed or None)."""
-        prune = version is not None
+        generation is in flight): a rollout phase (defer=True) lands the version it was admitted with, or
+        in the synchronous loop (no `version`) the newest staged, and staged versions older than it are
+        dropped (phases run in step order: no later one needs them); an evaluation (defer=False, no
+        `version`) lands the newest and drops nothing (a phase queued ahead may still land an older one).
+        defer=True: the weights are not pushed now but carried with each worker's next generate call
+        (RolloutGroup.carry), which loads them before it generates (their seconds come back in
+        RolloutStats.land_s). Returns (seconds, the version landed or None).
+
+        Until 2026-12-03 the synchronous loop's phases dropped nothing: every version's weights stayed
+        referenced, so the object store grew by one copy of the model per step (measured: 18 objects,
+        4.6 GB pinned at step 17 of a SmolLM2 run) and would then spill to disk step after step."""
+        prune = defer or version is not None
         with self._lock:
             if version is None:
                 version = max(self.staged, default=0)
             if self.landed[0] == version:
+                if prune:
+                    self._drop_older(version)
                 return 0.0, None
             if version not in self.staged:
                 raise RuntimeError(f"internal: weights of policy version {version} were never staged "
@@ -347,9 +354,13 @@ class WeightSync:
         with self._lock:
             self.landed = landing
             if prune:
-                for old in [v for v in self.staged if v < version]:
-                    del self.staged[old]
+                self._drop_older(version)
         return seconds, version
+
+    def _drop_older(self, version: int) -> None:
+        """(lock held) Forget the staged weights older than `version`: their object-store copies are freed."""
+        for old in [v for v in self.staged if v < version]:
+            del self.staged[old]
 
     def connect(self) -> None:
         """(Re)build the broadcast group; needed again after a worker is replaced."""
