@@ -254,7 +254,7 @@ class Pipeline:
 
 
 # Shown in LEARNING.md's protocol line; the whole resolved config is in every run directory.
-SETTINGS = ("model.dtype", "data.subset", "data.subset_mix", "sft.rows", "sft.epochs", "sft.lr", "rollout.n", "rollout.temperature", "rollout.max_tokens",
+SETTINGS = ("model.dtype", "data.subset", "data.subset_mix", "data.max_answer_tokens", "sft.rows", "sft.epochs", "sft.lr", "rollout.n", "rollout.temperature", "rollout.max_tokens",
             "sampler.batch_prompts", "sampler.max_draw_rounds", "learner.lr", "learner.warmup_steps", "learner.lr_gamma")
 
 
@@ -343,18 +343,23 @@ def _commit() -> str:
 
 
 def run_settings(run_dir: Path, state: dict) -> dict:
-    """learning.json's settings, plus the ones it did not record yet, read from a stage's resolved config."""
+    """learning.json's settings, plus the ones it did not record yet, read from a stage's resolved config;
+    a field that config predates gets its default (each such field's default is the behaviour before it:
+    data.subset_mix fitting, data.max_answer_tokens None). In SETTINGS order."""
+    from toolexpander.config import Config
+
     found = dict(state.get("settings") or {})
-    for stage in ("sft", *(arm_dir(a) for a in state["arms"])):
+    # an arm's config first: the SFT one may come from a cache trained by an older run (and its config)
+    for stage in (*(arm_dir(a) for a in state["arms"]), "sft"):
         path = run_dir / stage / "config.json"
         if path.is_file():
-            resolved = json.loads(path.read_text())
+            resolved, defaults = json.loads(path.read_text()), Config.model_validate({})
             for key in SETTINGS:
                 section, field = key.split(".")
-                if key not in found and field in resolved.get(section, {}):
-                    found[key] = resolved[section][field]
+                if key not in found:
+                    found[key] = resolved.get(section, {}).get(field, getattr(getattr(defaults, section), field))
             break
-    return found
+    return {key: found[key] for key in SETTINGS if key in found}
 
 
 CALL_CATEGORIES = ("single", "parallel")   # the ToolRL test questions that each need a call (71 of 80)
@@ -451,6 +456,7 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
         mine, theirs = run_settings(run_dir, state), run_settings(compare, other)
         differences = {k: (mine.get(k, "-"), theirs.get(k, "-")) for k in SETTINGS if mine.get(k) != theirs.get(k)}
         state["compare"] = report.markdown_compare(rows, stage_rows(compare, other)[0], other, differences)
+    state["settings"] = run_settings(run_dir, state)
     metrics = {arm: s["metrics"] for arm, s in stages.items() if s["metrics"]}
     plots = report.write_plots(rows, metrics, out / "learning")
     m = machine()

@@ -523,3 +523,25 @@ def test_answer_ceiling_counts_the_test_questions_a_budget_cuts_off(tiny_model):
                                                f"multi_turn {over['multi_turn']})")
     assert set(over) == {"parallel", "multi_turn"} and answer_ceiling(tiny_model, 4096) == "0 of the 80"
     assert answer_ceiling(tiny_model, 4096, limit=20) == "0 of the 20"
+
+
+def test_run_settings_fill_what_learning_json_missed_in_order_with_defaults_for_older_configs(tmp_path):
+    import json
+
+    from bench.learning import SETTINGS, run_settings
+
+    (tmp_path / "arm_a").mkdir()
+    # an arm's resolved config from before data.max_answer_tokens and data.subset_mix existed
+    (tmp_path / "arm_a" / "config.json").write_text(json.dumps({"data": {"subset": 64}, "rollout": {"n": 10}}))
+    state = {"arms": ["a"], "settings": {"rollout.n": 12, "model.dtype": "float32"}}
+    found = run_settings(tmp_path, state)
+    assert list(found) == [k for k in SETTINGS if k in found]                   # SETTINGS order
+    assert found["rollout.n"] == 12 and found["model.dtype"] == "float32"      # learning.json wins
+    assert found["data.subset"] == 64                                          # from the config
+    assert found["data.subset_mix"] == "fitting" and found["data.max_answer_tokens"] is None   # defaults
+    assert run_settings(tmp_path, {"arms": ["b"], "settings": {"rollout.n": 12}}) == {"rollout.n": 12}  # no config
+    # the arms' config, not the SFT one (a cache hit keeps the config of the run that trained it)
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "config.json").write_text(json.dumps({"data": {"subset": 8, "max_answer_tokens": 64}}))
+    assert run_settings(tmp_path, state)["data.subset"] == 64
+    assert run_settings(tmp_path, {"arms": [], "settings": {}})["data.max_answer_tokens"] == 64   # no arm yet
