@@ -75,10 +75,14 @@ def end_of_turn_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
+def answer_ids(tokenizer, task: Task) -> list[int]:
+    """The target as token ids: generation stops at the end-of-turn token, so the target ends with it
+    (also what a rollout must produce to answer the task: trainset.answer_tokens)."""
+    return tokenizer.encode(answer_text(task), add_special_tokens=False) + [end_of_turn_id(tokenizer)]
+
+
 def sft_example(tokenizer, task: Task) -> Example:
-    """Generation stops at the end-of-turn token, so the target ends with it."""
-    answer = tokenizer.encode(answer_text(task), add_special_tokens=False) + [end_of_turn_id(tokenizer)]
-    return Example(task_id=task.id, prompt=prompt_ids(tokenizer, task), answer=answer)
+    return Example(task_id=task.id, prompt=prompt_ids(tokenizer, task), answer=answer_ids(tokenizer, task))
 
 
 def refuse_eval_data(path: str | Path) -> None:

@@ -41,9 +41,9 @@ def fitting_tasks(tasks: list[Task], model_path: Path, cfg: Config, tokenizer=No
 def answer_tokens(tokenizer, task: Task) -> int:
     """The length of the task's reference answer as a completion: the target SFT trains on (the ground
     truth in the target format with the demonstrations' think line) and the end-of-turn token."""
-    from toolexpander.sft import answer_text
+    from toolexpander.sft import answer_ids
 
-    return len(tokenizer.encode(answer_text(task), add_special_tokens=False)) + 1
+    return len(answer_ids(tokenizer, task))
 
 
 def training_tasks(cfg: Config, model_path: Path, rows: list[Task] | None = None,
