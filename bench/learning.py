@@ -385,14 +385,20 @@ def stage_rows(run_dir: Path, state: dict) -> tuple[list[dict], dict]:
     return report.table_rows(stages, seeds[0] if len(seeds) > 1 else None), stages
 
 
+def start_fields(run_dir: Path, arm: str) -> dict[str, str]:
+    """The KEY=VALUE fields of an arm's start event ("mode=local tasks=64 too_long=1097 mix=..."); {}
+    before it ran."""
+    events = read_metrics(run_dir / arm_dir(arm) / "events.jsonl")
+    start = next((e["message"] for e in events if e.get("event") == "start"), "")
+    return dict(part.split("=", 1) for part in start.split() if "=" in part)
+
+
 def arm_prompts(run_dir: Path, arms: list[str]) -> str:
     """What each arm's start event says it trained on ("tasks=25 too_long=39"), arms with the same
     numbers together: e.g. "(a) (b) 25 prompts, 39 rows left out as too long; (c) 30 prompts, ..."."""
     said: dict[str, list[str]] = {}
     for arm in arms:
-        events = read_metrics(run_dir / arm_dir(arm) / "events.jsonl")
-        start = next((e["message"] for e in events if e.get("event") == "start"), "")
-        fields = dict(part.split("=", 1) for part in start.split() if "=" in part)
+        fields = start_fields(run_dir, arm)
         if "tasks" in fields:
             text = f"{fields['tasks']} prompts, {fields.get('too_long', '?')} rows left out as too long"
             if fields.get("long_answer", "0") != "0":
@@ -414,9 +420,7 @@ def training_mix(run_dir: Path, stages: list[str]) -> dict[int, str]:
         cfg = Config.model_validate(json.loads(path.read_text())) if path.is_file() else None
         if cfg is None or cfg.train.seed in out:
             continue
-        events = read_metrics(run_dir / arm_dir(stage) / "events.jsonl")
-        start = next((e["message"] for e in events if e.get("event") == "start"), "")
-        mix = next((part[len("mix="):] for part in start.split() if part.startswith("mix=")), None)
+        mix = start_fields(run_dir, stage).get("mix")
         if mix is None:
             tasks = training_tasks(cfg, Path(cfg.model.path))[0]
             mix = subtask_mix(tasks)
@@ -451,12 +455,12 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     with `compare`, an earlier run's directory, a table of both runs' evaluations stage by stage."""
     state = json.loads((run_dir / "learning.json").read_text())
     rows, stages = stage_rows(run_dir, state)
+    state["settings"] = mine = run_settings(run_dir, state)
     if compare is not None:
         other = json.loads((compare / "learning.json").read_text())
-        mine, theirs = run_settings(run_dir, state), run_settings(compare, other)
+        theirs = run_settings(compare, other)
         differences = {k: (mine.get(k, "-"), theirs.get(k, "-")) for k in SETTINGS if mine.get(k) != theirs.get(k)}
         state["compare"] = report.markdown_compare(rows, stage_rows(compare, other)[0], other, differences)
-    state["settings"] = run_settings(run_dir, state)
     metrics = {arm: s["metrics"] for arm, s in stages.items() if s["metrics"]}
     plots = report.write_plots(rows, metrics, out / "learning")
     m = machine()
