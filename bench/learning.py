@@ -254,7 +254,7 @@ class Pipeline:
 
 
 # Shown in LEARNING.md's protocol line; the whole resolved config is in every run directory.
-SETTINGS = ("model.dtype", "data.subset", "data.subset_mix", "data.max_answer_tokens", "sft.rows", "sft.epochs", "sft.lr", "rollout.n", "rollout.temperature", "rollout.max_tokens",
+SETTINGS = ("model.dtype", "data.subset", "data.subset_mix", "data.max_answer_tokens", "sft.rows", "sft.epochs", "sft.lr", "sft.max_prompt_tokens", "rollout.n", "rollout.temperature", "rollout.max_tokens",
             "sampler.batch_prompts", "sampler.max_draw_rounds", "learner.lr", "learner.warmup_steps", "learner.lr_gamma")
 
 

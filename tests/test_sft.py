@@ -112,6 +112,19 @@ def test_row_budget_reads_only_the_train_file(tokenizer, tmp_path, repo, monkeyp
     assert [e.task_id for e in choose_examples(cfg_seed, tokenizer, train_tasks(cfg_seed))[0]] != again
 
 
+def test_sft_prompt_limit_replaces_the_data_one(tokenizer, tmp_path, repo):
+    # data.max_prompt_tokens 512 (cfg_for) binds GRPO; sft.max_prompt_tokens lets SFT take longer prompts.
+    train = str(repo / "data" / "tool_calls_train.jsonl")
+    cfg, _ = cfg_for(tmp_path, data={"train_path": train, "limit": 60}, sft={"rows": 10_000, "max_prompt_tokens": 1024})
+    examples, too_long = choose_examples(cfg, tokenizer, train_tasks(cfg))
+    lengths = [len(e.prompt) for e in examples]
+    assert max(lengths) <= 1024 and any(n > 512 for n in lengths)
+    narrow, narrow_too_long = choose_examples(cfg_for(tmp_path, data={"train_path": train, "limit": 60},
+                                                      sft={"rows": 10_000})[0], tokenizer, train_tasks(cfg))
+    assert [e for e in examples if len(e.prompt) <= 512] == narrow
+    assert len(examples) + too_long == len(narrow) + narrow_too_long == 60
+
+
 @pytest.mark.parametrize("name", ["tool_calls_eval.jsonl", "acebench_eval.jsonl"])
 def test_evaluation_files_are_refused(tmp_path, repo, name):
     cfg, _ = cfg_for(tmp_path, data={"train_path": str(repo / "data" / name)})
@@ -150,11 +163,11 @@ def test_cache_key_follows_what_changes_the_weights(tmp_path):
     base, _ = cfg_for(tmp_path)
     same = [cfg_for(tmp_path, **change)[0] for change in
             ({"learner": {"lr": 0.5}}, {"rollout": {"n": 4}}, {"logging": {"output_dir": "x"}},
-             {"sft": {"output_dir": str(tmp_path / "elsewhere")}})]
+             {"sft": {"output_dir": str(tmp_path / "elsewhere")}}, {"sft": {"max_prompt_tokens": 512}})]
     assert all(cache_key(c) == cache_key(base) for c in same)
     other = [cfg_for(tmp_path, **change)[0] for change in
              ({"sft": {"lr": 1e-4}}, {"sft": {"seed": 1}}, {"sft": {"rows": 7}}, {"model": {"path": "models/x"}},
-              {"data": {"max_prompt_tokens": 256}}, {"learner": {"world_size": 2}})]
+              {"data": {"max_prompt_tokens": 256}}, {"learner": {"world_size": 2}}, {"sft": {"max_prompt_tokens": 1024}})]
     assert len({cache_key(c) for c in other} | {cache_key(base)}) == len(other) + 1
 
 

@@ -104,21 +104,28 @@ def train_tasks(cfg: Config) -> list[Task]:
 
 
 def choose_examples(cfg: Config, tokenizer, tasks: list[Task]) -> tuple[list[Example], int]:
-    """The first sft.rows tasks of a seeded permutation whose prompt fits data.max_prompt_tokens and
-    whose target fits sft.max_answer_tokens. Returns the examples and how many were too long."""
+    """The first sft.rows tasks of a seeded permutation whose prompt fits sft.max_prompt_tokens (default
+    data.max_prompt_tokens) and whose target fits sft.max_answer_tokens. Returns the examples and how many
+    were too long."""
     chosen, too_long = [], 0
+    max_prompt = prompt_limit(cfg)
     for i in np.random.default_rng(cfg.sft.seed).permutation(len(tasks)):
         example = sft_example(tokenizer, tasks[i])
-        if len(example.prompt) > cfg.data.max_prompt_tokens or len(example.answer) > cfg.sft.max_answer_tokens:
+        if len(example.prompt) > max_prompt or len(example.answer) > cfg.sft.max_answer_tokens:
             too_long += 1
             continue
         chosen.append(example)
         if len(chosen) == cfg.sft.rows:
             break
     if not chosen:
-        raise SftError(f"data.train_path: no row fits data.max_prompt_tokens={cfg.data.max_prompt_tokens} "
-                       f"and sft.max_answer_tokens={cfg.sft.max_answer_tokens}")
+        raise SftError(f"data.train_path: no row fits a prompt of {max_prompt} tokens (sft.max_prompt_tokens, "
+                       f"default data.max_prompt_tokens) and sft.max_answer_tokens={cfg.sft.max_answer_tokens}")
     return chosen, too_long
+
+
+def prompt_limit(cfg: Config) -> int:
+    """The longest prompt SFT trains on: sft.max_prompt_tokens, or data.max_prompt_tokens when unset."""
+    return cfg.data.max_prompt_tokens if cfg.sft.max_prompt_tokens is None else cfg.sft.max_prompt_tokens
 
 
 # ---- the cache -----------------------------------------------------------------------------------
@@ -132,9 +139,9 @@ def cache_key(cfg: Config) -> str:
     relevant = {
         "model": {"path": str(Path(cfg.model.path).resolve()), "dtype": cfg.model.dtype},
         "data": {"train_path": str(data.resolve()), "limit": cfg.data.limit,
-                 "max_prompt_tokens": cfg.data.max_prompt_tokens,
+                 "max_prompt_tokens": prompt_limit(cfg),
                  "sha256": hashlib.sha256(data.read_bytes()).hexdigest() if data.is_file() else None},
-        "sft": cfg.sft.model_dump(mode="json", exclude={"output_dir"}),
+        "sft": cfg.sft.model_dump(mode="json", exclude={"output_dir", "max_prompt_tokens"}),
         "learner": cfg.learner.model_dump(mode="json", include={"world_size", "zero_stage", "grad_clip"}),
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
