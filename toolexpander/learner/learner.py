@@ -360,7 +360,8 @@ class Learner:
                 self._add_gap(g, lp, mask)
             # Truncated importance weights pi_old / mu against the policy that generated the tokens.
             is_weights, is_metrics = behaviour_weights(old, self._behaviour(g, lp), mask, self.cfg.is_cap)
-            out = clipped_surrogate(lp, old, g.advantages_n, mask,
+            # advantages are computed on the host from rewards; the loss is on the model's device
+            out = clipped_surrogate(lp, old, g.advantages_n.to(lp.device), mask,
                                     eps_low=self.cfg.eps_low, eps_high=self.cfg.eps_high,
                                     dual_clip=self.cfg.dual_clip, token_count=token_count,
                                     is_weights_BT=is_weights)
