@@ -3,9 +3,12 @@ the object store (LearnerGroup.weights_ref() + RolloutGroup.push: gather, object
 prefix-cache reset) and the gloo broadcast group (WeightSync, the CPU default); beside a plain memcpy
 of the same bytes and vLLM's own in-process reload_weights of a ready state dict.
 
-    python -m bench.weight_push [--reps 5] [--workers 2] [--dtype bfloat16]
+    python -m bench.weight_push [--reps 5] [--warmup 3] [--workers 2] [--dtype bfloat16]
 
 --dtype is the engines' and so the wire's (model.dtype): bfloat16 (the demo's) sends half of float32's bytes.
+Each setting is timed after --warmup untimed pushes: a training run pushes every step, and its first pushes
+pay one-off costs (the object store's fresh pages, each worker's first mapping of them); every timed push
+is listed, so a slow first one shows.
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ def timed_median(fn, reps: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=5, help="timed pushes per setting (after one warm-up)")
+    ap.add_argument("--reps", type=int, default=5, help="timed pushes per setting")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed pushes before each setting's timed ones")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     args = ap.parse_args(argv)
@@ -87,26 +91,27 @@ def main(argv: list[str] | None = None) -> None:
             sub = copy.copy(group)              # the same group code over its first w workers
             sub.workers = group.workers[:w]
             runs = []
-            for rep in range(args.reps + 1):
+            for rep in range(args.warmup + args.reps):
                 version += 1
                 run = push_once(learner, sub, version)
-                if rep:                         # rep 0 is the warm-up
+                if rep >= args.warmup:
                     runs.append(run)
-            rows.append({"what": f"object store push, {w} worker{'s' * (w > 1)}", **median_of(runs)})
+            rows.append({"what": f"object store push, {w} worker{'s' * (w > 1)}", **median_of(runs),
+                         "each": " ".join(f"{r['total_s']:.2f}" for r in runs)})
             log(rows[-1]["what"] + f": {rows[-1]['total_s']:.3f} s")
         for w in sorted({1, args.workers}):
             sub = copy.copy(group)
             sub.workers = group.workers[:w]
             sync = WeightSync(learner, sub, make_cfg(w, "gloo", args.dtype))   # forms the broadcast group
             times = []
-            for rep in range(args.reps + 1):
+            for rep in range(args.warmup + args.reps):
                 version += 1
                 start = time.perf_counter()
                 sync.push(version)
-                if rep:
+                if rep >= args.warmup:
                     times.append(time.perf_counter() - start)
             rows.append({"what": f"gloo broadcast push, {w} worker{'s' * (w > 1)}",
-                         "total_s": statistics.median(times)})
+                         "total_s": statistics.median(times), "each": " ".join(f"{t:.2f}" for t in times)})
             log(rows[-1]["what"] + f": {rows[-1]['total_s']:.3f} s")
         weights = ray.get(learner.weights_ref())
         names = [name for name, _ in weights]
@@ -146,10 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     worst = max(r["total_s"] for r in pushes)
     text = "\n".join([
         f"weight push: {MODEL.name}, {len(names)} tensors, {nbytes / 2**20:.0f} MiB {args.dtype}; "
-        f"median of {args.reps} after a warm-up; memcpy {nbytes / memcpy_s / 2**30:.2f} GiB/s",
+        f"median of {args.reps} after {args.warmup} warm-up push(es) per setting; memcpy "
+        f"{nbytes / memcpy_s / 2**30:.2f} GiB/s",
         table(rows, [("what", "what", ""), ("total_s", "seconds", ".3f"), ("gather_s", "gather", ".3f"),
                      ("transfer_s", "transfer+sched", ".3f"), ("worker_load_s", "worker load", ".3f"),
-                     ("vs_memcpy", "x memcpy", ".1f")]),
+                     ("vs_memcpy", "x memcpy", ".1f"), ("each", "each timed push s", "")]),
         "object store: gather = learner named_weights() into the object store; worker load = from_numpy + "
         "reload_weights + prefix-cache reset in the slowest worker; transfer+sched = the rest (dispatch, arg fetch)",
         "gloo: WeightSync.push (64 MiB buckets broadcast from the learner, reload_weights + cache reset), timed whole",
