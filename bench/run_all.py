@@ -6,7 +6,10 @@ each table, every goal with its measured value, the machine and the date.
     python -m bench.run_all --only learner     # some of them; the others' last results are kept
     python -m bench.run_all --report-only      # rewrite RESULTS.md from bench/results/*.json
 
-Text below the ANALYSIS marker in RESULTS.md is written by hand and kept across runs.
+Text below the ANALYSIS marker in RESULTS.md is written by hand and kept across runs. bench/results/ is
+not committed, so a fresh clone has no JSON for the benchmarks a run leaves out: their sections and
+goal rows are then kept from the RESULTS.md being replaced, marked as an earlier run, with the machine
+and date that file names.
 """
 
 from __future__ import annotations
@@ -67,6 +70,43 @@ def load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+STALE = "These are the results of an earlier run:"
+
+
+def machine_words(m: dict) -> str:
+    return f"{m['nproc']} cores ({m['cpu']}, {', '.join(m['isa'])})"
+
+
+def previous(text: str) -> tuple[str, dict[str, str], dict[str, list[str]]]:
+    """What an earlier RESULTS.md measured: (its 'Written by' line, each benchmark's section body
+    without any earlier-run notice, each benchmark's goal-table rows). Sections that say 'not run'
+    are left out: there is nothing to keep."""
+    text = text.split(MARKER, 1)[0]
+    written = next((line for line in text.splitlines() if line.startswith("Written by")), "")
+    bodies, rows = {}, {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in BENCHES:
+            rows.setdefault(cells[0], []).append(line)
+    for chunk in text.split("\n## ")[1:]:
+        name, _, body = chunk.partition("\n")
+        body = body.strip("\n")
+        if name.strip() not in BENCHES or body.startswith("not run"):
+            continue
+        if body.startswith("**Not measured") and STALE in body:
+            body = body.split(STALE, 1)[1].lstrip("\n")
+        bodies[name.strip()] = body
+    return written, bodies, rows
+
+
+def earlier_row(line: str) -> str:
+    """A kept goal row, its measured cell marked '(earlier run)' once."""
+    cells = line.strip().strip("|").split("|")
+    if "(earlier run)" not in cells[3]:
+        cells[3] = cells[3].rstrip() + " (earlier run) "
+    return "|" + "|".join(cells) + "|"
+
+
 def fmt(value: float, unit: str) -> str:
     if unit == "x":
         return f"{value:.2f}x"
@@ -75,16 +115,26 @@ def fmt(value: float, unit: str) -> str:
     return f"{value:.1%}"
 
 
-def report(not_run: dict[str, str] | None = None, since: str | None = None) -> str:
+def report(not_run: dict[str, str] | None = None, since: str | None = None, before: str = "") -> str:
     """RESULTS.md's text. not_run: benchmarks this run did not measure, with why; since: this run's
-    start (ISO time): a section measured before it says that it comes from an earlier run."""
+    start (ISO time): a section measured before it says that it comes from an earlier run; before: the
+    RESULTS.md being replaced, whose sections stand in for benchmarks that have no JSON here."""
     not_run = not_run or {}
+    written, kept, kept_rows = previous(before)
     sections, goals = [], []
     for name in BENCHES:
         data = load(name)
+        why = f": {not_run[name]}" if name in not_run else ""
+        if data is None and name in kept:
+            body = kept[name]
+            if not body.startswith("(kept from"):   # kept once already: its origin line stays the first one
+                origin = written.replace("Written by", "kept from the RESULTS.md written by", 1).rstrip(".")
+                body = f"({origin}; where the line below names no machine, it is that file's.)\n\n{body}"
+            sections.append(f"## {name}\n\n**Not measured in this run{why}.** {STALE}\n{body}\n")
+            goals += [{"row": earlier_row(line)} for line in kept_rows.get(name, [])]
+            continue
         if data is None:
-            sections.append(f"## {name}\n\nnot run (no bench/results/{name}.json)"
-                            f"{': ' + not_run[name] if name in not_run else ''}.\n")
+            sections.append(f"## {name}\n\nnot run (no bench/results/{name}.json){why}.\n")
             continue
         if name == "sampler_scale":
             text, g = sampler_section(data)
@@ -94,7 +144,7 @@ def report(not_run: dict[str, str] | None = None, since: str | None = None) -> s
             text, g = data["table"], data.get("goals", [])
             m = data["machine"]
             where = (f"`python -m bench.{name} {' '.join(data['argv'])}` on {m['date']}, "
-                     f"1-min load average at the end {m['loadavg_1m']:.1f} on {m['nproc']} cores")
+                     f"{machine_words(m)}, 1-min load average at the end {m['loadavg_1m']:.1f}")
         stale = ""
         if name in not_run or (since and name != "sampler_scale" and data["machine"]["date"] < since):
             stale = (f"**Not measured in this run{': ' + not_run[name] if name in not_run else ''}.** "
@@ -116,7 +166,8 @@ def report(not_run: dict[str, str] | None = None, since: str | None = None) -> s
         "",
         "| benchmark | what | goal | measured | met |",
         "|---|---|---|---|---|",
-        *[f"| {g['bench']} | {g['name']} | {g['goal']} | {fmt(g['value'], g['unit'])}"
+        *[g["row"] if "row" in g else
+          f"| {g['bench']} | {g['name']} | {g['goal']} | {fmt(g['value'], g['unit'])}"
           f"{' (earlier run)' if g.get('stale') else ''} | {'yes' if g['met'] else '**no**'} |" for g in goals],
         "",
         *([f"Not measured in this run: {'; '.join(f'{k} ({v})' for k, v in not_run.items())}.", ""]
@@ -147,10 +198,9 @@ def main(argv: list[str] | None = None) -> None:
             elif not run(name, args.full, args.timeout):
                 failed.append(name)
                 not_run[name] = "it failed or timed out, see the console"
-    analysis = ""
-    if OUT.exists() and MARKER in OUT.read_text():
-        analysis = OUT.read_text().split(MARKER, 1)[1]
-    OUT.write_text(report(not_run, since) + "\n" + MARKER + (analysis or "\n\n## Analysis\n\n(to be written)\n"))
+    before = OUT.read_text() if OUT.exists() else ""
+    analysis = before.split(MARKER, 1)[1] if MARKER in before else ""
+    OUT.write_text(report(not_run, since, before) + "\n" + MARKER + (analysis or "\n\n## Analysis\n\n(to be written)\n"))
     print(f"wrote {OUT.relative_to(REPO)}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     if failed:
         raise SystemExit(1)
