@@ -161,6 +161,38 @@ def gflops(dtype: str = "float32", threads: int | None = None, size: int = 1024,
     return float(json.loads(out.stdout.strip().splitlines()[-1])["gflops"])
 
 
+GPU_PAGE = REPO / "bench" / "GPU.md"
+
+
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0)
+
+
+def gpu_page(bench: str, result: Path) -> None:
+    """bench/GPU.md: each GPU benchmark's table under its own heading (`bench`: the module's name, then
+    optionally what sets this section apart), with the GPU and machine it ran on; this section is replaced,
+    the others' kept (CI machines have no GPU, so RESULTS.md, which run_all rewrites on them, cannot
+    hold these)."""
+    data = json.loads(Path(result).read_text())
+    m = data["machine"]
+    sections = {}
+    if GPU_PAGE.exists():
+        for chunk in GPU_PAGE.read_text().split("\n## ")[1:]:
+            name, _, body = chunk.partition("\n")
+            sections[name.strip()] = body.strip("\n")
+    sections[bench] = "\n".join([
+        f"`python -m bench.{bench.split()[0]} {' '.join(data['argv'])}`, {m['date']}, on {data['gpu']} with "
+        f"{m['nproc']} CPU cores ({m['cpu']}); torch {m['torch']}, deepspeed {m['deepspeed']}, "
+        f"transformers {m['transformers']}.",
+        "", "```", data["table"], "```"])
+    GPU_PAGE.write_text("\n".join(["# GPU measurements", "",
+                                   "Written by the benchmarks run with `--device cuda`, one section each.", "",
+                                   *[f"## {name}\n\n{body}\n" for name, body in sorted(sections.items())]]))
+    print(f"wrote {GPU_PAGE.relative_to(REPO)}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="bench helpers")
     sub = ap.add_subparsers(dest="cmd", required=True)

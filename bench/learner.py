@@ -8,6 +8,12 @@ token at that dtype's matmul rate.
 
 Full settings take ~25 min on one core (the plain path alone forwards 26,560 tokens per pass).
 
+    python -m bench.learner --device cuda --groups 4 --n 16 --completion-len 512 --steps 3   # a GPU: bench/GPU.md
+
+--device cuda: the Learner takes the GPU (NCCL, world size 1, sdpa attention), the torch baseline runs
+there too (same attention, CUDA autocast), and the bound is the GPU's measured matmul rate;
+--model DIR times another model directory of the same tokenizer (e.g. random weights of a shape).
+
 The batch is built like tests/learner/test_learner.py's, from real prompts: training tasks whose
 rendered prompt has at least --prompt-len tokens, cut to exactly that many; completions are random
 tokens of exactly --completion-len; rewards alternate 0/1 so every advantage is non-zero.
@@ -28,11 +34,12 @@ import gc
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from bench.common import MODEL, TRAIN_DATA, gflops, goal, log, parameters, table, write
+from bench.common import MODEL, TRAIN_DATA, gflops, goal, gpu_name, gpu_page, log, parameters, table, write
 
 GOAL_OVERHEAD = 0.15
 GOAL_BOUND = 0.50
@@ -81,18 +88,19 @@ def learner_cfg(share: bool) -> dict:
 class TorchStep:
     """The same GRPO update in plain torch: per group fwd + loss + bwd, then clip + AdamW."""
 
-    def __init__(self, cfg: dict, pad_id: int, dtype: str):
+    def __init__(self, cfg: dict, pad_id: int, dtype: str, model_dir=MODEL, device: str = "cpu"):
         import torch
         from transformers import AutoModelForCausalLM
 
         from toolexpander.learner.learner import _float32_head
 
-        self.cfg, self.pad_id = cfg, pad_id
+        self.cfg, self.pad_id, self.device = cfg, pad_id, device
         self.autocast = dtype == "bfloat16"
-        self.model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32,
-                                                          attn_implementation="eager").eval()
+        attn = "sdpa" if device == "cuda" else "eager"   # what the Learner picks on each
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                          attn_implementation=attn).eval().to(device)
         if self.autocast and cfg["lm_head_fp32"]:
-            _float32_head(self.model.get_output_embeddings(), "cpu")
+            _float32_head(self.model.get_output_embeddings(), device)
         self.model.config.use_cache = True
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8,
                                      weight_decay=0.0)
@@ -105,14 +113,15 @@ class TorchStep:
 
         groups = groups_from_table(table)
         start = time.perf_counter()
-        compute = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast)
+        compute = torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast)
         with torch.no_grad(), compute:  # old logprobs under the current weights (the Learner's multi-update pre-pass)
             olds = [logprobs_fn(self.model, g.prompt, g.completions, pad_id=self.pad_id)[0] for g in groups]
+        self.sync()
         old_s = time.perf_counter() - start
         start = time.perf_counter()
         token_count = sum(g.tokens for g in groups)
         for g, old in zip(groups, olds):
-            adv_n = group_advantages(torch.as_tensor(g.rewards_n).unsqueeze(0), std_norm=True)[0]
+            adv_n = group_advantages(torch.as_tensor(g.rewards_n).unsqueeze(0), std_norm=True)[0].to(self.device)
             with compute:
                 lp, mask, _ = logprobs_fn(self.model, g.prompt, g.completions, pad_id=self.pad_id,
                                           return_entropy=True)
@@ -122,7 +131,15 @@ class TorchStep:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["grad_clip"])
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        self.sync()
         return {"old_fwd_s": old_s, "train_s": time.perf_counter() - start}
+
+    def sync(self) -> None:
+        """Wait for the GPU's queued work, so that a time is the work's, not its launch's."""
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
 
 
 def alternating(fns: dict, table, warm, steps: int) -> dict[str, list]:
@@ -152,8 +169,11 @@ def main(argv: list[str] | None = None) -> None:
                          "cpus_per_rank 1, and robust on a loaded machine, where 2 OpenMP threads stall)")
     ap.add_argument("--modes", nargs="+", default=["shared", "plain"], choices=["shared", "plain"])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--model", type=Path, default=MODEL, help="model directory (default SmolLM2-135M)")
     args = ap.parse_args(argv)
     steps = args.steps
+    on_gpu = args.device == "cuda"
 
     import torch
     from transformers import AutoTokenizer
@@ -162,15 +182,16 @@ def main(argv: list[str] | None = None) -> None:
     from toolexpander.learner.shared_prompt import completion_logprobs_plain, completion_logprobs_shared
 
     torch.set_num_threads(args.threads)
-    tokenizer = AutoTokenizer.from_pretrained(MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
     pad_id = tokenizer.pad_token_id or 0
     prompts = real_prompts(tokenizer, args.groups + 1, args.prompt_len)
     tbl = rollout_table(prompts[:args.groups], args.n, args.completion_len)
     # Warm-up on a batch of the same shapes: the first step at a new size is 3x slower (allocation).
     warm = rollout_table(prompts[1:args.groups + 1], args.n, args.completion_len, seed=1)
-    params = parameters()
+    params = parameters(args.model)
     t_start = time.perf_counter()
-    gf_before = {d: gflops(d, args.threads) for d in args.dtypes}
+    rate = gpu_gflops if on_gpu else gflops
+    gf_before = {d: rate(d, args.threads) for d in args.dtypes}
     P, C, n, G = args.prompt_len, args.completion_len, args.n, args.groups
     effective = G * n * (P + C)
 
@@ -181,14 +202,16 @@ def main(argv: list[str] | None = None) -> None:
             share = mode == "shared"
             cfg = learner_cfg(share)
             computed = G * (P + n * C) if share else effective
-            learner = Learner(0, 1, "127.0.0.1", 0, str(MODEL), cfg, dtype, 0, pad_id)
+            learner = Learner(0, 1, "127.0.0.1", 0, str(args.model), cfg, dtype, 0, pad_id)
             torch.set_num_threads(args.threads)   # the Learner picks its own count (learner.torch_threads)
-            baseline = baseline or TorchStep(cfg, pad_id, dtype)
+            baseline = baseline or TorchStep(cfg, pad_id, dtype, args.model, args.device)
             fn = completion_logprobs_shared if share else completion_logprobs_plain
             runs = alternating({f"{dtype} {mode} Learner.step": lambda t: learner.step(t, 0),
                                 f"{dtype} {mode} torch step": lambda t: baseline.step(t, fn)}, tbl, warm, steps)
             del learner
             gc.collect()
+            if on_gpu:
+                torch.cuda.empty_cache()
             ds_s = statistics.median(s for s, _ in runs[f"{dtype} {mode} Learner.step"])
             parts = [p for _, p in runs[f"{dtype} {mode} torch step"]]
             textbook = statistics.median(p["train_s"] for p in parts)
@@ -200,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
                              "vs_textbook": s / textbook - 1})
         del baseline
         gc.collect()
-    gf_after = {d: gflops(d, args.threads) for d in args.dtypes}
+    gf_after = {d: rate(d, args.threads) for d in args.dtypes}
     # the machine's best measured per dtype: a load dip must not lower the bound
     gf = {d: max(gf_before[d], gf_after[d]) for d in args.dtypes}
     bound = {d: gf[d] * 1e9 / (6 * params) for d in args.dtypes}
@@ -211,22 +234,26 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         r["speedup"] = fp32_learner[r["mode"]] / r["seconds"] if r["mode"] in fp32_learner else None
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    gpu_peak = (f"; peak GPU memory allocated {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB (this process: "
+                "a Learner and the torch baseline, each with its own weights and AdamW state)") if on_gpu else ""
+    where = f"on {gpu_name()}" if on_gpu else f"torch threads {args.threads}"
     ds_rows = [r for r in rows if r["what"].startswith("DeepSpeed")]
     text = "\n".join([
-        f"learner step: {MODEL.name} ({params / 1e6:.1f}M params; float32 weights, bfloat16 = autocast with "
-        f"a float32 LM head), {G} groups x n={n}, prompt {P} + completion {C} tokens, torch threads "
-        f"{args.threads}, median of {steps} step(s) after a same-size warm-up step",
+        f"learner step: {args.model.name} ({params / 1e6:.1f}M params; float32 weights, bfloat16 = autocast "
+        f"with a float32 LM head), {G} groups x n={n}, prompt {P} + completion {C} tokens, {where}, median of "
+        f"{steps} step(s) after a same-size warm-up step",
         table(rows, [("dtype", "dtype", ""), ("mode", "share_prompt", ""), ("what", "what", ""),
                      ("seconds", "s/step", ".2f"), ("speedup", "x fp32 Learner", ".2f"),
                      ("vs_textbook", "vs fwd+bwd+AdamW", "+.1%"), ("computed", "computed tok", "d"),
                      ("tok_s", "computed tok/s", ".1f"), ("eff_tok_s", "effective tok/s", ".1f"),
                      ("of_bound", "of bound", ".1%")]),
-        *[f"bound {d}: matmul {gf[d]:.1f} GFLOP/s ({args.threads} thread(s); before/after {gf_before[d]:.1f}/"
-          f"{gf_after[d]:.1f}) / (6 x params) = {bound[d]:.1f} tok/s" for d in args.dtypes],
+        *[f"bound {d}: matmul {gf[d]:.1f} GFLOP/s ({'the GPU' if on_gpu else f'{args.threads} thread(s)'}; "
+          f"before/after {gf_before[d]:.1f}/{gf_after[d]:.1f}) / (6 x params) = {bound[d]:.1f} tok/s"
+          for d in args.dtypes],
         f"effective tokens = n x (prompt + completion) = {effective}",
         *[f"{r['dtype']} {r['mode']}: overhead vs fwd+bwd+AdamW {r['vs_textbook']:+.1%} (goal <= {GOAL_OVERHEAD:.0%}), "
           f"computed tok/s {r['of_bound']:.1%} of bound (goal >= {GOAL_BOUND:.0%})" for r in ds_rows],
-        f"peak RSS {rss_gb:.1f} GB; wall {time.perf_counter() - t_start:.0f} s",
+        f"peak RSS {rss_gb:.1f} GB{gpu_peak}; wall {time.perf_counter() - t_start:.0f} s",
     ])
     goals = []
     for r in ds_rows:
@@ -234,8 +261,29 @@ def main(argv: list[str] | None = None) -> None:
                        GOAL_OVERHEAD, False),
                   goal(f"learner ({r['dtype']}, {r['mode']}): computed tok/s of 6N bound", r["of_bound"],
                        GOAL_BOUND, True)]
-    write("learner", {"args": vars(args), "steps": steps, "parameters": params, "gflops": gf,
-                      "bound_tokens_per_s": bound, "rows": rows, "peak_rss_gb": rss_gb, "goals": goals}, text)
+    name = "learner_cuda" if on_gpu else "learner"
+    path = write(name, {"args": {**vars(args), "model": str(args.model)}, "steps": steps, "parameters": params,
+                        "gflops": gf, "bound_tokens_per_s": bound, "rows": rows, "peak_rss_gb": rss_gb,
+                        "gpu": gpu_name() if on_gpu else None, "goals": goals}, text)
+    if on_gpu:
+        gpu_page(f"learner ({args.model.name})", path)
+
+
+def gpu_gflops(dtype: str, threads: int | None = None, size: int = 8192, reps: int = 10) -> float:
+    """The GPU's size x size matmul GFLOP/s in dtype (float32 as torch runs it by default: no TF32)."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    a = torch.randn(size, size, device="cuda", dtype=dt)
+    b = torch.randn(size, size, device="cuda", dtype=dt)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * size**3 * reps / (time.perf_counter() - start) / 1e9
 
 
 if __name__ == "__main__":

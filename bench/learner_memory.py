@@ -25,10 +25,9 @@ import subprocess
 import sys
 import time
 
-from bench.common import REPO, goal, table, write
+from bench.common import REPO, goal, gpu_name, gpu_page, table, write
 
 GOAL_X = 2.0
-GPU_PAGE = REPO / "bench" / "GPU.md"
 VOCAB = 151936
 
 
@@ -111,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
              else f"bf16 autocast, {args.threads} threads")
     text = "\n".join([
         f"learner memory: tiny random Qwen2 (vocab {args.vocab}, 2 layers, hidden 64), shared prompt {args.prompt_len} "
-        f"+ n={args.n} x {args.completion_len} completion tokens, forward + backward, {where}; one micro-batch's bf16 logits = {bf16_logits_gb:.2f} GiB",
+        f"+ n={args.n} x {args.completion_len} completion tokens, forward + backward, {where}; "
+        f"one micro-batch's bf16 logits = {bf16_logits_gb:.2f} GiB",
         table(rows, [("what", "LM head", ""), ("chunk", "chunk tokens", "d"),
                      ("peak_activation_gb", "peak activation GiB", ".2f"),
                      ("x_bf16_logits", "x bf16 logits", ".2f"), ("seconds", "fwd+bwd s", ".1f")]),
@@ -120,32 +120,11 @@ def main(argv: list[str] | None = None) -> None:
     ])
     name = "learner_memory" if args.device == "cpu" else "learner_memory_cuda"
     path = write(name, {"args": vars(args), "rows": rows, "bf16_logits_gb": bf16_logits_gb,
-                             "goals": [goal(f"peak activation / one micro-batch's bf16 logits, learner default",
-                                            default["x_bf16_logits"], GOAL_X, False, "x")]}, text)
+                        "gpu": gpu_name() if args.device == "cuda" else None,
+                        "goals": [goal("peak activation / one micro-batch's bf16 logits, learner default",
+                                       default["x_bf16_logits"], GOAL_X, False, "x")]}, text)
     if args.device == "cuda":
-        gpu_page(path)
-
-
-def gpu_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0)
-
-
-def gpu_page(result) -> None:
-    """bench/GPU.md: this benchmark's GPU table with the machine it ran on (CI machines have no GPU, so
-    RESULTS.md, which run_all rewrites, cannot hold it)."""
-    data = json.loads(result.read_text())
-    m = data["machine"]
-    GPU_PAGE.write_text("\n".join([
-        "# GPU measurements",
-        "",
-        "Written by `python -m bench.learner_memory --device cuda` (" + " ".join(data["argv"]) + f"), {m['date']}, "
-        f"on {gpu_name()} with {m['nproc']} CPU cores ({m['cpu']}); torch {m['torch']}, transformers "
-        f"{m['transformers']}.",
-        "",
-        "```", data["table"], "```", ""]))
-    print(f"wrote {GPU_PAGE.relative_to(REPO)}", flush=True)
+        gpu_page("learner_memory", path)
 
 
 if __name__ == "__main__":

@@ -78,3 +78,23 @@ def test_a_kept_section_keeps_its_first_origin_when_kept_again(tmp_path, monkeyp
     assert overlap(twice) == overlap(once)
     assert overlap(twice).count("(kept from") == 1
     assert "1.04x (earlier run) |" in twice and "(earlier run) (earlier run)" not in twice
+
+
+def test_the_gpu_page_replaces_its_own_section_and_keeps_the_others(tmp_path, monkeypatch):
+    from bench import common
+
+    page = tmp_path / "GPU.md"
+    monkeypatch.setattr(common, "GPU_PAGE", page)
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    page.write_text("# GPU measurements\n\n## learner_memory\n\nkept body\n\n## learner (m)\n\nold body\n")
+    result = tmp_path / "r.json"
+    result.write_text(json.dumps({
+        "argv": ["--device", "cuda"], "table": "new table", "gpu": "GPU X",
+        "machine": {"date": "2026-12-04T16:00:00+00:00", "nproc": 16, "cpu": "CPU C", "torch": "2",
+                    "deepspeed": "0.1", "transformers": "5"}}))
+    common.gpu_page("learner (m)", result)
+    text = page.read_text()
+    assert "## learner_memory\n\nkept body\n" in text
+    assert "old body" not in text
+    assert ("## learner (m)\n\n`python -m bench.learner --device cuda`, 2026-12-04T16:00:00+00:00, on GPU X with 16 CPU "
+            "cores (CPU C); torch 2, deepspeed 0.1, transformers 5.\n\n```\nnew table\n```\n") in text
