@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
                 not_run[name] = "it failed or timed out, see the console"
     before = OUT.read_text() if OUT.exists() else ""
     analysis = before.split(MARKER, 1)[1] if MARKER in before else ""
-    OUT.write_text(report(not_run, since, before) + "\n" + MARKER + (analysis or "\n\n## Analysis\n\n(to be written)\n"))
+    OUT.write_text(report(not_run, since, before) + "\n" + MARKER
+                   + (analysis or "\n\n## Analysis\n\n(to be written)\n"))
     print(f"wrote {OUT.relative_to(REPO)}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     if failed:
         raise SystemExit(1)
