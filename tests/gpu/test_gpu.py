@@ -46,24 +46,10 @@ def test_zero_bf16_learner_step_on_the_gpu(ray_local, tiny_model, stage):
 def test_checkpoint_round_trip_on_the_gpu(ray_local, tiny_model, tmp_path):
     """Save after one step, load into a new learner, take the same next step: the same loss, LR and
     gradient norm (to float rounding: CUDA's embedding backward adds with atomics, in any order)."""
-    from tests.learner.test_learner import batch
-    from toolexpander.actors.group import LearnerGroup
+    from tests.learner.test_learner import checkpoint_round_trip
 
-    cfg = gpu_cfg(tiny_model, lr_gamma=0.5, warmup_steps=1)
-    a = LearnerGroup(cfg, str(tiny_model), pad_id=2)
-    try:
-        a.step(batch(1), 1)
-        a.call("save", str(tmp_path / "ckpt"), {"step": 1})
-        expected = a.step(batch(2), 2)
-    finally:
-        a.shutdown()
-    b = LearnerGroup(cfg, str(tiny_model), pad_id=2)
-    try:
-        client = b.call("load", str(tmp_path / "ckpt"))[0]
-        assert client["step"] == 1 and client["updates"] == 1
-        got = b.step(batch(2), 2)
-    finally:
-        b.shutdown()
+    expected, got = checkpoint_round_trip(gpu_cfg(tiny_model, lr_gamma=0.5, warmup_steps=1), tiny_model,
+                                          tmp_path / "ckpt")
     assert got["learner/lr"] == expected["learner/lr"]
     assert got["learner/loss"] == pytest.approx(expected["learner/loss"], rel=1e-4)
     assert got["learner/grad_norm"] == pytest.approx(expected["learner/grad_norm"], rel=1e-3)

@@ -67,22 +67,29 @@ def test_one_update_uses_its_own_logprobs_as_the_old_ones(ray_local, tiny_model)
     assert a["learner/clip_frac"] == 0.0
 
 
-def test_checkpoint_round_trip_continues_identically(ray_local, tiny_model, tmp_path):
-    cfg = make_cfg(tiny_model, lr_gamma=0.5, warmup_steps=1)
-    a = LearnerGroup(cfg, str(tiny_model), pad_id=2)
+def checkpoint_round_trip(cfg, model, directory) -> tuple[dict, dict]:
+    """One step, save, the next step; then a new learner loads the checkpoint and takes that next step.
+    Returns (the first learner's metrics of that step, the loaded learner's)."""
+    a = LearnerGroup(cfg, str(model), pad_id=2)
     try:
         a.step(batch(1), 1)
-        a.call("save", str(tmp_path / "ckpt"), {"step": 1})
+        a.call("save", str(directory), {"step": 1})
         expected = a.step(batch(2), 2)
     finally:
         a.shutdown()
-    b = LearnerGroup(cfg, str(tiny_model), pad_id=2)
+    b = LearnerGroup(cfg, str(model), pad_id=2)
     try:
-        client = b.call("load", str(tmp_path / "ckpt"))[0]
+        client = b.call("load", str(directory))[0]
         assert client["step"] == 1 and client["updates"] == 1
         got = b.step(batch(2), 2)
     finally:
         b.shutdown()
+    return expected, got
+
+
+def test_checkpoint_round_trip_continues_identically(ray_local, tiny_model, tmp_path):
+    expected, got = checkpoint_round_trip(make_cfg(tiny_model, lr_gamma=0.5, warmup_steps=1), tiny_model,
+                                          tmp_path / "ckpt")
     assert got["learner/loss"] == expected["learner/loss"]
     assert got["learner/lr"] == expected["learner/lr"]
     assert got["learner/grad_norm"] == expected["learner/grad_norm"]
