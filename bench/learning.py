@@ -255,7 +255,7 @@ class Pipeline:
 
 # Shown in LEARNING.md's protocol line; the whole resolved config is in every run directory.
 SETTINGS = ("model.dtype", "data.subset", "data.subset_mix", "data.max_answer_tokens", "sft.rows", "sft.epochs", "sft.lr", "sft.max_prompt_tokens", "rollout.n", "rollout.temperature", "rollout.max_tokens",
-            "sampler.batch_prompts", "sampler.max_draw_rounds", "learner.lr", "learner.warmup_steps", "learner.lr_gamma")
+            "sampler.batch_prompts", "sampler.max_draw_rounds", "sampler.curriculum_base", "learner.lr", "learner.warmup_steps", "learner.lr_gamma")
 
 
 def settings(cfg) -> dict:

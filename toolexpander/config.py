@@ -163,9 +163,16 @@ class SamplerConfig(Section):
     beta: float = Field(1.0, ge=0.0, description="weight of (1 - mean reward) in the priority")
     prior_mean: float = Field(0.0, ge=0.0, le=1.0, description="optimistic prior for unseen prompts")
     prior_std: float = Field(0.5, ge=0.0, le=1.0)
-    mastery_ema: float = Field(0.9, gt=0.0, lt=1.0, description="decay of the sub-task mastery EMA")
+    mastery_ema: float = Field(0.9, gt=0.0, lt=1.0, description="decay of the sub-task mastery EMA; a "
+                               "sub-task's first step with groups sets it to their mean correct (no bias to 0)")
     tau: float = Field(0.5, gt=0.0, description="curriculum temperature")
     q_min: float = Field(0.05, ge=0.0, le=0.25, description="minimum sub-task share")
+    curriculum_base: Literal["subtask", "prompts"] = Field(
+        "subtask", description="what the curriculum's tilt exp((1 - M_t) / tau) multiplies. subtask: 1 per "
+                               "sub-task (DESIGN's formula): equal mastery gives equal shares, so a sub-task "
+                               "with few prompts is drawn far above its share of the data. prompts: its "
+                               "eligible prompts: equal mastery gives the curriculum-off batch (uniform over "
+                               "prompts) and mastery only tilts it")
     hard_rounds: bool = Field(True, description="ToolExpander's multi-round hard sampling; false: all-fail "
                               "prompts never get demos and are never parked (every draw is demo round 0)")
     priority: Literal["reward_stats", "uniform"] = Field(

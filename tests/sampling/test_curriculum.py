@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from toolexpander.sampling.curriculum import allocate, draw_weighted, pick_subset, shares
+from toolexpander.sampling.curriculum import allocate, draw_weighted, pick_subset, proportional_shares, shares
 
 ALL = np.ones(4, dtype=bool)
 
@@ -33,6 +33,30 @@ def test_inactive_subtasks_get_zero_share():
     q = shares(np.array([0.0, 0.5, 0.5, 0.5]), 0.5, 0.05, np.array([False, True, True, False]))
     np.testing.assert_allclose(q, [0.0, 0.5, 0.5, 0.0], atol=1e-15)
     assert shares(np.zeros(4), 0.5, 0.05, np.zeros(4, bool)).sum() == 0.0
+
+
+def test_prompt_base_with_equal_mastery_is_the_curriculum_off_batch():
+    base = np.array([4, 19, 19, 22])                           # the learning benchmark's 64 prompts
+    np.testing.assert_allclose(shares(np.full(4, 0.4), 0.5, 0.05, ALL, base), base / 64, atol=1e-15)
+    np.testing.assert_allclose(shares(np.full(4, 0.4), 0.5, 0.05, ALL, base), proportional_shares(base),
+                               atol=1e-15)
+
+
+def test_prompt_base_tilts_by_mastery_and_keeps_the_floor():
+    base = np.array([4, 19, 19, 22])
+    # no_call mastered (0.9), the rest at 0.4: raw 4 e^0.2, 19 e^1.2, 19 e^1.2, 22 e^1.2 -> no_call
+    # 4 e^0.2 / (4 e^0.2 + 60 e^1.2) = 0.0239, below q_min 0.05: pinned, the rest share 0.95 by base
+    q = shares(np.array([0.9, 0.4, 0.4, 0.4]), 0.5, 0.05, ALL, base)
+    np.testing.assert_allclose(q, [0.05, 0.95 * 19 / 60, 0.95 * 19 / 60, 0.95 * 22 / 60], atol=1e-12)
+    q = shares(np.array([0.9, 0.4, 0.4, 0.4]), 0.5, 0.0, ALL, base)
+    r = np.array([4 * np.exp(0.2), 19 * np.exp(1.2), 19 * np.exp(1.2), 22 * np.exp(1.2)])
+    np.testing.assert_allclose(q, r / r.sum(), atol=1e-12)
+    # DESIGN's base (1 each) gives the same mastered no_call 0.0831, 3.5x its 4/64 of the prompts
+    q1 = shares(np.array([0.9, 0.4, 0.4, 0.4]), 0.5, 0.0, ALL)
+    assert q1[0] == pytest.approx(np.exp(0.2) / (np.exp(0.2) + 3 * np.exp(1.2)), abs=1e-12)
+    # a sub-task without eligible prompts gets 0 either way
+    q = shares(np.full(4, 0.4), 0.5, 0.05, ALL, np.array([0, 10, 10, 20]))
+    np.testing.assert_allclose(q, [0.0, 0.25, 0.25, 0.5], atol=1e-15)
 
 
 def test_allocate_rounds_each_share_down_or_up_and_sums_to_total():

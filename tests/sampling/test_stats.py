@@ -124,3 +124,12 @@ def test_mastery_ema_per_subtask():
     m = stats.update_mastery(np.array([0.5, 0.0, 0.5, 0.2]), sum_T, groups_T, decay=0.9)
     # single: 0.9 * 0 + 0.1 * mean(0.5, 1.0); parallel: 0.9 * 0.5 + 0.1 * 0; others untouched
     np.testing.assert_allclose(m, [0.5, 0.075, 0.45, 0.2], rtol=0, atol=1e-15)
+
+
+def test_mastery_first_evidence_sets_the_mean_instead_of_decaying_from_zero():
+    sum_T, groups_T = np.array([0.9, 1.5, 0.0, 0.0]), np.array([1, 2, 0, 1])
+    seen_T = np.array([False, True, False, True])
+    m = stats.update_mastery(np.array([0.0, 0.5, 0.3, 0.2]), sum_T, groups_T, decay=0.9, seen_T=seen_T)
+    # no_call: first evidence -> 0.9 (not 0.09); single: EMA 0.9 * 0.5 + 0.1 * 0.75; parallel: no
+    # evidence, unchanged; multi_turn: seen before, 0.9 * 0.2 + 0.1 * 0
+    np.testing.assert_allclose(m, [0.9, 0.525, 0.3, 0.18], rtol=0, atol=1e-15)

@@ -72,6 +72,7 @@ class SamplerCore:
         self._round_S = np.zeros(P, dtype=np.int8)                 # current demo round
         self._parked_until_S = np.full(P, -1, dtype=np.int64)      # parked while step <= this
         self._mastery_T = np.zeros(T)                              # EMA of `correct` per sub-task
+        self._mastery_seen_T = np.zeros(T, dtype=bool)             # had evidence (the EMA started)
         self._step_sum_T = np.zeros(T)                             # this step's sum of group mean correct
         self._step_groups_T = np.zeros(T, dtype=np.int64)          # this step's groups per sub-task
         self._w_S = self._priority(slice(None))                    # cached priority (never 0)
@@ -109,7 +110,8 @@ class SamplerCore:
         """Sub-task shares: from mastery (the curriculum), or by eligible prompts when it is off."""
         if not self.cfg.curriculum:
             return curriculum.proportional_shares(capacity_T)
-        return curriculum.shares(self._mastery_T, self.cfg.tau, self.cfg.q_min, capacity_T > 0)
+        base_T = capacity_T if self.cfg.curriculum_base == "prompts" else None
+        return curriculum.shares(self._mastery_T, self.cfg.tau, self.cfg.q_min, capacity_T > 0, base_T)
 
     def _priority(self, slots) -> np.ndarray:
         c = self.cfg
@@ -170,7 +172,8 @@ class SamplerCore:
     def end_step(self) -> None:
         """Close the training step: fold its groups into the sub-task mastery, then step += 1."""
         self._mastery_T = stats.update_mastery(self._mastery_T, self._step_sum_T, self._step_groups_T,
-                                               self.cfg.mastery_ema)
+                                               self.cfg.mastery_ema, self._mastery_seen_T)
+        self._mastery_seen_T |= self._step_groups_T > 0
         self._step_sum_T[:] = 0.0
         self._step_groups_T[:] = 0
         self.step += 1
@@ -212,6 +215,7 @@ class SamplerCore:
             "demo_round": self._round_S[self._pos].copy(),
             "parked_until": self._parked_until_S[self._pos].copy(),
             "mastery": self._mastery_T.copy(),
+            "mastery_seen": self._mastery_seen_T.astype(np.int64),
             "step_correct_sum": self._step_sum_T.copy(),
             "step_groups": self._step_groups_T.copy(),
             "rng_state": split(rng["state"]["state"]),
@@ -227,6 +231,10 @@ class SamplerCore:
                   "demo_round": (P,), "parked_until": (P,), "mastery": (T,), "step_correct_sum": (T,),
                   "step_groups": (T,), "rng_state": (2,), "rng_inc": (2,), "rng_has_uint32": (1,),
                   "rng_uinteger": (1,)}
+        state = dict(state)
+        if "mastery_seen" not in state:   # saved before 2026-12-04: an EMA away from 0 has had evidence
+            state["mastery_seen"] = (np.asarray(state.get("mastery", np.zeros(T))) != 0).astype(np.int64)
+        shapes["mastery_seen"] = (T,)
         for key, shape in shapes.items():
             if key not in state:
                 raise ValueError(f"sampler state: missing {key!r} (saved with another stats mode or P?)")
@@ -241,6 +249,7 @@ class SamplerCore:
         self._round_S = np.asarray(state["demo_round"], dtype=np.int8)[order]
         self._parked_until_S = np.asarray(state["parked_until"], dtype=np.int64)[order]
         self._mastery_T = np.array(state["mastery"], dtype=np.float64)
+        self._mastery_seen_T = np.asarray(state["mastery_seen"]).astype(bool)
         self._step_sum_T = np.array(state["step_correct_sum"], dtype=np.float64)
         self._step_groups_T = np.array(state["step_groups"], dtype=np.int64)
         join = lambda a: (int(a[0]) << 64) | int(a[1])  # noqa: E731

@@ -8,19 +8,26 @@ from __future__ import annotations
 import numpy as np
 
 
-def shares(mastery_T: np.ndarray, tau: float, q_min: float, active_T: np.ndarray) -> np.ndarray:
-    """q_t proportional to exp((1 - M_t) / tau) over active sub-tasks, floored at q_min, summing to 1.
+def shares(mastery_T: np.ndarray, tau: float, q_min: float, active_T: np.ndarray,
+           base_T: np.ndarray | None = None) -> np.ndarray:
+    """q_t proportional to base_t * exp((1 - M_t) / tau) over active sub-tasks, floored at q_min,
+    summing to 1. base_T None: 1 each (DESIGN's formula); the eligible prompts per sub-task make equal
+    mastery give proportional_shares, so the curriculum only tilts the uniform-over-prompts batch.
 
     Inactive sub-tasks (no eligible prompt) get 0. The floor is iterated: sub-tasks below q_min are
     pinned to it and the rest renormalised to the remaining mass until none falls below.
     """
     active_T = np.asarray(active_T, dtype=bool)
+    if base_T is not None:
+        active_T = active_T & (np.asarray(base_T, dtype=np.float64) > 0)
     q_T = np.zeros(len(mastery_T))
     if not active_T.any():
         return q_T
     logit_T = (1.0 - np.asarray(mastery_T, dtype=np.float64)) / tau
     logit_T = logit_T - logit_T[active_T].max()          # no overflow at small tau
     raw_T = np.where(active_T, np.exp(logit_T), 0.0)
+    if base_T is not None:
+        raw_T = raw_T * np.where(active_T, np.asarray(base_T, dtype=np.float64), 0.0)
     floor = min(q_min, 1.0 / active_T.sum())
     pinned_T = np.zeros_like(active_T)
     while True:

@@ -110,12 +110,20 @@ def accumulate_correct(sum_T, groups_T, subtask_G, correct_Gn) -> None:
     np.add.at(groups_T, subtask_G, 1)
 
 
-def update_mastery(mastery_T, sum_T, groups_T, decay: float) -> np.ndarray:
+def update_mastery(mastery_T, sum_T, groups_T, decay: float, seen_T=None) -> np.ndarray:
     """M_t <- decay * M_t + (1 - decay) * (mean over the step's groups of t of their mean `correct`).
 
-    Sub-tasks with no group this step keep their mastery (no decay without evidence).
+    Sub-tasks with no group this step keep their mastery (no decay without evidence). seen_T (bool,
+    optional): sub-tasks that had evidence before; a sub-task's first evidence sets M_t to that step's
+    mean, as a prompt's first record sets its EMA mean (ema_update). Without it the EMA would start
+    from 0 and read (1 - decay^k) x the true rate after k steps of evidence: a sub-task drawn rarely
+    (few prompts) would look unmastered for tens of steps and keep the curriculum's largest share.
     """
     out_T = np.array(mastery_T, dtype=np.float64)
     has = groups_T > 0
-    out_T[has] = decay * out_T[has] + (1.0 - decay) * sum_T[has] / groups_T[has]
+    mean_T = np.divide(sum_T, groups_T, out=np.zeros(len(out_T)), where=has)
+    out_T[has] = decay * out_T[has] + (1.0 - decay) * mean_T[has]
+    if seen_T is not None:
+        first = has & ~np.asarray(seen_T, dtype=bool)
+        out_T[first] = mean_T[first]
     return out_T
