@@ -84,7 +84,8 @@ def train_summary(rows: list[dict]) -> dict:
     _, correct = series(rows, "reward/correct_mean")
     _, all_fail = series(rows, "sampler/all_fail_share")
     _, unsolved = series(rows, "sampler/unsolved_share")
-    return {"steps": len({r["step"] for r in rows if isinstance(r.get("step"), int)}),
+    return {"no_call_share_mean": _mean(series(rows, "sampler/share/no_call")[1]),
+            "steps": len({r["step"] for r in rows if isinstance(r.get("step"), int)}),
             "correct_first": _mean(correct[:EDGE]), "correct_last": _mean(correct[-EDGE:]),
             "all_fail_mean": _mean(all_fail), "all_fail_last": _mean(all_fail[-EDGE:]),
             "unsolved_end": unsolved[-1] if unsolved else None,
@@ -120,14 +121,14 @@ def table_rows(stages: dict[str, dict], first_seed: int | None = None) -> list[d
         row.update(train_summary(s["metrics"]) if s.get("metrics") else
                    {"steps": None, "correct_first": None, "correct_last": None,
                     "all_fail_mean": None, "all_fail_last": None, "unsolved_end": None, "lag_mean": None,
-                    "mismatch_k3_mean": None})
+                    "mismatch_k3_mean": None, "no_call_share_mean": None})
         rows.append(row)
     return rows
 
 
 # Columns averaged over an arm's seeds (seed_means); bfcl's per-category dict is averaged key by key.
 MEAN_KEYS = ("toolrl_correct", "toolrl_format", "bfcl_non_live", "bfcl_simple", "correct_first", "correct_last",
-             "all_fail_mean", "all_fail_last", "unsolved_end", "lag_mean", "mismatch_k3_mean")
+             "all_fail_mean", "all_fail_last", "unsolved_end", "lag_mean", "mismatch_k3_mean", "no_call_share_mean")
 
 
 def seed_means(rows: list[dict]) -> list[dict]:
@@ -176,13 +177,15 @@ def markdown_table(rows: list[dict]) -> str:
     head = (["stage", "ToolRL correct %", "ToolRL format %", "ToolRL call questions answered 'No' %"]
             + [f"BFCL {c} %" for c in categories]
             + ["BFCL non-live %", f"train correct, first {EDGE}", f"train correct, last {EDGE}",
-               "all-fail share, run", f"all-fail share, last {EDGE}", "unsolved prompts, end"])
+               "all-fail share, run", f"all-fail share, last {EDGE}", "unsolved prompts, end",
+               "no_call share of draws, run"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = ([r["label"], _pct(r["toolrl_correct"]), _pct(r["toolrl_format"]), _pct(r["toolrl_no_call"])]
                  + [_pct(r["bfcl"].get(c)) for c in categories]
                  + [_pct(r["bfcl_non_live"]), _num(r["correct_first"]), _num(r["correct_last"]),
-                    _num(r["all_fail_mean"]), _num(r["all_fail_last"]), _num(r["unsolved_end"])])
+                    _num(r["all_fail_mean"]), _num(r["all_fail_last"]), _num(r["unsolved_end"]),
+                    _num(r.get("no_call_share_mean"))])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -420,7 +423,9 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         f"`sampler/all_fail_share` (share of the step's groups with no correct completion) over every step "
         f"and over the last {EDGE}; `sampler/unsolved_share` at the last step (share of the prompts drawn so "
         "far whose latest group had no correct completion: per prompt, where the all-fail share counts each "
-        "hard-sample round of a prompt as another group).",
+        "hard-sample round of a prompt as another group); `sampler/share/no_call` averaged over every step "
+        "(the no-call sub-task's share of the next draw: its share of the prompts with the curriculum off, "
+        "the curriculum's with it on).",
         "",
         *(["## Across seeds", "", markdown_seeds(rows), ""] if several_seeds(rows) else []),
         noise_note(rows),

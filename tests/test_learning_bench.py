@@ -24,7 +24,8 @@ def bfcl(accuracies: dict[str, float], per_category: int = 10) -> dict:
 def metrics(correct: list[float], all_fail: list[float | None]) -> list[dict]:
     rows = []
     for step, (c, f) in enumerate(zip(correct, all_fail)):
-        row = {"step": step, "reward/correct_mean": c, "sampler/all_fail_share": f, "sampler/unsolved_share": 1 - c}
+        row = {"step": step, "reward/correct_mean": c, "sampler/all_fail_share": f, "sampler/unsolved_share": 1 - c,
+               "sampler/share/no_call": 0.05 * (step + 1)}
         row.update({f"reward/{d}_mean": 0.1 * (i + 1) + 0.01 * step
                     for i, d in enumerate(("format", "tool_name", "param_name", "param_value"))})
         row["reward/exemplar_mean"] = 0.001 * step
@@ -58,6 +59,7 @@ def test_train_summary_means_first_and_last_three_steps():
     assert s["all_fail_mean"] == pytest.approx(0.25)          # null step left out: (0.5 + 0.1 + 0.2 + 0.2) / 4
     assert s["all_fail_last"] == pytest.approx(0.5 / 3)       # the last three logged values: 0.1, 0.2, 0.2
     assert s["unsolved_end"] == pytest.approx(0.1)            # the last step's value: 1 - 0.9
+    assert s["no_call_share_mean"] == pytest.approx(0.15)     # (0.05 + 0.10 + ... + 0.25) / 5
 
 
 def test_train_summary_of_a_short_run_uses_what_there_is():
@@ -74,13 +76,13 @@ def test_table_has_one_row_per_stage_with_exact_cells():
                         "BFCL simple_python % | BFCL multiple % | "
                         "BFCL parallel % | BFCL parallel_multiple % | BFCL non-live % | train correct, first 3 | "
                         "train correct, last 3 | all-fail share, run | all-fail share, last 3 | "
-                        "unsolved prompts, end |")
-    assert table[2] == "| base | 0.0 | 0.0 | - | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 | - | - | - | - | - |"
-    assert table[3] == "| SFT | 10.0 | 50.0 | - | 10.0 | 0.0 | 0.0 | 0.0 | 2.5 | - | - | - | - | - |"
+                        "unsolved prompts, end | no_call share of draws, run |")
+    assert table[2] == "| base | 0.0 | 0.0 | - | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 | - | - | - | - | - | - |"
+    assert table[3] == "| SFT | 10.0 | 50.0 | - | 10.0 | 0.0 | 0.0 | 0.0 | 2.5 | - | - | - | - | - | - |"
     assert table[4] == ("| (a) plain GRPO | 12.5 | 60.0 | - | 10.0 | 10.0 | 0.0 | 0.0 | 5.0 | "
-                        "0.200 | 0.400 | 0.480 | 0.333 | 0.500 |")
+                        "0.200 | 0.400 | 0.480 | 0.333 | 0.500 | 0.150 |")
     assert table[5] == ("| (d) full method (both papers) | 25.0 | 90.0 | 45.0 | 20.0 | 30.0 | 10.0 | 0.0 | 15.0 | "
-                        "0.300 | 0.700 | 0.250 | 0.167 | 0.100 |")
+                        "0.300 | 0.700 | 0.250 | 0.167 | 0.100 | 0.150 |")
 
 
 def test_goals_report_met_and_missed_with_the_gap():
