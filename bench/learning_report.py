@@ -84,13 +84,13 @@ def train_summary(rows: list[dict]) -> dict:
     _, correct = series(rows, "reward/correct_mean")
     _, all_fail = series(rows, "sampler/all_fail_share")
     _, unsolved = series(rows, "sampler/unsolved_share")
-    return {"no_call_share_mean": _mean(series(rows, "sampler/share/no_call")[1]),
-            "steps": len({r["step"] for r in rows if isinstance(r.get("step"), int)}),
+    return {"steps": len({r["step"] for r in rows if isinstance(r.get("step"), int)}),
             "correct_first": _mean(correct[:EDGE]), "correct_last": _mean(correct[-EDGE:]),
             "all_fail_mean": _mean(all_fail), "all_fail_last": _mean(all_fail[-EDGE:]),
             "unsolved_end": unsolved[-1] if unsolved else None,
             "lag_mean": _mean(series(rows, "rollout/policy_lag_mean")[1]),
-            "mismatch_k3_mean": _mean(series(rows, "rollout/mismatch_k3_kl")[1])}
+            "mismatch_k3_mean": _mean(series(rows, "rollout/mismatch_k3_kl")[1]),
+            "no_call_share_mean": _mean(series(rows, "sampler/share/no_call")[1])}
 
 
 def eval_columns(toolrl: dict | None, bfcl: dict | None) -> dict:
@@ -185,7 +185,7 @@ def markdown_table(rows: list[dict]) -> str:
                  + [_pct(r["bfcl"].get(c)) for c in categories]
                  + [_pct(r["bfcl_non_live"]), _num(r["correct_first"]), _num(r["correct_last"]),
                     _num(r["all_fail_mean"]), _num(r["all_fail_last"]), _num(r["unsolved_end"]),
-                    _num(r.get("no_call_share_mean"))])
+                    _num(r["no_call_share_mean"])])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

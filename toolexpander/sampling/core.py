@@ -230,11 +230,10 @@ class SamplerCore:
         shapes = {"step": (1,), "seen": (P,), "reward_mean": (P, D), spread: (P, D), "all_fail_streak": (P,),
                   "demo_round": (P,), "parked_until": (P,), "mastery": (T,), "step_correct_sum": (T,),
                   "step_groups": (T,), "rng_state": (2,), "rng_inc": (2,), "rng_has_uint32": (1,),
-                  "rng_uinteger": (1,)}
+                  "rng_uinteger": (1,), "mastery_seen": (T,)}
         state = dict(state)
         if "mastery_seen" not in state:   # saved before 2026-12-04: an EMA away from 0 has had evidence
             state["mastery_seen"] = (np.asarray(state.get("mastery", np.zeros(T))) != 0).astype(np.int64)
-        shapes["mastery_seen"] = (T,)
         for key, shape in shapes.items():
             if key not in state:
                 raise ValueError(f"sampler state: missing {key!r} (saved with another stats mode or P?)")

@@ -27,7 +27,7 @@ def shares(mastery_T: np.ndarray, tau: float, q_min: float, active_T: np.ndarray
     logit_T = logit_T - logit_T[active_T].max()          # no overflow at small tau
     raw_T = np.where(active_T, np.exp(logit_T), 0.0)
     if base_T is not None:
-        raw_T = raw_T * np.where(active_T, np.asarray(base_T, dtype=np.float64), 0.0)
+        raw_T = raw_T * np.asarray(base_T, dtype=np.float64)   # already 0 where inactive
     floor = min(q_min, 1.0 / active_T.sum())
     pinned_T = np.zeros_like(active_T)
     while True:
