@@ -52,3 +52,16 @@ def test_missed_call_share_counts_prompts_that_need_a_call_only():
     assert reward_metrics(mixed)["rollout/missed_call_share"] == 2 / 3   # the no_call prompt is not counted
     assert reward_metrics(mixed)["rollout/completion_len_mean"] == 2.0
     assert math.isnan(reward_metrics(table([("no_call", "<response>ok</response>")]))["rollout/missed_call_share"])
+    assert math.isnan(reward_metrics(mixed)["sampler/demo_solved_share"])   # no prompt carried demos
+
+    # Three groups of two rows; two carried demos, one of them with a correct completion.
+    cols = {f.name: [] for f in ROLLOUT_SCHEMA}
+    for g, demos, correct in ((0, 0, 1.0), (0, 0, 0.0), (1, 2, 0.0), (1, 2, 1.0), (2, 1, 0.0), (2, 1, 0.0)):
+        row = dict(group_id=g, task_id=f"t{g}", subtask="single", demo_round=min(demos, 1), num_demos=demos,
+                   policy_version=0, prompt_ids=[1], completion_ids=[2], logprobs=[-1.0], finish_reason="stop",
+                   text="x", reward_total=correct, **{f"reward_{d}": 0.0 for d in REWARD_DIMS})
+        row["reward_correct"] = correct
+        for k, v in row.items():
+            cols[k].append(v)
+    demo_groups = light_view(pa.Table.from_pydict(cols, schema=ROLLOUT_SCHEMA))
+    assert reward_metrics(demo_groups)["sampler/demo_solved_share"] == 0.5

@@ -134,4 +134,19 @@ def reward_metrics(table: pa.Table) -> dict[str, float]:
     calls = table.filter(needs_call).column("has_tool_call")
     out["rollout/missed_call_share"] = (float(pc.mean(pc.invert(calls).cast(pa.float32())).as_py())
                                         if len(calls) else float("nan"))
+    # Whether the hard-sample rounds' demos help: of the step's groups whose prompt carried demos, the
+    # share with at least one correct completion (NaN in a step without any).
+    groups = group_results(table)
+    solved = groups.filter(groups.column("demos")).column("solved")
+    out["sampler/demo_solved_share"] = (float(pc.mean(solved.cast(pa.float32())).as_py())
+                                        if len(solved) else float("nan"))
     return out
+
+
+def group_results(table: pa.Table) -> pa.Table:
+    """One row per group of a rollout table (group ids are unique within a step): group_id, subtask,
+    demos (its prompt carried demonstrations) and solved (at least one completion correct)."""
+    g = table.group_by(["group_id", "subtask"]).aggregate([("num_demos", "max"), ("reward_correct", "max")])
+    return pa.table({"group_id": g.column("group_id"), "subtask": g.column("subtask"),
+                     "demos": pc.greater(g.column("num_demos_max"), 0),
+                     "solved": pc.greater(g.column("reward_correct_max"), 0)})

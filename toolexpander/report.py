@@ -21,8 +21,8 @@ Series = tuple[list[int], list[float]]  # (steps, values), sorted by step, finit
 
 # Shown in index.md's first-vs-last table when present (eval/* keys are added after these).
 KEY_METRICS = ("reward/total_mean", "reward/correct_mean", "reward/format_mean", "reward/exemplar_mean",
-               "sampler/demo_rate", "sampler/all_fail_share", "sampler/zero_signal_share", "sampler/unsolved_share",
-               "sampler/parked",
+               "sampler/demo_rate", "sampler/demo_solved_share", "sampler/all_fail_share", "sampler/zero_signal_share",
+               "sampler/unsolved_share", "sampler/parked",
                "rollout/tokens_per_s", "time/step_s", "learner/lr", "learner/loss", "learner/grad_norm",
                "learner/clip_frac", "learner/entropy", "sft/loss", "sft/tokens_per_s")
 EVENT_COLORS = {"start": "tab:green", "worker_restart": "tab:red", "nonfinite": "tab:purple"}
@@ -211,7 +211,8 @@ def _figures(run: Run) -> dict[str, tuple[str, list[Panel]]]:
     hard = ([Panel("prompts by demo round", _stacked(run, rounds, short("sampler/demo_round/")))]
             if rounds else [])
     hard += _line_panel(run, "shares of the step's groups",
-                        ["sampler/demo_rate", "sampler/all_fail_share", "sampler/zero_signal_share"],
+                        ["sampler/demo_rate", "sampler/demo_solved_share", "sampler/all_fail_share",
+                         "sampler/zero_signal_share"],
                         label=short("sampler/"), ylabel="share")
     hard += _line_panel(run, "parked prompts", ["sampler/parked"], ylabel="prompts")
 
