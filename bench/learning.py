@@ -244,10 +244,10 @@ class Pipeline:
         log(f"train ({stage}): done in {time.perf_counter() - t0:.0f} s")
         return stage, run / "hf"
 
-    def arms(self, arms: list[str], sft_model: Path, done: list[str] = ()) -> None:
-        """Train and evaluate every arm with every seed, seed by seed (so that a run cut short still
-        holds whole seeds to compare), skipping the stages in `done`."""
-        for seed in self.seeds:
+    def arms(self, arms: list[str], sft_model: Path, done: list[str] = (), seeds: list[int] | None = None) -> None:
+        """Train and evaluate every arm with every seed (`seeds`, default the run's), seed by seed (so
+        that a run cut short still holds whole seeds to compare), skipping the stages in `done`."""
+        for seed in seeds or self.seeds:
             for arm in arms:
                 if report.stage_id(arm, seed, self.seed) not in done:
                     self.evaluate(*self.train(arm, sft_model, seed))
@@ -385,6 +385,27 @@ def stage_rows(run_dir: Path, state: dict) -> tuple[list[dict], dict]:
     return report.table_rows(stages, seeds[0] if len(seeds) > 1 else None), stages
 
 
+def group_outcomes(run_dir: Path, stage: str) -> dict | None:
+    """The groups an arm trained on, from its dumped learner batches (every step): {"bare" |
+    "demos": {subtask: [solved, groups]}}, "demos" for the groups whose prompt carried demonstrations,
+    solved = at least one correct completion. None for an arm without a rollouts directory."""
+    import pyarrow.parquet as pq
+
+    from toolexpander.metrics import group_results
+
+    files = sorted((run_dir / arm_dir(stage) / "rollouts").glob("step_*.parquet"))
+    if not files:
+        return None
+    out: dict = {"bare": {}, "demos": {}}
+    for path in files:
+        groups = group_results(pq.read_table(path, columns=["group_id", "subtask", "num_demos", "reward_correct"]))
+        for g in groups.to_pylist():
+            cell = out["demos" if g["demos"] else "bare"].setdefault(g["subtask"], [0, 0])
+            cell[0] += g["solved"]
+            cell[1] += 1
+    return out
+
+
 def start_fields(run_dir: Path, arm: str) -> dict[str, str]:
     """The KEY=VALUE fields of an arm's start event ("mode=local tasks=64 too_long=1097 mix=..."); {}
     before it ran."""
@@ -465,6 +486,8 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     plots = report.write_plots(rows, metrics, out / "learning")
     m = machine()
     state["prompts"] = arm_prompts(run_dir, state["arms"])
+    state["groups"] = report.markdown_groups({r["label"]: group_outcomes(run_dir, r["stage"])
+                                              for r in rows if r["arm"] in report.ARMS})
     state["mix"], state["test_mix"] = training_mix(run_dir, state["arms"]), eval_mix(run_dir)
     from toolexpander.config import load_config, parse_overrides
 
@@ -489,7 +512,8 @@ def main(argv: list[str] | None = None) -> None:
                     "or the temp directory under --smoke)")
     ap.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish a run that stopped: the arms "
                     "without an evaluation are trained again (with the run's own config, seeds and steps); "
-                    "with --seeds (the run's seeds first), also the arms of the seeds added")
+                    "with --seeds, only those seeds: some of the run's, in its order, then seeds to add (e.g. "
+                    "--arms b,c --seeds 0 adds two arms with the first seed only)")
     ap.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for SFT and every arm, e.g. --set data.subset_mix=file (repeatable)")
     ap.add_argument("--report-only", type=Path, metavar="RUN_DIR", help="rewrite the report from a finished run")
@@ -515,11 +539,13 @@ def main(argv: list[str] | None = None) -> None:
         run_dir = args.resume.resolve()
         done = json.loads((run_dir / "learning.json").read_text())
         seeds = done.get("seeds") or [done["seed"]]
-        if args.seeds:   # more seeds for a finished run: its own first, in its order
-            if args.seeds[:len(seeds)] != seeds:
+        train_seeds = seeds
+        if args.seeds:   # the seeds to train now: some of the run's, in its order, then seeds to add
+            added = [s for s in args.seeds if s not in seeds]
+            if args.seeds != [s for s in seeds if s in args.seeds] + added:
                 ap.error(f"--resume {args.resume} --seeds {','.join(map(str, args.seeds))}: the run's seeds are "
-                         f"{','.join(map(str, seeds))}; give them first, then the seeds to add")
-            seeds = args.seeds
+                         f"{','.join(map(str, seeds))}; name some of them in that order, then the seeds to add")
+            seeds, train_seeds = seeds + added, args.seeds
         p = Pipeline(argparse.Namespace(**{**vars(args), "steps": done["steps"], "seed": done["seed"],
                                            "seeds": seeds}),
                      done["config"], done["overrides"], run_dir)
@@ -528,7 +554,7 @@ def main(argv: list[str] | None = None) -> None:
         p.state["plan"] = arms
         p._save()
         log(f"resume: finished earlier: {', '.join(finished) or 'none'}; every other arm from its start")
-        p.arms(arms, p.sft_model(None), finished)
+        p.arms(arms, p.sft_model(None), finished, train_seeds)
         path = write_report(run_dir, out or REPO / "bench", compare)
         log(f"wrote {_relative(path)} (raw outputs: {_relative(run_dir)})")
         return

@@ -90,7 +90,22 @@ def train_summary(rows: list[dict]) -> dict:
             "unsolved_end": unsolved[-1] if unsolved else None,
             "lag_mean": _mean(series(rows, "rollout/policy_lag_mean")[1]),
             "mismatch_k3_mean": _mean(series(rows, "rollout/mismatch_k3_kl")[1]),
-            "no_call_share_mean": _mean(series(rows, "sampler/share/no_call")[1])}
+            "no_call_share_mean": _mean(series(rows, "sampler/share/no_call")[1]),
+            **budget_summary(rows)}
+
+
+BUDGET_KEYS = ("updates", "groups_trained", "zero_signal_mean", "entropy_mean")
+
+
+def budget_summary(rows: list[dict]) -> dict:
+    """How much an arm trained: optimizer updates applied and groups in its learner batches (sums
+    over the steps), the mean share of generated groups without reward spread (dropped before the
+    learner) and the mean token entropy of the trained completions."""
+    updates = series(rows, "learner/applied")[1] or series(rows, "learner/updates")[1][-1:]
+    groups = series(rows, "learner/groups")[1]
+    return {"updates": sum(updates) if updates else None, "groups_trained": sum(groups) if groups else None,
+            "zero_signal_mean": _mean(series(rows, "sampler/zero_signal_share")[1]),
+            "entropy_mean": _mean(series(rows, "learner/entropy")[1])}
 
 
 def eval_columns(toolrl: dict | None, bfcl: dict | None) -> dict:
@@ -121,7 +136,7 @@ def table_rows(stages: dict[str, dict], first_seed: int | None = None) -> list[d
         row.update(train_summary(s["metrics"]) if s.get("metrics") else
                    {"steps": None, "correct_first": None, "correct_last": None,
                     "all_fail_mean": None, "all_fail_last": None, "unsolved_end": None, "lag_mean": None,
-                    "mismatch_k3_mean": None, "no_call_share_mean": None})
+                    "mismatch_k3_mean": None, "no_call_share_mean": None, **dict.fromkeys(BUDGET_KEYS)})
         rows.append(row)
     return rows
 
@@ -188,6 +203,42 @@ def markdown_table(rows: list[dict]) -> str:
                     _num(r["no_call_share_mean"])])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def markdown_budget(rows: list[dict]) -> str:
+    """One row per arm: the training it got (budget_summary); empty without arms."""
+    lines = ["| stage | steps | optimizer updates | groups trained | zero-signal share of the groups generated | "
+             "token entropy of the trained completions, mean |", "|---|---|---|---|---|---|"]
+    count = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
+    for r in rows:
+        if r["arm"] in ARMS and r.get("steps"):
+            lines.append(f"| {r['label']} | {r['steps']} | {count(r['updates'])} | {count(r['groups_trained'])} | "
+                         f"{_num(r['zero_signal_mean'])} | {_num(r['entropy_mean'])} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def markdown_groups(outcomes: dict[str, dict | None]) -> str:
+    """The groups each arm trained on, without and with demos (hard-sample rounds), and how many had a
+    correct completion: whether the demos help. outcomes: stage label -> group_outcomes() (None: no
+    rollouts kept; left out). Empty when no arm kept its rollouts."""
+    def total(cells: dict) -> tuple[int, int]:
+        return sum(c[0] for c in cells.values()), sum(c[1] for c in cells.values())
+
+    def share(solved: int, groups: int) -> str:
+        return f"{100 * solved / groups:.1f}" if groups else "-"
+
+    def per_subtask(cells: dict) -> str:
+        return ", ".join(f"{sub} {c[0]}/{c[1]}" for sub, c in sorted(cells.items())) or "-"
+
+    lines = ["| stage | groups without demos | solved % | by sub-task, solved/groups | groups with demos | "
+             "solved % | by sub-task, solved/groups |", "|---|---|---|---|---|---|---|"]
+    for name, o in outcomes.items():
+        if o is None:
+            continue
+        bare, demos = total(o["bare"]), total(o["demos"])
+        lines.append(f"| {name} | {bare[1]} | {share(*bare)} | {per_subtask(o['bare'])} | {demos[1]} | "
+                     f"{share(*demos)} | {per_subtask(o['demos'])} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _each(m: dict, key: str, fmt) -> str:
@@ -376,6 +427,7 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
     settings = f" ({settings})" if settings else ""
     letters = dict.fromkeys(split_stage(stage)[0] for stage in info["arms"])
     arms = "\n".join(f"| ({k}) {ARMS[k][0]} | `{' '.join(ARMS[k][1])}` |" for k in letters)
+    budget = markdown_budget(rows)
     return "\n".join([
         "# Learning benchmark",
         "",
@@ -385,7 +437,7 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         "the machine may have been shared with other jobs). "
         f"Raw outputs (eval JSONs with every completion, each arm's metrics.jsonl and run directory, "
         f"the SFT metrics, every subprocess's log): `{info['run_dir']}` (git-ignored)."
-        + (" The run stopped in an arm and was continued with "
+        + (" The run was continued (an arm had stopped, or arms or seeds were added) with "
            + "; ".join(_resumed(c) for c in info["resumed"])
            + " (each unfinished arm trained again from its start; the stopped one's directory is kept as "
              "arm_<x>.failed-<n>)." if info.get("resumed") else ""),
@@ -430,6 +482,17 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         *(["## Across seeds", "", markdown_seeds(rows), ""] if several_seeds(rows) else []),
         noise_note(rows),
         "",
+        *(["## Training budget", "",
+           "What each arm trained on: optimizer updates applied (`learner/applied`, summed), groups in its "
+           "learner batches (`learner/groups`, summed: the informative groups), the share of generated groups "
+           "dropped for no reward spread (`sampler/zero_signal_share`) and the mean token entropy of the trained "
+           "completions (`learner/entropy`), both averaged over the steps.", "", budget, ""] if budget else []),
+        *(["## Groups with and without demos", "",
+           "The groups each arm trained on (its learner batches as `--save-rollouts` dumps them, every step: "
+           "the informative groups, those with a spread in the total reward; a group whose completions all "
+           "scored the same is not among them), by whether the prompt carried hard-sample demonstrations; "
+           "solved: at least one completion correct. Since 2026-12-04 a run logs `sampler/demo_solved_share` "
+           "over every group it generates.", "", info["groups"], ""] if info.get("groups") else []),
         *(["## Against an earlier run", "", info["compare"], ""] if info.get("compare") else []),
         "## Goals",
         "",

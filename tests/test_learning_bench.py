@@ -157,7 +157,7 @@ def test_document_names_everything_a_reader_needs():
                                                    {"command": "python -m bench.learning --resume runs/learn-x "
                                                                "--arms d", "commit": "`abc`"}],
                                "prompts": "(a) (d) 25 prompts, 39 rows left out as too long"}, rows, [])
-    assert ("The run stopped in an arm and was continued with `python -m bench.learning --resume runs/learn-x`; "
+    assert ("The run was continued (an arm had stopped, or arms or seeds were added) with `python -m bench.learning --resume runs/learn-x`; "
             "`python -m bench.learning --resume runs/learn-x --arms d` at commit `abc` (each unfinished") in resumed
     assert "Prompts each arm drew from (the run's start event): (a) (d) 25 prompts, 39 rows left out" in resumed
 
@@ -368,6 +368,16 @@ def test_a_second_seed_resumes_after_the_first_seeds_arms(tmp_path, monkeypatch)
     assert json.loads((run / "learning.json").read_text())["seeds"] == [0, 1, 2]
     with pytest.raises(SystemExit):
         learning.main(["--resume", str(run), "--seeds", "1,0"])
+    # Arms added with some of the run's seeds only: just those are trained; the run keeps every seed.
+    calls.clear()
+    learning.main(["--resume", str(run), "--arms", "a,b,d", "--seeds", "0", "--out", str(tmp_path)])
+    assert calls == [("train", "b", 0), ("eval", "b")]
+    calls.clear()
+    learning.main(["--resume", str(run), "--arms", "b", "--seeds", "2,3", "--out", str(tmp_path)])
+    assert calls == [("train", "b", 2), ("eval", "b-s2"), ("train", "b", 3), ("eval", "b-s3")]
+    assert json.loads((run / "learning.json").read_text())["seeds"] == [0, 1, 2, 3]
+    with pytest.raises(SystemExit):
+        learning.main(["--resume", str(run), "--seeds", "2,4,1"])
 
 
 def test_seeds_and_set_arguments_are_checked():
@@ -547,3 +557,47 @@ def test_run_settings_fill_what_learning_json_missed_in_order_with_defaults_for_
     (tmp_path / "sft" / "config.json").write_text(json.dumps({"data": {"subset": 8, "max_answer_tokens": 64}}))
     assert run_settings(tmp_path, state)["data.subset"] == 64
     assert run_settings(tmp_path, {"arms": [], "settings": {}})["data.max_answer_tokens"] == 64   # no arm yet
+
+
+def test_groups_with_and_without_demos_are_counted_from_the_dumped_batches(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench import learning
+
+    rollouts = tmp_path / learning.arm_dir("d") / "rollouts"
+    rollouts.mkdir(parents=True)
+    # step 0: group 0 bare single (one correct of two), group 1 parallel with demos (none correct);
+    # step 1: group 0 again (ids restart each step) parallel with demos, solved.
+    steps = [[(0, "single", 0, 1.0), (0, "single", 0, 0.0), (1, "parallel", 2, 0.0), (1, "parallel", 2, 0.0)],
+             [(0, "parallel", 1, 0.0), (0, "parallel", 1, 1.0)]]
+    for k, rows in enumerate(steps):
+        pq.write_table(pa.table({"group_id": [r[0] for r in rows], "subtask": [r[1] for r in rows],
+                                 "num_demos": pa.array([r[2] for r in rows], pa.int8()),
+                                 "reward_correct": pa.array([r[3] for r in rows], pa.float32())}),
+                       rollouts / f"step_{k:06d}.parquet")
+    outcomes = learning.group_outcomes(tmp_path, "d")
+    assert outcomes == {"bare": {"single": [1, 1]}, "demos": {"parallel": [1, 2]}}
+    assert learning.group_outcomes(tmp_path, "a") is None           # no rollouts kept
+    text = report.markdown_groups({"(d)": outcomes, "(a)": None, "(b)": {"bare": {"single": [0, 3]}, "demos": {}}})
+    assert text.splitlines()[2:] == ["| (d) | 1 | 100.0 | single 1/1 | 2 | 50.0 | parallel 1/2 |",
+                                     "| (b) | 3 | 0.0 | single 0/3 | 0 | - | - |"]
+    assert report.markdown_groups({"(a)": None}) == ""
+
+
+def test_training_budget_sums_updates_and_groups_and_averages_the_shares():
+    rows = [{"step": 0, "learner/applied": 1.0, "learner/groups": 4, "sampler/zero_signal_share": 0.2,
+             "learner/entropy": 0.3},
+            {"step": 1, "learner/applied": 0.0, "learner/groups": 2, "sampler/zero_signal_share": 0.6,
+             "learner/entropy": float("nan")},   # a skipped update: its entropy has no value
+            {"step": 2, "learner/applied": 2.0, "learner/groups": 3, "sampler/zero_signal_share": 0.4,
+             "learner/entropy": 0.1}]
+    budget = report.budget_summary(rows)
+    assert budget == {"updates": 3.0, "groups_trained": 9.0, "zero_signal_mean": pytest.approx(0.4),
+                      "entropy_mean": pytest.approx(0.2)}
+    # a run from before learner/applied: the cumulative learner/updates of its last step
+    assert report.budget_summary([{"step": 0, "learner/updates": 1.0}, {"step": 1, "learner/updates": 2.0}])["updates"] == 2.0
+    table = report.table_rows({"sft": {"toolrl": None, "bfcl": None, "metrics": None},
+                               "a": {"toolrl": None, "bfcl": None, "metrics": rows}})
+    assert report.markdown_budget(table).splitlines()[2:] == ["| (a) plain GRPO | 3 | 3 | 9 | 0.400 | 0.200 |"]
+    assert report.markdown_budget(table[:1]) == ""
