@@ -378,7 +378,8 @@ def stage_rows(run_dir: Path, state: dict) -> tuple[list[dict], dict]:
     for stage in ("base", "sft", *state["arms"]):
         metrics = run_dir / arm_dir(stage) / "metrics.jsonl"
         result = load_eval(run_dir, stage, "toolrl")   # one read: the summary, and the entries for the column
-        toolrl = result and {**result["summary"], "no_call_answers": no_call_answers(result.get("entries", []))}
+        toolrl = result and {**result["summary"], "no_call_answers": no_call_answers(result.get("entries", [])),
+                             "failures": report.failure_counts(result.get("entries", []))}
         stages[stage] = {"toolrl": toolrl, "bfcl": load_summary(run_dir, stage, "bfcl"),
                          "metrics": read_metrics(metrics) if report.split_stage(stage)[0] in report.ARMS else None}
     seeds = state.get("seeds") or [state.get("seed")]

@@ -111,12 +111,13 @@ def budget_summary(rows: list[dict]) -> dict:
 def eval_columns(toolrl: dict | None, bfcl: dict | None) -> dict:
     """The eval columns from two eval summaries: ToolRL correct and format (fractions), BFCL accuracy
     per category, BFCL's non-live group (the overall of a non-live-only run) and its simple group."""
-    out: dict = {"toolrl_correct": None, "toolrl_format": None, "toolrl_no_call": None, "toolrl_n": None, "bfcl": {},
+    out: dict = {"toolrl_correct": None, "toolrl_format": None, "toolrl_no_call": None, "toolrl_n": None,
+                 "toolrl_failures": None, "bfcl": {},
                  "bfcl_non_live": None, "bfcl_simple": None, "bfcl_n": None}
     if toolrl is not None:
         out.update(toolrl_correct=toolrl.get("overall"), toolrl_n=toolrl.get("n"),
                    toolrl_format=(toolrl.get("means") or {}).get("format"),
-                   toolrl_no_call=toolrl.get("no_call_answers"))
+                   toolrl_no_call=toolrl.get("no_call_answers"), toolrl_failures=toolrl.get("failures"))
     if bfcl is not None:
         groups = bfcl.get("groups") or {}
         out.update(bfcl={c: r["accuracy"] for c, r in bfcl["categories"].items()}, bfcl_n=bfcl.get("n"),
@@ -214,6 +215,37 @@ def markdown_budget(rows: list[dict]) -> str:
         if r["arm"] in ARMS and r.get("steps"):
             lines.append(f"| {r['label']} | {r['steps']} | {count(r['updates'])} | {count(r['groups_trained'])} | "
                          f"{_num(r['zero_signal_mean'])} | {_num(r['entropy_mean'])} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+# Where a ToolRL answer failed: the eval's error_type, the first reward dimension that fell short.
+FAILURE_KINDS = ("correct", "format", "tool_name", "param_name", "param_value", "other")
+
+
+def failure_counts(entries: list[dict]) -> dict[str, dict[str, int]]:
+    """{category: {kind: questions}} from an eval JSON's entries, categories in the file's order: each
+    question counted once, as correct or under the first reward dimension its answer fell short on
+    (FAILURE_KINDS; "other": every dimension full but the calls still differ, or a prompt too long),
+    plus "cut": the wrong answers that stopped at the evaluation's token limit."""
+    out: dict[str, dict[str, int]] = {}
+    for e in entries:
+        cell = out.setdefault(e["category"], {**dict.fromkeys(FAILURE_KINDS, 0), "cut": 0})
+        error = e.get("error_type")
+        kind = "correct" if error is None else error.removeprefix("reward:")
+        cell[kind if kind in FAILURE_KINDS else "other"] += 1
+        cell["cut"] += error is not None and e.get("finish_reason") == "length"
+    return out
+
+
+def markdown_failures(rows: list[dict]) -> str:
+    """One line per stage and ToolRL category: how its questions failed (failure_counts); empty when no
+    row has them."""
+    lines = ["| stage | category | questions | correct | format wrong | tool names wrong | parameter names wrong | "
+             "values wrong | other | wrong and cut at the token limit |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for category, cell in (r.get("toolrl_failures") or {}).items():
+            counts = " | ".join(str(cell[k]) for k in (*FAILURE_KINDS, "cut"))
+            lines.append(f"| {r['label']} | {category} | {sum(cell[k] for k in FAILURE_KINDS)} | {counts} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -427,7 +459,7 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
     settings = f" ({settings})" if settings else ""
     letters = dict.fromkeys(split_stage(stage)[0] for stage in info["arms"])
     arms = "\n".join(f"| ({k}) {ARMS[k][0]} | `{' '.join(ARMS[k][1])}` |" for k in letters)
-    budget = markdown_budget(rows)
+    budget, failures = markdown_budget(rows), markdown_failures(rows)
     return "\n".join([
         "# Learning benchmark",
         "",
@@ -493,6 +525,11 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
            "scored the same is not among them), by whether the prompt carried hard-sample demonstrations; "
            "solved: at least one completion correct. Since 2026-12-04 a run logs `sampler/demo_solved_share` "
            "over every group it generates.", "", info["groups"], ""] if info.get("groups") else []),
+        *(["## Where the ToolRL answers fail", "",
+           "Each ToolRL test question once: correct, or counted under the first reward dimension its greedy "
+           "answer fell short on, in the order format, tool names (a call missing, extra or misnamed), parameter "
+           "names, values; other: every dimension full but the calls still differ, or the prompt too long. The "
+           "last column: the wrong answers that stopped at the token limit.", "", failures, ""] if failures else []),
         *(["## Against an earlier run", "", info["compare"], ""] if info.get("compare") else []),
         "## Goals",
         "",

@@ -491,6 +491,38 @@ def test_stage_rows_take_summary_and_no_call_column_from_the_same_eval_json(tmp_
     assert stages["a"]["metrics"] == [] and stages["sft"]["metrics"] is None   # no metrics.jsonl for a; sft is no arm
 
 
+def test_failures_count_each_question_once_under_its_first_short_dimension(tmp_path):
+    import json
+
+    from bench.learning import stage_rows
+
+    entries = [{"category": "single", "error_type": None, "finish_reason": "stop"},
+               {"category": "parallel", "error_type": "reward:tool_name", "finish_reason": "length"},
+               {"category": "parallel", "error_type": "reward:tool_name", "finish_reason": "stop"},
+               {"category": "single", "error_type": "reward:param_value", "finish_reason": "stop"},
+               {"category": "single", "error_type": "reward:calls_mismatch", "finish_reason": "stop"},
+               {"category": "parallel", "error_type": "prompt_too_long", "finish_reason": None},
+               {"category": "single", "error_type": None, "finish_reason": "length"}]   # right, then ran on: not cut
+    counts = report.failure_counts(entries)
+    assert list(counts) == ["single", "parallel"]
+    assert counts["single"] == {"correct": 2, "format": 0, "tool_name": 0, "param_name": 0, "param_value": 1,
+                                "other": 1, "cut": 0}
+    assert counts["parallel"] == {"correct": 0, "format": 0, "tool_name": 2, "param_name": 0, "param_value": 0,
+                                  "other": 1, "cut": 1}
+
+    (tmp_path / "eval").mkdir()
+    for stage, suites in STAGES.items():
+        for suite in ("toolrl", "bfcl"):
+            body = {"summary": suites[suite], "entries": entries}
+            (tmp_path / "eval" / f"{stage}_{suite}.json").write_text(json.dumps(body))
+    rows, _ = stage_rows(tmp_path, {"arms": ["a"], "seeds": [0]})
+    table = report.markdown_failures(rows).splitlines()
+    assert len(table) == 2 + 3 * 2   # header, rule, two categories for each of base, SFT, (a)
+    assert table[2] == "| base | single | 4 | 2 | 0 | 0 | 0 | 1 | 1 | 0 |"
+    assert table[3] == "| base | parallel | 3 | 0 | 0 | 2 | 0 | 0 | 1 | 1 |"
+    assert report.markdown_failures([{**rows[0], "toolrl_failures": None}]) == ""
+
+
 def test_training_mix_reads_the_start_event_and_recomputes_for_older_runs(tmp_path, tiny_model):
     import json
 
