@@ -377,9 +377,10 @@ def stage_rows(run_dir: Path, state: dict) -> tuple[list[dict], dict]:
     stages = {}
     for stage in ("base", "sft", *state["arms"]):
         metrics = run_dir / arm_dir(stage) / "metrics.jsonl"
-        result = load_eval(run_dir, stage, "toolrl")   # one read: the summary, and the entries for the column
-        toolrl = result and {**result["summary"], "no_call_answers": no_call_answers(result.get("entries", [])),
-                             "failures": report.failure_counts(result.get("entries", []))}
+        result = load_eval(run_dir, stage, "toolrl")   # one read: the summary, and the entries for the columns
+        entries = result.get("entries", []) if result else []
+        toolrl = result and {**result["summary"], "no_call_answers": no_call_answers(entries),
+                             "failures": report.failure_counts(entries)}
         stages[stage] = {"toolrl": toolrl, "bfcl": load_summary(run_dir, stage, "bfcl"),
                          "metrics": read_metrics(metrics) if report.split_stage(stage)[0] in report.ARMS else None}
     seeds = state.get("seeds") or [state.get("seed")]

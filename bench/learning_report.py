@@ -206,16 +206,23 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _table_or_empty(columns: list[str], body: list[list]) -> str:
+    """A markdown table with these column names and body rows (cells as strings or numbers); "" when
+    there is no body row, so that the section it belongs to is left out."""
+    if not body:
+        return ""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in cells) + " |" for cells in body])
+
+
 def markdown_budget(rows: list[dict]) -> str:
     """One row per arm: the training it got (budget_summary); empty without arms."""
-    lines = ["| stage | steps | optimizer updates | groups trained | zero-signal share of the groups generated | "
-             "token entropy of the trained completions, mean |", "|---|---|---|---|---|---|"]
     count = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
-    for r in rows:
-        if r["arm"] in ARMS and r.get("steps"):
-            lines.append(f"| {r['label']} | {r['steps']} | {count(r['updates'])} | {count(r['groups_trained'])} | "
-                         f"{_num(r['zero_signal_mean'])} | {_num(r['entropy_mean'])} |")
-    return "\n".join(lines) if len(lines) > 2 else ""
+    return _table_or_empty(
+        ["stage", "steps", "optimizer updates", "groups trained", "zero-signal share of the groups generated",
+         "token entropy of the trained completions, mean"],
+        [[r["label"], r["steps"], count(r["updates"]), count(r["groups_trained"]), _num(r["zero_signal_mean"]),
+          _num(r["entropy_mean"])] for r in rows if r["arm"] in ARMS and r.get("steps")])
 
 
 # Where a ToolRL answer failed: the eval's error_type, the first reward dimension that fell short.
@@ -240,13 +247,11 @@ def failure_counts(entries: list[dict]) -> dict[str, dict[str, int]]:
 def markdown_failures(rows: list[dict]) -> str:
     """One line per stage and ToolRL category: how its questions failed (failure_counts); empty when no
     row has them."""
-    lines = ["| stage | category | questions | correct | format wrong | tool names wrong | parameter names wrong | "
-             "values wrong | other | wrong and cut at the token limit |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        for category, cell in (r.get("toolrl_failures") or {}).items():
-            counts = " | ".join(str(cell[k]) for k in (*FAILURE_KINDS, "cut"))
-            lines.append(f"| {r['label']} | {category} | {sum(cell[k] for k in FAILURE_KINDS)} | {counts} |")
-    return "\n".join(lines) if len(lines) > 2 else ""
+    return _table_or_empty(
+        ["stage", "category", "questions", "correct", "format wrong", "tool names wrong", "parameter names wrong",
+         "values wrong", "other", "wrong and cut at the token limit"],
+        [[r["label"], category, sum(cell[k] for k in FAILURE_KINDS), *(cell[k] for k in (*FAILURE_KINDS, "cut"))]
+         for r in rows for category, cell in (r.get("toolrl_failures") or {}).items()])
 
 
 def markdown_groups(outcomes: dict[str, dict | None]) -> str:
@@ -262,15 +267,14 @@ def markdown_groups(outcomes: dict[str, dict | None]) -> str:
     def per_subtask(cells: dict) -> str:
         return ", ".join(f"{sub} {c[0]}/{c[1]}" for sub, c in sorted(cells.items())) or "-"
 
-    lines = ["| stage | groups without demos | solved % | by sub-task, solved/groups | groups with demos | "
-             "solved % | by sub-task, solved/groups |", "|---|---|---|---|---|---|---|"]
+    body = []
     for name, o in outcomes.items():
-        if o is None:
-            continue
-        bare, demos = total(o["bare"]), total(o["demos"])
-        lines.append(f"| {name} | {bare[1]} | {share(*bare)} | {per_subtask(o['bare'])} | {demos[1]} | "
-                     f"{share(*demos)} | {per_subtask(o['demos'])} |")
-    return "\n".join(lines) if len(lines) > 2 else ""
+        if o is not None:
+            bare, demos = total(o["bare"]), total(o["demos"])
+            body.append([name, bare[1], share(*bare), per_subtask(o["bare"]), demos[1], share(*demos),
+                         per_subtask(o["demos"])])
+    return _table_or_empty(["stage", "groups without demos", "solved %", "by sub-task, solved/groups",
+                            "groups with demos", "solved %", "by sub-task, solved/groups"], body)
 
 
 def _each(m: dict, key: str, fmt) -> str:
