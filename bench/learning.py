@@ -44,6 +44,8 @@ SMOKE_STEPS = 2
 # BFCL non-live AST categories evaluated (BFCL v3's simple = simple_python); the first eval.limit of each.
 BFCL_CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple"]
 PYTHON = [sys.executable, "-m", "toolexpander"]
+# What each stage is evaluated on, as the logs name it: RUN_DIR/eval/<stage>_<suite>.json.
+SUITES = {"toolrl": "ToolRL", "bfcl": "BFCL", "train": "training prompts"}
 # Evaluations of the base and SFT models, keyed by eval_key (git-ignored, like runs/).
 EVAL_CACHE = REPO / "runs" / "eval-cache"
 
@@ -137,6 +139,22 @@ class Pipeline:
         self._save()
         return finished
 
+    def evaluate_finished(self, stages: list[str], sft_model: Path) -> None:
+        """A resumed run's evaluations that its stages lack (a run from before the training-prompts
+        evaluation): base, SFT (only while the warm start on disk is the run's own: its sft config is
+        the one the run copied) and the finished arms, each from its HF export."""
+        base = REPO / self.cfg.model.path
+        if base.is_dir():
+            self.evaluate("base", base, cache=True, only_missing=True)
+        theirs, ours = sft_model / "sft" / "config.json", self.run_dir / "sft" / "config.json"
+        if theirs.is_file() and ours.is_file() and theirs.read_bytes() == ours.read_bytes():
+            self.evaluate("sft", sft_model, cache=True, only_missing=True)
+        else:
+            log(f"resume: {_relative(sft_model)} is no longer this run's warm start (its sft config differs): "
+                "its missing evaluations are left out")
+        for stage in stages:
+            self.evaluate(stage, self.run_dir / arm_dir(stage) / "hf", only_missing=True)
+
     def _save(self) -> None:
         (self.run_dir / "learning.json").write_text(json.dumps(self.state, indent=2) + "\n")
 
@@ -156,42 +174,66 @@ class Pipeline:
         log(f"prepare base model: done in {time.perf_counter() - t0:.0f} s")
         return path
 
-    def evaluate(self, stage: str, model: Path, cache: bool = False) -> None:
-        """ToolRL and the BFCL subset side by side -> RUN_DIR/eval/<stage>_<suite>.json. With cache (the
-        base and SFT models, the same in every run), an earlier run's result is reused when the model's
-        weights, the eval command and the code that generates and scores are the same (greedy decoding:
-        the same inputs give the same outputs)."""
+    def train_prompts(self) -> Path:
+        """RUN_DIR/train_prompts.jsonl: the prompts the arms of the run's first seed train on (the seeded
+        data.subset of the rows that fit, as `toolexpander train` picks them), written once, for the
+        evaluation on training prompts: a model that does not get better even there did not learn."""
+        from toolexpander.config import load_config, parse_overrides
+        from toolexpander.trainset import training_tasks
+
+        path = self.run_dir / "train_prompts.jsonl"
+        if not path.is_file():
+            cfg = load_config(REPO / self.config, parse_overrides([*self.overrides, "--train.seed", str(self.seed)]))
+            tasks = training_tasks(cfg, REPO / cfg.model.path)[0]
+            path.write_text("".join(json.dumps(t.model_dump(mode="json"), ensure_ascii=False) + "\n" for t in tasks))
+        return path
+
+    def evaluate(self, stage: str, model: Path, cache: bool = False, only_missing: bool = False) -> None:
+        """ToolRL, the BFCL subset and (for base, SFT and the arms of the run's first seed) the training
+        prompts side by side -> RUN_DIR/eval/<stage>_<suite>.json, suite toolrl, bfcl or train. With cache
+        (the base and SFT models, the same in every run), an earlier run's result is reused when the
+        model's weights, the eval command (the training prompts' file by its content) and the code that
+        generates and scores are the same (greedy decoding: the same inputs give the same outputs).
+        only_missing: run only the suites whose output is not there yet (a resumed run's finished stages)."""
         common = ["--model", str(model), "--max-tokens", str(self.cfg.eval.max_tokens)]
-        out = {suite: self.run_dir / "eval" / f"{stage}_{suite}.json" for suite in ("toolrl", "bfcl")}
-        toolrl = [*PYTHON, "eval", "--suite", "toolrl", *common, "--out", str(out["toolrl"])]
-        if self.toolrl_limit:
-            toolrl += ["--limit", str(self.toolrl_limit)]
-        bfcl = [*PYTHON, "eval", "--suite", "bfcl", "--categories", *BFCL_CATEGORIES, "--limit",
-                str(self.cfg.eval.limit), *common, "--out", str(out["bfcl"])]
+        out = {suite: self.run_dir / "eval" / f"{stage}_{suite}.json" for suite in SUITES}
+        cmds = {"toolrl": [*PYTHON, "eval", "--suite", "toolrl", *common, "--out", str(out["toolrl"])]
+                + (["--limit", str(self.toolrl_limit)] if self.toolrl_limit else []),
+                "bfcl": [*PYTHON, "eval", "--suite", "bfcl", "--categories", *BFCL_CATEGORIES, "--limit",
+                         str(self.cfg.eval.limit), *common, "--out", str(out["bfcl"])]}
+        if report.split_stage(stage)[1] is None:   # the first seed's arms, base and SFT
+            cmds["train"] = [*PYTHON, "eval", "--suite", "toolrl", "--data", str(self.train_prompts()), *common,
+                             "--out", str(out["train"])] + (["--limit", str(self.toolrl_limit)] if self.toolrl_limit else [])
+        if only_missing:
+            cmds = {suite: cmd for suite, cmd in cmds.items() if not out[suite].is_file()}
+            if not cmds:
+                return
         logs = self.run_dir / "logs"
         name = f"eval ({stage})" if report.split_stage(stage)[0] in report.ARMS else f"eval {stage}"
         t0 = time.perf_counter()
-        keys = {suite: eval_key(model, cmd) for suite, cmd in (("toolrl", toolrl), ("bfcl", bfcl))} if cache else {}
+        keys = {suite: eval_key(model, cmd) for suite, cmd in cmds.items()} if cache else {}
         hits = {suite: EVAL_CACHE / f"{key}.json" for suite, key in keys.items()
                 if (EVAL_CACHE / f"{key}.json").is_file()}
-        if len(hits) == 2:
-            out["toolrl"].parent.mkdir(parents=True, exist_ok=True)
-            for suite, path in hits.items():
-                shutil.copy(path, out[suite])
-            note = "cache hit: " + ", ".join(f"{suite} from {_relative(p)}" for suite, p in hits.items())
-        else:
-            log(f"{name}: ToolRL + BFCL on {_relative(model)} (logs: {_relative(logs)}/eval_{stage}_*.log)")
-            run_logged(name, [(toolrl, logs / f"eval_{stage}_toolrl.log"), (bfcl, logs / f"eval_{stage}_bfcl.log")])
-            EVAL_CACHE.mkdir(parents=True, exist_ok=True)
-            for suite, key in keys.items():
-                shutil.copy(out[suite], EVAL_CACHE / f"{key}.json")
-            note = ""
-        s = {suite: load_summary(self.run_dir, stage, suite) for suite in ("toolrl", "bfcl")}
-        note = (note + "; " if note else "") + (f"generation: ToolRL {s['toolrl']['seconds']:.0f} s, "
-                                                f"BFCL {s['bfcl']['seconds']:.0f} s")
-        self._record(name, t0, [toolrl, bfcl], note)
-        log(f"{name}: done in {time.perf_counter() - t0:.0f} s; ToolRL correct "
-            f"{100 * s['toolrl']['overall']:.1f}%, BFCL non-live {100 * (s['bfcl']['overall'] or 0):.1f}%")
+        out["toolrl"].parent.mkdir(parents=True, exist_ok=True)
+        for suite, path in hits.items():
+            shutil.copy(path, out[suite])
+        todo = {suite: cmd for suite, cmd in cmds.items() if suite not in hits}
+        notes = [f"cache hit: {', '.join(f'{suite} from {_relative(p)}' for suite, p in hits.items())}"] if hits else []
+        if todo:
+            log(f"{name}: {', '.join(SUITES[s] for s in todo)} on {_relative(model)} "
+                f"(logs: {_relative(logs)}/eval_{stage}_*.log)")
+            run_logged(name, [(cmd, logs / f"eval_{stage}_{suite}.log") for suite, cmd in todo.items()])
+            if cache:
+                EVAL_CACHE.mkdir(parents=True, exist_ok=True)
+                for suite in todo:
+                    shutil.copy(out[suite], EVAL_CACHE / f"{keys[suite]}.json")
+        s = {suite: load_summary(self.run_dir, stage, suite) for suite in cmds}
+        notes.append("generation: " + ", ".join(f"{SUITES[suite]} {s[suite]['seconds']:.0f} s" for suite in cmds))
+        self._record(name, t0, list(cmds.values()), "; ".join(notes))
+        said = {"toolrl": lambda x: f"ToolRL correct {100 * x['overall']:.1f}%",
+                "bfcl": lambda x: f"BFCL non-live {100 * (x['overall'] or 0):.1f}%",
+                "train": lambda x: f"training prompts correct {100 * x['overall']:.1f}%"}
+        log(f"{name}: done in {time.perf_counter() - t0:.0f} s; " + ", ".join(said[suite](s[suite]) for suite in cmds))
 
     def sft_model(self, output_dir: Path | None) -> Path:
         """Where `toolexpander sft` writes (or found) this run's warm start."""
@@ -268,7 +310,7 @@ def settings(cfg) -> dict:
 
 def eval_key(model: Path, cmd: list[str]) -> str:
     """What decides an evaluation's result: the model's files (weights, config, tokenizer), the eval
-    command without its --out, the source of every module that prompts, generates or scores, the
+    command without its --out (a --data file by its content), the source of every module that prompts, generates or scores, the
     ToolRL test file and the versions of BFCL's data/checker and vLLM."""
     h = hashlib.sha256()
     for path in sorted(p for p in Path(model).iterdir() if p.is_file()):
@@ -276,6 +318,9 @@ def eval_key(model: Path, cmd: list[str]) -> str:
         with path.open("rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())
     args = cmd[:cmd.index("--out")] + cmd[cmd.index("--out") + 2:]
+    if "--data" in args:   # a task file by its content: every run writes its own copy of the prompts
+        i = args.index("--data") + 1
+        args[i] = hashlib.sha256(Path(args[i]).read_bytes()).hexdigest()
     h.update(json.dumps(args[len(PYTHON):]).encode())
     package = REPO / "toolexpander"
     for path in sorted([*package.glob("eval/*.py"), *package.glob("rewards/*.py"), *package.glob("actors/*.py"),
@@ -382,6 +427,7 @@ def stage_rows(run_dir: Path, state: dict) -> tuple[list[dict], dict]:
         toolrl = result and {**result["summary"], "no_call_answers": no_call_answers(entries),
                              "failures": report.failure_counts(entries)}
         stages[stage] = {"toolrl": toolrl, "bfcl": load_summary(run_dir, stage, "bfcl"),
+                         "train": load_summary(run_dir, stage, "train"),
                          "metrics": read_metrics(metrics) if report.split_stage(stage)[0] in report.ARMS else None}
     seeds = state.get("seeds") or [state.get("seed")]
     return report.table_rows(stages, seeds[0] if len(seeds) > 1 else None), stages
@@ -556,7 +602,9 @@ def main(argv: list[str] | None = None) -> None:
         p.state["plan"] = arms
         p._save()
         log(f"resume: finished earlier: {', '.join(finished) or 'none'}; every other arm from its start")
-        p.arms(arms, p.sft_model(None), finished, train_seeds)
+        sft_model = p.sft_model(None)
+        p.evaluate_finished(finished, sft_model)
+        p.arms(arms, sft_model, finished, train_seeds)
         path = write_report(run_dir, out or REPO / "bench", compare)
         log(f"wrote {_relative(path)} (raw outputs: {_relative(run_dir)})")
         return

@@ -108,12 +108,15 @@ def budget_summary(rows: list[dict]) -> dict:
             "entropy_mean": _mean(series(rows, "learner/entropy")[1])}
 
 
-def eval_columns(toolrl: dict | None, bfcl: dict | None) -> dict:
-    """The eval columns from two eval summaries: ToolRL correct and format (fractions), BFCL accuracy
-    per category, BFCL's non-live group (the overall of a non-live-only run) and its simple group."""
+def eval_columns(toolrl: dict | None, bfcl: dict | None, train: dict | None = None) -> dict:
+    """The eval columns from the eval summaries: ToolRL correct and format (fractions), BFCL accuracy
+    per category, BFCL's non-live group (the overall of a non-live-only run) and its simple group, and
+    correct on the training prompts (`train`: the same scoring as ToolRL's, on the prompts GRPO drew from)."""
     out: dict = {"toolrl_correct": None, "toolrl_format": None, "toolrl_no_call": None, "toolrl_n": None,
                  "toolrl_failures": None, "bfcl": {},
-                 "bfcl_non_live": None, "bfcl_simple": None, "bfcl_n": None}
+                 "bfcl_non_live": None, "bfcl_simple": None, "bfcl_n": None,
+                 "train_prompts_correct": None if train is None else train.get("overall"),
+                 "train_prompts_n": None if train is None else train.get("n")}
     if toolrl is not None:
         out.update(toolrl_correct=toolrl.get("overall"), toolrl_n=toolrl.get("n"),
                    toolrl_format=(toolrl.get("means") or {}).get("format"),
@@ -133,7 +136,7 @@ def table_rows(stages: dict[str, dict], first_seed: int | None = None) -> list[d
     for name, s in stages.items():
         arm, seed = split_stage(name)
         row = {"stage": name, "arm": arm, "seed": first_seed if seed is None and arm in ARMS else seed,
-               "label": label(name, first_seed), **eval_columns(s.get("toolrl"), s.get("bfcl"))}
+               "label": label(name, first_seed), **eval_columns(s.get("toolrl"), s.get("bfcl"), s.get("train"))}
         row.update(train_summary(s["metrics"]) if s.get("metrics") else
                    {"steps": None, "correct_first": None, "correct_last": None,
                     "all_fail_mean": None, "all_fail_last": None, "unsolved_end": None, "lag_mean": None,
@@ -143,8 +146,8 @@ def table_rows(stages: dict[str, dict], first_seed: int | None = None) -> list[d
 
 
 # Columns averaged over an arm's seeds (seed_means); bfcl's per-category dict is averaged key by key.
-MEAN_KEYS = ("toolrl_correct", "toolrl_format", "bfcl_non_live", "bfcl_simple", "correct_first", "correct_last",
-             "all_fail_mean", "all_fail_last", "unsolved_end", "lag_mean", "mismatch_k3_mean", "no_call_share_mean")
+MEAN_KEYS = ("toolrl_correct", "toolrl_format", "train_prompts_correct", "bfcl_non_live", "bfcl_simple",
+             "correct_first", "correct_last", "all_fail_mean", "all_fail_last", "unsolved_end", "lag_mean", "mismatch_k3_mean", "no_call_share_mean")
 
 
 def seed_means(rows: list[dict]) -> list[dict]:
@@ -190,7 +193,9 @@ def _num(v) -> str:
 def markdown_table(rows: list[dict]) -> str:
     """The papers'-style table: one row per stage; percentages for evals, means for training."""
     categories = list(dict.fromkeys(c for r in rows for c in r["bfcl"]))
+    train = any(r.get("train_prompts_correct") is not None for r in rows)   # runs before it: no column
     head = (["stage", "ToolRL correct %", "ToolRL format %", "ToolRL call questions answered 'No' %"]
+            + (["training prompts correct %"] if train else [])
             + [f"BFCL {c} %" for c in categories]
             + ["BFCL non-live %", f"train correct, first {EDGE}", f"train correct, last {EDGE}",
                "all-fail share, run", f"all-fail share, last {EDGE}", "unsolved prompts, end",
@@ -198,6 +203,7 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = ([r["label"], _pct(r["toolrl_correct"]), _pct(r["toolrl_format"]), _pct(r["toolrl_no_call"])]
+                 + ([_pct(r.get("train_prompts_correct"))] if train else [])
                  + [_pct(r["bfcl"].get(c)) for c in categories]
                  + [_pct(r["bfcl_non_live"]), _num(r["correct_first"]), _num(r["correct_last"]),
                     _num(r["all_fail_mean"]), _num(r["all_fail_last"]), _num(r["unsolved_end"]),
@@ -507,7 +513,11 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         "",
         "\"Call questions answered 'No'\": the share of the ToolRL test's single and parallel questions (each "
         "needs a call) whose greedy answer opens with the no-call thought, `<think>No`. "
-        f"Training columns: `reward/correct_mean` averaged over the first and the last {EDGE} steps, and "
+        + (f"\"Training prompts\": the {_count(rows, 'train_prompts_n')} prompts the first seed's arms drew from"
+           ", asked and scored as the ToolRL test is (greedy, the same budget): a method that does not raise "
+           "even these did not learn what it was shown; one that raises these and not the test did not generalise. "
+           if any(r.get("train_prompts_correct") is not None for r in rows) else "")
+        + f"Training columns: `reward/correct_mean` averaged over the first and the last {EDGE} steps, and "
         f"`sampler/all_fail_share` (share of the step's groups with no correct completion) over every step "
         f"and over the last {EDGE}; `sampler/unsolved_share` at the last step (share of the prompts drawn so "
         "far whose latest group had no correct completion: per prompt, where the all-fail share counts each "

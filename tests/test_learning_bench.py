@@ -1,6 +1,8 @@
 """bench/learning_report.py: the table, the goals and the plots of the learning benchmark, with exact
 numbers on hand-made eval summaries and metrics rows (no Ray, no model)."""
 
+from pathlib import Path
+
 import pytest
 
 from bench import learning_report as report
@@ -45,6 +47,17 @@ STAGES = {
 }
 
 
+# What bench/learning.py hands report.document besides the rows.
+DOC_INFO = {"command": ".venv/bin/python -m bench.learning --seed 3", "date": "2026-12-02T10:00:00+00:00",
+            "seed": 3, "commit": "`abc`", "cpu": "AMD EPYC", "cores": 2, "loadavg": 1.5,
+            "run_dir": "runs/learn-x", "config": "configs/learn-smollm2.yaml", "steps": 15, "max_tokens": 160,
+            "settings": {"rollout.n": 10, "learner.lr": 5e-06},
+            "bfcl_limit": 10, "bfcl_categories": ["simple_python", "multiple", "parallel", "parallel_multiple"],
+            "arms": ["a", "d"],
+            "stages": [{"stage": "eval base", "seconds": 65.4, "note": "n", "commands": ["x y"]},
+                       {"stage": "train (a)", "seconds": 3600, "note": "", "commands": []}]}
+
+
 def test_series_keeps_the_last_record_of_a_step_and_skips_nulls():
     rows = [{"step": 1, "k": 0.5}, {"step": 0, "k": 1.0}, {"step": 1, "k": 0.25}, {"step": 2, "k": None},
             {"step": 3, "k": float("nan")}, {"step": 4}]
@@ -83,6 +96,21 @@ def test_table_has_one_row_per_stage_with_exact_cells():
                         "0.200 | 0.400 | 0.480 | 0.333 | 0.500 | 0.150 |")
     assert table[5] == ("| (d) full method (both papers) | 25.0 | 90.0 | 45.0 | 20.0 | 30.0 | 10.0 | 0.0 | 15.0 | "
                         "0.300 | 0.700 | 0.250 | 0.167 | 0.100 | 0.150 |")
+
+
+def test_training_prompts_column_shows_only_when_a_stage_was_asked_them():
+    stages = {k: dict(v) for k, v in STAGES.items()}
+    stages["sft"]["train"] = {"suite": "toolrl", "n": 64, "overall": 16 / 64}
+    stages["a"]["train"] = {"suite": "toolrl", "n": 64, "overall": 24 / 64}
+    rows = report.table_rows(stages)
+    table = report.markdown_table(rows).splitlines()
+    assert table[0].startswith("| stage | ToolRL correct % | ToolRL format % | ToolRL call questions answered 'No' % | "
+                               "training prompts correct % | BFCL simple_python % |")
+    assert [line.split(" | ")[4] for line in table[2:]] == ["-", "25.0", "37.5", "-"]
+    assert "the 64 prompts the first seed's arms drew from" in report.document(DOC_INFO, rows, [])
+    plain = report.table_rows(STAGES)   # a run from before the column: the table it always had
+    assert "training prompts" not in report.markdown_table(plain)
+    assert "prompts the first seed's arms drew from" not in report.document(DOC_INFO, plain, [])
 
 
 def test_goals_report_met_and_missed_with_the_gap():
@@ -129,14 +157,7 @@ def test_all_fail_ratio_when_plain_grpo_never_all_fails():
 
 def test_document_names_everything_a_reader_needs():
     rows = report.table_rows(STAGES)
-    info = {"command": ".venv/bin/python -m bench.learning --seed 3", "date": "2026-12-02T10:00:00+00:00",
-            "seed": 3, "commit": "`abc`", "cpu": "AMD EPYC", "cores": 2, "loadavg": 1.5,
-            "run_dir": "runs/learn-x", "config": "configs/learn-smollm2.yaml", "steps": 15, "max_tokens": 160,
-            "settings": {"rollout.n": 10, "learner.lr": 5e-06},
-            "bfcl_limit": 10, "bfcl_categories": ["simple_python", "multiple", "parallel", "parallel_multiple"],
-            "arms": ["a", "d"],
-            "stages": [{"stage": "eval base", "seconds": 65.4, "note": "n", "commands": ["x y"]},
-                       {"stage": "train (a)", "seconds": 3600, "note": "", "commands": []}]}
+    info = DOC_INFO
     text = report.document(info, rows, ["learning/correct.png"])
     for needle in ("`.venv/bin/python -m bench.learning --seed 3`", "seed 3", "commit `abc`", "AMD EPYC, 2 cores",
                    "`runs/learn-x`", "for 15 steps", "at most 160 new tokens", "(80 questions", "(40 questions",
@@ -245,11 +266,24 @@ def test_eval_key_follows_the_model_files_and_the_command_not_the_output(tmp_pat
     assert eval_key(tmp_path, cmd) != key                                    # the weights: yes
 
 
-def test_a_cached_evaluation_is_reused_and_said_so(tmp_path, monkeypatch):
+def test_eval_key_reads_a_data_file_by_its_content_not_its_path(tmp_path):
+    from bench.learning import PYTHON, eval_key
+
+    (tmp_path / "config.json").write_text("{}")
+    for name, text in (("one.jsonl", "x\n"), ("two.jsonl", "x\n"), ("three.jsonl", "y\n")):
+        (tmp_path / name).write_text(text)
+    cmd = lambda name: [*PYTHON, "eval", "--suite", "toolrl", "--data", str(tmp_path / name), "--out", "a.json"]
+    assert eval_key(tmp_path, cmd("one.jsonl")) == eval_key(tmp_path, cmd("two.jsonl"))
+    assert eval_key(tmp_path, cmd("one.jsonl")) != eval_key(tmp_path, cmd("three.jsonl"))
+
+
+def test_a_cached_evaluation_is_reused_and_said_so(tmp_path, monkeypatch, tiny_model):
     import argparse
     import json
 
     from bench import learning
+    from toolexpander.data import load_tasks
+    from toolexpander.trainset import training_tasks
 
     monkeypatch.setattr(learning, "EVAL_CACHE", tmp_path / "cache")
     model = tmp_path / "model"
@@ -259,28 +293,57 @@ def test_a_cached_evaluation_is_reused_and_said_so(tmp_path, monkeypatch):
     run_dir.mkdir()
     args = argparse.Namespace(steps=1, smoke=False, seed=0, seeds=None)
     p = learning.Pipeline(args, learning.SMOKE_CONFIG, [], run_dir)
+    seconds = {"toolrl": 7.0, "bfcl": 9.0, "train": 5.0}
     calls = []
-    monkeypatch.setattr(learning, "run_logged", lambda stage, jobs: calls.append(stage))
-    summaries = {"toolrl": {"overall": 0.25, "seconds": 7.0}, "bfcl": {"overall": 0.5, "seconds": 9.0}}
-    # A first evaluation misses the cache: the (stubbed) subprocesses run and their outputs are stored.
-    for suite, summary in summaries.items():
-        (run_dir / "eval").mkdir(exist_ok=True)
-        (run_dir / "eval" / f"sft_{suite}.json").write_text(json.dumps({"summary": summary, "entries": []}))
+
+    def run_logged(stage, jobs):   # each subprocess stubbed: writes its --out, a summary naming its log
+        calls.append((stage, sorted(Path(log).name for _, log in jobs)))
+        for cmd, log in jobs:
+            suite = Path(log).stem.rsplit("_", 1)[1]
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.write_text(json.dumps({"summary": {"overall": 0.5, "seconds": seconds[suite]}, "entries": []}))
+
+    monkeypatch.setattr(learning, "run_logged", run_logged)
+    # A first evaluation misses the cache: the three subprocesses run and their outputs are stored.
     p.evaluate("sft", model, cache=True)
-    assert calls == ["eval sft"] and len(list((tmp_path / "cache").iterdir())) == 2
-    # A second run directory: nothing runs, the results are the cached ones, the note says where from.
+    assert calls == [("eval sft", ["eval_sft_bfcl.log", "eval_sft_toolrl.log", "eval_sft_train.log"])]
+    assert len(list((tmp_path / "cache").iterdir())) == 3
+    # The training prompts: the tasks `toolexpander train` picks with the first seed, the file `--data` names.
+    prompts = load_tasks(run_dir / "train_prompts.jsonl")
+    assert prompts == training_tasks(p.cfg, tiny_model)[0] and len(prompts) > 1
+    train_cmd = p.state["stages"][-1]["commands"][2]
+    assert f"--data {run_dir / 'train_prompts.jsonl'}" in train_cmd and "--suite toolrl" in train_cmd
+    # A second run directory: nothing runs (its own copy of the prompts: the same content), the results
+    # are the cached ones, the note says where from.
     run2 = tmp_path / "run2"
     run2.mkdir()
     p2 = learning.Pipeline(args, learning.SMOKE_CONFIG, [], run2)
     p2.evaluate("sft", model, cache=True)
-    assert calls == ["eval sft"]
-    assert learning.load_summary(run2, "sft", "bfcl") == summaries["bfcl"]
+    assert len(calls) == 1
+    assert learning.load_summary(run2, "sft", "bfcl") == {"overall": 0.5, "seconds": 9.0}
     stage = p2.state["stages"][-1]
-    assert stage["note"].startswith("cache hit: toolrl from ") and "generation: ToolRL 7 s, BFCL 9 s" in stage["note"]
-    # New weights: a miss again.
+    assert stage["note"].startswith("cache hit: toolrl from ") and stage["note"].endswith(
+        "generation: ToolRL 7 s, BFCL 9 s, training prompts 5 s")
+    # A partial hit (one cached result gone) runs only the missing suite.
+    for path in (tmp_path / "cache").iterdir():
+        if json.loads(path.read_text())["summary"]["seconds"] == 9.0:
+            path.unlink()
+    (tmp_path / "run3").mkdir()
+    learning.Pipeline(args, learning.SMOKE_CONFIG, [], tmp_path / "run3").evaluate("sft", model, cache=True)
+    assert calls[-1] == ("eval sft", ["eval_sft_bfcl.log"])
+    # New weights: a miss again. An arm of another seed than the first is not asked the training prompts.
     (model / "model.safetensors").write_bytes(b"weightz")
     p2.evaluate("sft", model, cache=True)
-    assert calls == ["eval sft", "eval sft"]
+    assert calls[-1] == ("eval sft", ["eval_sft_bfcl.log", "eval_sft_toolrl.log", "eval_sft_train.log"])
+    p2.evaluate("a-s1", model)
+    assert calls[-1] == ("eval (a-s1)", ["eval_a-s1_bfcl.log", "eval_a-s1_toolrl.log"])
+    # only_missing (a resumed run's finished stage): only the suites without an output; none: nothing runs.
+    (run2 / "eval" / "a-s1_toolrl.json").unlink()
+    p2.evaluate("a-s1", model, only_missing=True)
+    assert calls[-1] == ("eval (a-s1)", ["eval_a-s1_toolrl.log"])
+    n = len(calls)
+    p2.evaluate("a-s1", model, only_missing=True)
+    assert len(calls) == n
 
 
 def test_arm_prompts_reads_each_arms_start_event(tmp_path):
@@ -299,7 +362,7 @@ def test_arm_prompts_reads_each_arms_start_event(tmp_path):
         "(e) 64 prompts, 39 rows left out as too long and 12 for an answer longer than data.max_answer_tokens")
 
 
-def test_resume_trains_only_the_arms_without_evaluations(tmp_path, monkeypatch):
+def test_resume_trains_only_the_arms_without_evaluations(tmp_path, monkeypatch, tiny_model):
     import json
 
     from bench import learning
@@ -316,11 +379,14 @@ def test_resume_trains_only_the_arms_without_evaluations(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(learning.Pipeline, "train", lambda self, arm, sft, seed: calls.append(
         ("train", arm, self.steps, seed)) or (report.stage_id(arm, seed, self.seed), sft))
-    monkeypatch.setattr(learning.Pipeline, "evaluate", lambda self, arm, model, cache=False: calls.append(("eval", arm)))
+    missing = []   # the finished stages' evaluations completed (only_missing): base, and (a)
+    monkeypatch.setattr(learning.Pipeline, "evaluate", lambda self, arm, model, cache=False, only_missing=False: (
+        missing if only_missing else calls).append(arm if only_missing else ("eval", arm)))
     monkeypatch.setattr(learning, "write_report", lambda run_dir, out, compare=None: out / "LEARNING.md")
     monkeypatch.setattr(learning, "_commit", lambda: "`def`")
     learning.main(["--resume", str(run), "--arms", "a,b,c", "--out", str(tmp_path)])
     assert calls == [("train", "b", 5, 3), ("eval", "b"), ("train", "c", 5, 3), ("eval", "c")]
+    assert missing == ["base", "a"]   # not the SFT: the warm start on disk is not this run's (no sft/config.json)
     assert (run / "arm_b.failed-0").is_dir() and not (run / "arm_b").exists()
     kept = json.loads((run / "learning.json").read_text())
     assert [s["stage"] for s in kept["stages"]] == ["eval base", "train (a)", "eval (a)"]
@@ -349,7 +415,8 @@ def test_a_second_seed_resumes_after_the_first_seeds_arms(tmp_path, monkeypatch)
     calls = []
     monkeypatch.setattr(learning.Pipeline, "train", lambda self, arm, sft, seed: calls.append(
         ("train", arm, seed)) or (report.stage_id(arm, seed, self.seed), sft))
-    monkeypatch.setattr(learning.Pipeline, "evaluate", lambda self, stage, model, cache=False: calls.append(("eval", stage)))
+    monkeypatch.setattr(learning.Pipeline, "evaluate", lambda self, stage, model, cache=False, only_missing=False:
+                        None if only_missing else calls.append(("eval", stage)))
     monkeypatch.setattr(learning, "write_report", lambda run_dir, out, compare=None: out / "LEARNING.md")
     learning.main(["--resume", str(run), "--arms", "a,d", "--out", str(tmp_path)])
     assert calls == [("train", "d", 1), ("eval", "d-s1")]

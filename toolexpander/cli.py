@@ -100,7 +100,7 @@ def cmd_eval(args, _) -> int:
     from toolexpander.eval.runner import run_eval
 
     run_eval(model=args.model, suite=args.suite, categories=args.categories, limit=args.limit,
-             out=args.out, max_tokens=args.max_tokens)
+             out=args.out, max_tokens=args.max_tokens, data=args.data)
     return 0
 
 
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--categories", nargs="*")
     e.add_argument("--limit", type=int)
     e.add_argument("--max-tokens", type=int, default=256)
+    e.add_argument("--data", metavar="FILE", help="toolrl/acebench: ask the questions of this task file (the "
+                   "training schema) instead of the suite's own, e.g. the prompts a run trained on")
     e.add_argument("--out", required=True)
     e.set_defaults(fn=cmd_eval)
     return p

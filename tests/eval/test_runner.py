@@ -44,6 +44,19 @@ def test_load_items_limit_and_categories():
         runner.load_items("mmlu", None, None)
 
 
+def test_load_items_from_a_task_file_of_the_training_schema(tmp_path, train_tasks):
+    path = tmp_path / "prompts.jsonl"
+    picked = [train_tasks[0], train_tasks[5], train_tasks[1]]
+    path.write_text("".join(json.dumps(t.model_dump(mode="json")) + "\n" for t in picked))
+    items = runner.load_items("toolrl", None, None, data=path)
+    by_category = sorted(picked, key=lambda t: ["no_call", "single", "parallel", "multi_turn"].index(t.subtask))
+    assert [(i.category, i.task) for i in items] == [(t.subtask, t) for t in by_category]
+    with pytest.raises(EvalError, match="--data .*missing.jsonl: no such file"):
+        runner.load_items("toolrl", None, None, data=tmp_path / "missing.jsonl")
+    with pytest.raises(EvalError, match="BFCL reads its own questions"):
+        runner.load_items("bfcl", None, None, data=path)
+
+
 def test_ground_truth_scores_full_marks_and_too_long_prompts_fail():
     items = runner.load_items("toolrl", None, 2)
     fits = lambda task: task.id != items[0].id   # noqa: E731
@@ -95,6 +108,9 @@ def test_cli_reports_bad_input_in_one_line(tiny_model, tmp_path, capsys):
     assert err.count("\n") == 0 and "unknown category nope" in err
     assert main(["eval", "--model", str(tmp_path), "--suite", "bfcl", "--out", out]) == 1
     assert "not a model directory" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_model), "--suite", "toolrl", "--data", str(tmp_path / "no.jsonl"),
+                 "--out", out]) == 1
+    assert f"--data {tmp_path / 'no.jsonl'}: no such file" in capsys.readouterr().err
     assert not os.path.exists(out)
 
 

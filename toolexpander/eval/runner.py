@@ -56,17 +56,24 @@ def _data_path(suite: str) -> Path:
     raise EvalError(f"{suite}: data/{name} not found (run from the repository root)")
 
 
-def load_items(suite: str, categories: list[str] | None = None, limit: int | None = None) -> list[Item]:
-    """The questions of a suite, grouped by category in a fixed order, the first `limit` of each."""
+def load_items(suite: str, categories: list[str] | None = None, limit: int | None = None,
+               data: str | Path | None = None) -> list[Item]:
+    """The questions of a suite, grouped by category in a fixed order, the first `limit` of each.
+    data: a task file (the training schema, JSONL or Parquet) in place of the ToolRL or ACEBench file,
+    e.g. the prompts a run trained on, scored the same way."""
     if suite not in SUITES:
         raise EvalError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
     if limit is not None and limit < 1:
         raise EvalError(f"--limit must be at least 1, got {limit}")
     if suite == "bfcl":
+        if data is not None:
+            raise EvalError(f"--data {data}: BFCL reads its own questions; --data is for toolrl and acebench")
         return bfcl.load_entries(bfcl.expand_categories(categories), limit)
     from toolexpander.data import load_tasks
 
-    tasks = load_tasks(_data_path(suite))
+    if data is not None and not Path(data).is_file():
+        raise EvalError(f"--data {data}: no such file")
+    tasks = load_tasks(data if data is not None else _data_path(suite))
     if suite == "toolrl":
         items = [EvalItem(t.subtask, t) for t in tasks]
         order = [c for c in SUBTASKS if any(i.category == c for i in items)]
@@ -242,20 +249,22 @@ def _generate_fn(worker, max_tokens: int) -> GenerateFn:
 
 
 def run_eval(model: str, suite: str, categories: list[str] | None, limit: int | None, out: str,
-             max_tokens: int = 256, worker=None, max_model_len: int | None = None, label: str | None = None) -> dict:
+             max_tokens: int = 256, worker=None, max_model_len: int | None = None, label: str | None = None,
+             data: str | None = None) -> dict:
     """Evaluate `model` (a local model directory) on `suite`; write `out` (JSON); return the summary.
 
     worker: a RolloutWorker, its Ray actor handle or a RolloutGroup to generate with; by default
     one is built in-process with a context of min(model max, 8192). max_model_len: the worker's
     context, to leave out prompts that do not fit; read from a worker or group, else pass the
     training config's rollout.max_model_len for an actor handle (default 4096). label: what the
-    printed table and the summary call the model (default: `model`), e.g. a training run's policy."""
+    printed table and the summary call the model (default: `model`), e.g. a training run's policy.
+    data: a task file to ask instead of the suite's own (toolrl, acebench; see load_items)."""
     path = Path(model)
     if not (path / "config.json").is_file():
         raise EvalError(f"--model {model}: not a model directory (no config.json)")
     if max_tokens < 1:
         raise EvalError(f"--max-tokens must be at least 1, got {max_tokens}")
-    items = load_items(suite, categories, limit)
+    items = load_items(suite, categories, limit, data)
     if not items:
         raise EvalError(f"{suite}: no questions selected")
     if worker is None:
@@ -277,8 +286,10 @@ def run_eval(model: str, suite: str, categories: list[str] | None, limit: int | 
         return len(prompt_ids(tokenizer, task)) + max_tokens <= max_model_len
 
     report = evaluate_with(_generate_fn(worker, max_tokens), items, suite, fits=fits)
-    summary = {"model": label or str(model), "limit": limit, "max_tokens": max_tokens, **report["summary"]}
-    print(f"\n{suite} on {label or model}" + (f" (first {limit} per category)" if limit else ""))
+    summary = {"model": label or str(model), "limit": limit, "max_tokens": max_tokens,
+               **({"data": str(data)} if data is not None else {}), **report["summary"]}
+    print(f"\n{suite}{f' ({data})' if data is not None else ''} on {label or model}"
+          + (f" (first {limit} per category)" if limit else ""))
     print(format_table(summary))
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
