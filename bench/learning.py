@@ -310,7 +310,7 @@ def settings(cfg) -> dict:
 
 def eval_key(model: Path, cmd: list[str]) -> str:
     """What decides an evaluation's result: the model's files (weights, config, tokenizer), the eval
-    command without its --out (a --data file by its content), the source of every module that prompts, generates or scores, the
+    command without its --out (the model and a --data file by their content, not their paths), the source of every module that prompts, generates or scores, the
     ToolRL test file and the versions of BFCL's data/checker and vLLM."""
     h = hashlib.sha256()
     for path in sorted(p for p in Path(model).iterdir() if p.is_file()):
@@ -318,6 +318,7 @@ def eval_key(model: Path, cmd: list[str]) -> str:
         with path.open("rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())
     args = cmd[:cmd.index("--out")] + cmd[cmd.index("--out") + 2:]
+    args[args.index("--model") + 1] = ""   # the model by its files above, not by the path it is read from
     if "--data" in args:   # a task file by its content: every run writes its own copy of the prompts
         i = args.index("--data") + 1
         args[i] = hashlib.sha256(Path(args[i]).read_bytes()).hexdigest()
@@ -525,6 +526,7 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     state = json.loads((run_dir / "learning.json").read_text())
     rows, stages = stage_rows(run_dir, state)
     state["settings"] = mine = run_settings(run_dir, state)
+    state["run_dir"] = _relative(run_dir)   # where it is now, seen from this checkout
     if compare is not None:
         other = json.loads((compare / "learning.json").read_text())
         theirs = run_settings(compare, other)

@@ -116,7 +116,9 @@ def eval_columns(toolrl: dict | None, bfcl: dict | None, train: dict | None = No
                  "toolrl_failures": None, "bfcl": {},
                  "bfcl_non_live": None, "bfcl_simple": None, "bfcl_n": None,
                  "train_prompts_correct": None if train is None else train.get("overall"),
-                 "train_prompts_n": None if train is None else train.get("n")}
+                 "train_prompts_n": None if train is None else train.get("n"),
+                 "train_prompts_by_subtask": None if train is None else {
+                     c: (r["correct"], r["n"]) for c, r in (train.get("categories") or {}).items()}}
     if toolrl is not None:
         out.update(toolrl_correct=toolrl.get("overall"), toolrl_n=toolrl.get("n"),
                    toolrl_format=(toolrl.get("means") or {}).get("format"),
@@ -229,6 +231,18 @@ def markdown_budget(rows: list[dict]) -> str:
          "token entropy of the trained completions, mean"],
         [[r["label"], r["steps"], count(r["updates"]), count(r["groups_trained"]), _num(r["zero_signal_mean"]),
           _num(r["entropy_mean"])] for r in rows if r["arm"] in ARMS and r.get("steps")])
+
+
+def markdown_train_prompts(rows: list[dict]) -> str:
+    """One row per stage asked the training prompts: correct/asked per sub-task and in all; empty when none was."""
+    asked = [r for r in rows if r.get("train_prompts_by_subtask")]
+    subtasks = list(dict.fromkeys(c for r in asked for c in r["train_prompts_by_subtask"]))
+    cell = lambda v: "-" if v is None else f"{v[0]}/{v[1]}"  # noqa: E731
+    return _table_or_empty(
+        ["stage", *subtasks, "all"],
+        [[r["label"], *(cell(r["train_prompts_by_subtask"].get(c)) for c in subtasks),
+          cell((sum(v[0] for v in r["train_prompts_by_subtask"].values()),
+                sum(v[1] for v in r["train_prompts_by_subtask"].values())))] for r in asked])
 
 
 # Where a ToolRL answer failed: the eval's error_type, the first reward dimension that fell short.
@@ -469,7 +483,7 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
     settings = f" ({settings})" if settings else ""
     letters = dict.fromkeys(split_stage(stage)[0] for stage in info["arms"])
     arms = "\n".join(f"| ({k}) {ARMS[k][0]} | `{' '.join(ARMS[k][1])}` |" for k in letters)
-    budget, failures = markdown_budget(rows), markdown_failures(rows)
+    budget, failures, prompts = markdown_budget(rows), markdown_failures(rows), markdown_train_prompts(rows)
     return "\n".join([
         "# Learning benchmark",
         "",
@@ -539,6 +553,9 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
            "scored the same is not among them), by whether the prompt carried hard-sample demonstrations; "
            "solved: at least one completion correct. Since 2026-12-04 a run logs `sampler/demo_solved_share` "
            "over every group it generates.", "", info["groups"], ""] if info.get("groups") else []),
+        *(["## The training prompts by sub-task", "",
+           "Each stage's greedy answers to the prompts the first seed's arms trained on, correct of asked per "
+           "sub-task (the \"training prompts\" column above, split).", "", prompts, ""] if prompts else []),
         *(["## Where the ToolRL answers fail", "",
            "Each ToolRL test question once: correct, or counted under the first reward dimension its greedy "
            "answer fell short on, in the order format, tool names (a call missing, extra or misnamed), parameter "

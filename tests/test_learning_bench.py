@@ -100,17 +100,26 @@ def test_table_has_one_row_per_stage_with_exact_cells():
 
 def test_training_prompts_column_shows_only_when_a_stage_was_asked_them():
     stages = {k: dict(v) for k, v in STAGES.items()}
-    stages["sft"]["train"] = {"suite": "toolrl", "n": 64, "overall": 16 / 64}
-    stages["a"]["train"] = {"suite": "toolrl", "n": 64, "overall": 24 / 64}
+    category = lambda correct, n: {"n": n, "correct": correct, "accuracy": correct / n}  # noqa: E731
+    stages["sft"]["train"] = {"suite": "toolrl", "n": 64, "overall": 16 / 64,
+                              "categories": {"single": category(10, 40), "multi_turn": category(6, 24)}}
+    stages["a"]["train"] = {"suite": "toolrl", "n": 64, "overall": 24 / 64,
+                            "categories": {"single": category(23, 40), "multi_turn": category(1, 24)}}
     rows = report.table_rows(stages)
     table = report.markdown_table(rows).splitlines()
     assert table[0].startswith("| stage | ToolRL correct % | ToolRL format % | ToolRL call questions answered 'No' % | "
                                "training prompts correct % | BFCL simple_python % |")
     assert [line.split(" | ")[4] for line in table[2:]] == ["-", "25.0", "37.5", "-"]
-    assert "the 64 prompts the first seed's arms drew from" in report.document(DOC_INFO, rows, [])
+    assert report.markdown_train_prompts(rows) == ("| stage | single | multi_turn | all |\n|---|---|---|---|\n"
+                                                   "| SFT | 10/40 | 6/24 | 16/64 |\n"
+                                                   "| (a) plain GRPO | 23/40 | 1/24 | 24/64 |")
+    text = report.document(DOC_INFO, rows, [])
+    assert "the 64 prompts the first seed's arms drew from" in text
+    assert "## The training prompts by sub-task" in text and report.markdown_train_prompts(rows) in text
     plain = report.table_rows(STAGES)   # a run from before the column: the table it always had
-    assert "training prompts" not in report.markdown_table(plain)
-    assert "prompts the first seed's arms drew from" not in report.document(DOC_INFO, plain, [])
+    assert "training prompts" not in report.markdown_table(plain) and report.markdown_train_prompts(plain) == ""
+    text = report.document(DOC_INFO, plain, [])
+    assert "prompts the first seed's arms drew from" not in text and "by sub-task" not in text
 
 
 def test_goals_report_met_and_missed_with_the_gap():
@@ -262,6 +271,11 @@ def test_eval_key_follows_the_model_files_and_the_command_not_the_output(tmp_pat
     key = eval_key(tmp_path, cmd)
     assert eval_key(tmp_path, cmd[:-1] + ["b.json"]) == key               # where it is written: no
     assert eval_key(tmp_path, cmd[:4] + ["bfcl"] + cmd[5:]) != key          # what is evaluated: yes
+    copy = tmp_path / "copy"   # the same files read from another path (a symlinked checkout): the same key
+    copy.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (copy / name).write_bytes((tmp_path / name).read_bytes())
+    assert eval_key(copy, [str(copy) if a == str(tmp_path) else a for a in cmd]) == key
     (tmp_path / "model.safetensors").write_bytes(b"weightz")
     assert eval_key(tmp_path, cmd) != key                                    # the weights: yes
 
@@ -272,7 +286,8 @@ def test_eval_key_reads_a_data_file_by_its_content_not_its_path(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     for name, text in (("one.jsonl", "x\n"), ("two.jsonl", "x\n"), ("three.jsonl", "y\n")):
         (tmp_path / name).write_text(text)
-    cmd = lambda name: [*PYTHON, "eval", "--suite", "toolrl", "--data", str(tmp_path / name), "--out", "a.json"]
+    cmd = lambda name: [*PYTHON, "eval", "--suite", "toolrl", "--model", str(tmp_path), "--data", str(tmp_path / name),
+                        "--out", "a.json"]
     assert eval_key(tmp_path, cmd("one.jsonl")) == eval_key(tmp_path, cmd("two.jsonl"))
     assert eval_key(tmp_path, cmd("one.jsonl")) != eval_key(tmp_path, cmd("three.jsonl"))
 
