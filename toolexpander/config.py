@@ -200,7 +200,7 @@ class SamplerConfig(Section):
 
 
 class LearnerConfig(Section):
-    """DeepSpeed learner and the modified GRPO update (no KL, asymmetric clip)."""
+    """DeepSpeed learner and the modified GRPO update (no KL by default, asymmetric clip)."""
 
     lr: float = Field(1e-6, gt=0.0)
     warmup_steps: int = Field(0, ge=0, description="linear warm-up, in training steps (not optimizer "
@@ -211,6 +211,11 @@ class LearnerConfig(Section):
     eps_low: float = Field(0.2, ge=0.0, le=1.0)
     eps_high: float = Field(0.28, ge=0.0, le=10.0)
     dual_clip: float | None = Field(None, gt=1.0, description="dual-clip c for negative advantages")
+    kl_coef: float = Field(0.0, ge=0.0, description="weight of a KL penalty to the starting model (model.path "
+                           "as the run started, frozen: each rank holds a copy for one extra forward pass per "
+                           "micro-batch): kl_coef x the token mean of k3 = exp(ref - logp) - (ref - logp) - 1 is "
+                           "added to the loss (verl's use_kl_loss with low_var_kl; OpenRLHF's init_kl_coef) and "
+                           "logged as learner/ref_kl. 0, the papers' setting: no term, no reference model")
     adv_std_norm: bool = True
     ppo_epochs: int = Field(1, ge=1)
     mini_batches: int = Field(1, ge=1, description="optimizer steps per epoch")

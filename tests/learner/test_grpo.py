@@ -6,7 +6,8 @@ import pickle
 import pytest
 import torch
 
-from toolexpander.learner.grpo import all_finite, behaviour_weights, clipped_surrogate, group_advantages, lr_lambda, entropy
+from toolexpander.learner.grpo import (all_finite, behaviour_weights, clipped_surrogate, entropy, group_advantages,
+                                      lr_lambda, reference_kl)
 
 torch.set_num_threads(1)
 EPS = 1e-6
@@ -112,6 +113,28 @@ def test_masked_tokens_are_ignored_even_when_garbage():
     torch.testing.assert_close(new3.grad, expected, rtol=0, atol=1e-12)
     assert all(math.isfinite(v) for v in out.metrics.values())
     assert out.metrics["learner/ratio_mean"] == pytest.approx(1.05, rel=1e-6)
+
+
+def test_reference_kl_k3_loss_gradient_and_mask_by_hand():
+    # Per token k3 = e^d - d - 1 with d = ref - logp. Token (0,0): d = 0 -> 0. Token (0,1): logp = log 2,
+    # ref = 0, d = -log 2 -> 1/2 + log 2 - 1. Token (1,0): logp = 0, ref = log 2 -> 2 - log 2 - 1.
+    # Token (1,1) is outside the mask and holds garbage. d(k3)/d(logp) = 1 - e^d: 0, 1/2, -1.
+    ln2 = math.log(2.0)
+    logp = torch.tensor([[0.0, ln2], [0.0, float("nan")]], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([[0.0, 0.0], [ln2, -float("inf")]], dtype=torch.float64)
+    mask = torch.tensor([[True, True], [True, False]])
+    k3 = [0.0, 0.5 + ln2 - 1.0, 1.0 - ln2]
+    loss, mean = reference_kl(logp, ref, mask, token_count=4)
+    assert loss.item() == pytest.approx(sum(k3) / 4, abs=1e-12) and mean == pytest.approx(sum(k3) / 3, abs=1e-12)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, 0.5], [-1.0, 0.0]], dtype=torch.float64) / 4,
+                               rtol=0, atol=1e-12)
+    same, zero = reference_kl(ref[:1].clone().requires_grad_(True), ref[:1], mask[:1])   # policy == reference
+    assert same.item() == 0.0 and zero == 0.0
+    far, _ = reference_kl(torch.tensor([[-1e4]]), torch.tensor([[0.0]]), torch.tensor([[True]]))
+    assert math.isfinite(far.item())   # the log ratio is clamped before exp
+    with pytest.raises(ValueError, match="reference"):
+        reference_kl(logp, ref[:, :1], mask)
 
 
 def test_float_mask_and_empty_mask():

@@ -164,6 +164,21 @@ def test_lr_decays_once_per_training_step(ray_local, tiny_model):
         assert second["learner/lr"] == pytest.approx(0.5e-3)
         again = group.step(batch(8), 1, 5)  # the driver's step decides, not a counter
         assert again["learner/lr"] == pytest.approx(1e-3 * 0.5 ** 5)
+        assert "learner/ref_kl" not in again   # kl_coef 0 (the default): no reference model, no term
+    finally:
+        group.shutdown()
+
+
+def test_kl_to_the_starting_model_is_zero_until_the_policy_moves(ray_local, tiny_model):
+    # learner.kl_coef: a frozen copy of the starting model; k3 and its gradient vanish where the policy
+    # equals it (the first update), and grow once the weights have moved (lr 1e-3: far, on purpose).
+    group = LearnerGroup(make_cfg(tiny_model, kl_coef=0.5), str(tiny_model), pad_id=2)
+    try:
+        first = group.step(batch(9), 0, 0)
+        second = group.step(batch(9), 1, 1)
+        assert first["learner/applied"] == second["learner/applied"] == 1
+        assert first["learner/ref_kl"] == pytest.approx(0.0, abs=1e-9)
+        assert second["learner/ref_kl"] > 1e-4
     finally:
         group.shutdown()
 

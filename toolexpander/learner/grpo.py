@@ -3,7 +3,9 @@
 Tensors in, a scalar loss and float metrics out; no model, no optimizer, no distributed state.
 
 Deviations from textbook GRPO (DeepSeekMath), all on purpose (DESIGN.md, "GRPO update"):
-- no KL term and no reference model;
+- no KL term and no reference model by default; `learner.kl_coef` > 0 adds one (reference_kl: the k3
+  estimator against the frozen starting model, as a loss term like verl's use_kl_loss), an option the
+  papers do not use;
 - asymmetric clip range [1 - eps_low, 1 + eps_high] (DAPO's clip-higher, defaults 0.2 / 0.28);
 - token-level normalisation: the loss is a sum over every response token of the mini-batch divided by the
   mini-batch's token count (over all data-parallel ranks), not a per-sequence mean averaged over sequences;
@@ -44,6 +46,30 @@ def group_advantages(rewards_G_n: torch.Tensor, std_norm: bool = True, eps: floa
         return centred_G_n
     std_G1 = rewards_G_n.std(dim=1, unbiased=False, keepdim=True)
     return centred_G_n / (std_G1 + eps)
+
+
+# exp(+-LOG_CLAMP) is finite in float32 (and its square in the k3 estimator too).
+LOG_CLAMP = 20.0
+
+
+def reference_kl(logprobs_BT: torch.Tensor, ref_logprobs_BT: torch.Tensor, mask_BT: torch.Tensor,
+                 token_count: int | float | None = None) -> tuple[torch.Tensor, float]:
+    """The KL penalty to a reference policy, per token the k3 estimator of KL(pi || ref) on the sampled
+    tokens: exp(ref - logp) - (ref - logp) - 1 (>= 0, zero where the two agree, and its gradient there too).
+    Returns (loss, mean): the sum over masked tokens divided by token_count (default their number; the
+    same denominator as clipped_surrogate, so the two add), and the plain token mean as a float.
+    The log ratio is clamped to +-LOG_CLAMP (verl clamps too) so that one token cannot overflow it; positions
+    outside the mask never touch the loss or its gradient, whatever they hold."""
+    if logprobs_BT.shape != ref_logprobs_BT.shape or logprobs_BT.shape != mask_BT.shape:
+        raise ValueError(f"shape mismatch: logprobs {tuple(logprobs_BT.shape)}, "
+                         f"reference {tuple(ref_logprobs_BT.shape)}, mask {tuple(mask_BT.shape)}")
+    mask_BT = mask_BT.bool()
+    log_ratio_BT = torch.where(mask_BT, ref_logprobs_BT.detach() - logprobs_BT, 0.0).clamp(-LOG_CLAMP, LOG_CLAMP)
+    k3_BT = torch.exp(log_ratio_BT) - log_ratio_BT - 1.0
+    total = torch.where(mask_BT, k3_BT, 0.0).sum()
+    n_tokens = mask_BT.sum().clamp(min=1)
+    loss = total / (n_tokens if token_count is None else token_count)
+    return loss, float(total.detach() / n_tokens)
 
 
 @dataclass
@@ -141,9 +167,6 @@ def clipped_surrogate(
         metrics = dict(zip(names, torch.stack(values).tolist()))   # one device sync for all of them
     return LossOut(loss=loss, metrics=metrics)
 
-
-# exp(+-LOG_CLAMP) is finite in float32 (and its square in the k3 estimator too).
-LOG_CLAMP = 20.0
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from toolexpander.cluster.local import redirect_output
 from toolexpander.config import LearnerConfig
 from toolexpander.learner import host_memory
 from toolexpander.learner.dist import init_distributed
-from toolexpander.learner.grpo import behaviour_weights, clipped_surrogate, group_advantages, lr_lambda
+from toolexpander.learner.grpo import behaviour_weights, clipped_surrogate, group_advantages, lr_lambda, reference_kl
 from toolexpander.learner.shared_prompt import completion_logprobs_plain, completion_logprobs_shared
 from toolexpander.models import check_model_dir
 from toolexpander.rollouts import fetch_rows
@@ -183,6 +183,15 @@ class Learner:
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = True
+        # learner.kl_coef: the starting model, frozen, outside DeepSpeed (a full copy on every rank)
+        self.reference = None
+        if self.cfg.kl_coef > 0:
+            self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                                  attn_implementation=attn)
+            if self.cfg.lm_head_fp32 and dtype == "bfloat16":
+                _float32_head(self.reference.get_output_embeddings(), "cuda" if on_gpu else "cpu")
+            self.reference.config.use_cache = True
+            self.reference.requires_grad_(False).eval().to("cuda" if on_gpu else "cpu")
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=ds_config(self.cfg))
@@ -254,6 +263,16 @@ class Learner:
             return self._logprobs(self.engine.module, group.prompt, group.completions,
                                   temperature=self.temperature, pad_id=self.pad_id, return_entropy=grad,
                                   chunk_tokens=self.chunk_tokens)
+
+    def reference_logprobs(self, group: Group) -> torch.Tensor:
+        """(n, T) logprobs of the group's completions under the frozen starting model (learner.kl_coef),
+        at the sampling temperature and with the attention kernels the policy uses for this group."""
+        want = self.engine.module.config._attn_implementation
+        if self.reference.config._attn_implementation != want:
+            self.reference.set_attn_implementation(want)
+        with torch.no_grad(), self._compute():
+            return self._logprobs(self.reference, group.prompt, group.completions, temperature=self.temperature,
+                                  pad_id=self.pad_id, return_entropy=False, chunk_tokens=self.chunk_tokens)[0]
 
     def step_parts(self, light: pa.Table, refs: list, ids: list[int], step_seed: int = 0,
                    train_step: int | None = None, padding: int = 0) -> tuple[dict[str, float] | None, list[int]]:
@@ -365,9 +384,16 @@ class Learner:
                                     eps_low=self.cfg.eps_low, eps_high=self.cfg.eps_high,
                                     dual_clip=self.cfg.dual_clip, token_count=token_count,
                                     is_weights_BT=is_weights)
-            self.engine.backward(out.loss)
+            loss = out.loss
             weight = g.tokens / max(global_tokens, 1.0)
-            merged["learner/loss"] = merged.get("learner/loss", 0.0) + float(out.loss.detach()) / self.world_size
+            if self.reference is not None and not g.padding:   # a padding copy adds no tokens, so no KL
+                kl_loss, kl_mean = reference_kl(lp, self.reference_logprobs(g).to(lp.dtype), mask, token_count)
+                loss = loss + self.cfg.kl_coef * kl_loss
+                merged["learner/ref_kl"] = merged.get("learner/ref_kl", 0.0) + weight * kl_mean
+            elif self.reference is not None:
+                merged.setdefault("learner/ref_kl", 0.0)   # every rank sums the same keys
+            self.engine.backward(loss)
+            merged["learner/loss"] = merged.get("learner/loss", 0.0) + float(loss.detach()) / self.world_size
             merged["learner/entropy"] = merged.get("learner/entropy", 0.0) + weight * float(entropy)
             nonfinite = is_metrics.pop("learner/is_nonfinite")
             merged["learner/is_nonfinite"] += 0.0 if g.padding else nonfinite   # a count, not a mean
