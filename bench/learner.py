@@ -109,7 +109,7 @@ class TorchStep:
         import torch
 
         from toolexpander.learner.grpo import clipped_surrogate, group_advantages
-        from toolexpander.learner.learner import groups_from_table
+        from toolexpander.learner.groups import groups_from_table
 
         groups = groups_from_table(table)
         start = time.perf_counter()

@@ -196,14 +196,14 @@ class Pipeline:
         generates and scores are the same (greedy decoding: the same inputs give the same outputs).
         only_missing: run only the suites whose output is not there yet (a resumed run's finished stages)."""
         common = ["--model", str(model), "--max-tokens", str(self.cfg.eval.max_tokens)]
+        toolrl_limit = ["--limit", str(self.toolrl_limit)] if self.toolrl_limit else []
         out = {suite: self.run_dir / "eval" / f"{stage}_{suite}.json" for suite in SUITES}
-        cmds = {"toolrl": [*PYTHON, "eval", "--suite", "toolrl", *common, "--out", str(out["toolrl"])]
-                + (["--limit", str(self.toolrl_limit)] if self.toolrl_limit else []),
+        cmds = {"toolrl": [*PYTHON, "eval", "--suite", "toolrl", *common, "--out", str(out["toolrl"]), *toolrl_limit],
                 "bfcl": [*PYTHON, "eval", "--suite", "bfcl", "--categories", *BFCL_CATEGORIES, "--limit",
                          str(self.cfg.eval.limit), *common, "--out", str(out["bfcl"])]}
         if report.split_stage(stage)[1] is None:   # the first seed's arms, base and SFT
             cmds["train"] = [*PYTHON, "eval", "--suite", "toolrl", "--data", str(self.train_prompts()), *common,
-                             "--out", str(out["train"])] + (["--limit", str(self.toolrl_limit)] if self.toolrl_limit else [])
+                             "--out", str(out["train"]), *toolrl_limit]
         if only_missing:
             cmds = {suite: cmd for suite, cmd in cmds.items() if not out[suite].is_file()}
             if not cmds:
@@ -310,8 +310,9 @@ def settings(cfg) -> dict:
 
 def eval_key(model: Path, cmd: list[str]) -> str:
     """What decides an evaluation's result: the model's files (weights, config, tokenizer), the eval
-    command without its --out (the model and a --data file by their content, not their paths), the source of every module that prompts, generates or scores, the
-    ToolRL test file and the versions of BFCL's data/checker and vLLM."""
+    command without its --out (the model and a --data file by their content, not their paths), the
+    source of every module that prompts, generates or scores, the ToolRL test file and the versions of
+    BFCL's data/checker and vLLM."""
     h = hashlib.sha256()
     for path in sorted(p for p in Path(model).iterdir() if p.is_file()):
         h.update(path.name.encode())

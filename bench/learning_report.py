@@ -149,7 +149,8 @@ def table_rows(stages: dict[str, dict], first_seed: int | None = None) -> list[d
 
 # Columns averaged over an arm's seeds (seed_means); bfcl's per-category dict is averaged key by key.
 MEAN_KEYS = ("toolrl_correct", "toolrl_format", "train_prompts_correct", "bfcl_non_live", "bfcl_simple",
-             "correct_first", "correct_last", "all_fail_mean", "all_fail_last", "unsolved_end", "lag_mean", "mismatch_k3_mean", "no_call_share_mean")
+             "correct_first", "correct_last", "all_fail_mean", "all_fail_last", "unsolved_end", "lag_mean",
+             "mismatch_k3_mean", "no_call_share_mean")
 
 
 def seed_means(rows: list[dict]) -> list[dict]:

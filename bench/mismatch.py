@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     from toolexpander.config import LearnerConfig
-    from toolexpander.learner.learner import Learner, groups_from_table
+    from toolexpander.learner.groups import groups_from_table
+    from toolexpander.learner.learner import Learner
 
     t_start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(MODEL)

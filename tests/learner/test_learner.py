@@ -307,7 +307,7 @@ def test_auto_attention_on_cpu_switches_to_sdpa_for_long_groups(ray_local, tiny_
 
 
 def test_a_group_splits_into_consecutive_parts_within_the_token_budget():
-    from toolexpander.learner.learner import Group
+    from toolexpander.learner.groups import Group
 
     # prompt 4 tokens, completions of 3, 2, 5, 1 tokens; budget 9: [3, 2] (4 + 5 = 9), [5] (9), [1].
     # A completion longer than the budget still gets a part of its own.

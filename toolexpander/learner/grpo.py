@@ -168,7 +168,6 @@ def clipped_surrogate(
     return LossOut(loss=loss, metrics=metrics)
 
 
-
 @torch.no_grad()
 def behaviour_weights(
     old_logprobs_BT: torch.Tensor,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -18,80 +17,11 @@ from toolexpander.cluster.local import redirect_output
 from toolexpander.config import LearnerConfig
 from toolexpander.learner import host_memory
 from toolexpander.learner.dist import init_distributed
+from toolexpander.learner.groups import Group, groups_from_table
 from toolexpander.learner.grpo import behaviour_weights, clipped_surrogate, group_advantages, lr_lambda, reference_kl
 from toolexpander.learner.shared_prompt import completion_logprobs_plain, completion_logprobs_shared
 from toolexpander.models import check_model_dir
 from toolexpander.rollouts import fetch_rows
-
-
-@dataclass
-class Group:
-    """The n completions of one prompt, as the learner trains on them."""
-
-    prompt: list[int]                  # (T_p,) shared prompt tokens
-    completions: list[list[int]]       # n x (T_c,) sampled tokens
-    rollout_logprobs: list[list[float]]  # n x (T_c,) log pi as vLLM sampled them
-    rewards_n: np.ndarray              # (n,) reward_total
-    # A rank with fewer groups than the others repeats one with padding=True so that collectives
-    # match: zero advantage, and no tokens in any mean (loss, metrics, logprob gap).
-    padding: bool = False
-    advantages_n: torch.Tensor = field(default=None)   # (n,)
-    # (n, T_c max) log pi_old, recomputed by the learner before the first update; None when the batch
-    # gets one update only: then pi_old is the policy being trained and the gradient pass's own
-    # detached values are exact (ratio 1), so the extra forward is skipped.
-    old_logprobs_nT: torch.Tensor = field(default=None)
-    # (n, T_c max) log mu: rollout_logprobs as a padded tensor (0 at padding), built once per step.
-    behaviour_nT: torch.Tensor = field(default=None)
-
-    # The micro-batches the group is computed in (learner.max_tokens_per_micro_batch); [self] unsplit.
-    parts: list = field(default=None)
-
-    @property
-    def tokens(self) -> int:
-        return 0 if self.padding else sum(len(c) for c in self.completions)
-
-    def split(self, max_tokens: int | None) -> list["Group"]:
-        """Consecutive completions whose prompt + completion tokens fit max_tokens (at least one per
-        part), each part carrying its rows of the group's advantages and logprobs."""
-        if max_tokens is None:
-            return [self]
-        bounds, used = [0], len(self.prompt)
-        for i, c in enumerate(self.completions):
-            if i > bounds[-1] and used + len(c) > max_tokens:
-                bounds.append(i)
-                used = len(self.prompt)
-            used += len(c)
-        bounds.append(len(self.completions))
-        return [self._rows(a, b) for a, b in zip(bounds, bounds[1:])]
-
-    def _rows(self, a: int, b: int) -> "Group":
-        completions = self.completions[a:b]
-        width = max(len(c) for c in completions)
-        old = None if self.old_logprobs_nT is None else self.old_logprobs_nT[a:b, :width]
-        return Group(self.prompt, completions, self.rollout_logprobs[a:b], self.rewards_n[a:b],
-                     padding=self.padding, advantages_n=self.advantages_n[a:b], old_logprobs_nT=old)
-
-    def filler(self) -> "Group":
-        """A one-token padding part: keeps a rank's backward passes paired with the others'."""
-        return Group(self.prompt, [self.completions[0][:1]], [self.rollout_logprobs[0][:1]],
-                     np.zeros(1, np.float32), padding=True, advantages_n=torch.zeros(1))
-
-
-def groups_from_table(table: pa.Table) -> list[Group]:
-    """Split a rollout table into groups by group_id (rows of a group share their prompt)."""
-    cols = table.select(["group_id", "prompt_ids", "completion_ids", "logprobs", "reward_total"]).to_pydict()
-    order: dict[int, list[int]] = {}
-    for row, gid in enumerate(cols["group_id"]):
-        order.setdefault(gid, []).append(row)
-    groups = []
-    for gid, rows in order.items():
-        prompt = cols["prompt_ids"][rows[0]]
-        if any(cols["prompt_ids"][r] != prompt for r in rows):
-            raise ValueError(f"group {gid}: rows do not share one prompt")
-        groups.append(Group(prompt=prompt, completions=[cols["completion_ids"][r] for r in rows],
-                            rollout_logprobs=[cols["logprobs"][r] for r in rows],
-                            rewards_n=np.asarray([cols["reward_total"][r] for r in rows], dtype=np.float32)))
-    return groups
 
 
 def _float32_head(head: torch.nn.Linear, device_type: str) -> None:
@@ -102,6 +32,19 @@ def _float32_head(head: torch.nn.Linear, device_type: str) -> None:
             return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
 
     head.forward = forward
+
+
+def _load_model(model_path: str, attn: str, head_fp32_on: str | None):
+    """The model as the learner computes with it: float32 weights, the KV cache on (shared prompts),
+    and, with head_fp32_on ("cpu" or "cuda"; model.dtype bfloat16 and learner.lm_head_fp32), the LM
+    head kept in float32 under autocast. The policy and the KL reference load the same way."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attn)
+    if head_fp32_on:
+        _float32_head(model.get_output_embeddings(), head_fp32_on)
+    model.config.use_cache = True
+    return model
 
 
 def logit_chunk_tokens(chunk_mb: int, vocab_size: int) -> int:
@@ -158,7 +101,6 @@ class Learner:
     def start(self, master_addr: str, master_port: int) -> None:
         """Join the process group and build the DeepSpeed engine."""
         import deepspeed
-        from transformers import AutoModelForCausalLM
 
         model_path, dtype, seed, pad_id, temperature = self._init_args
         rank, world_size = self.rank, self.world_size
@@ -177,21 +119,15 @@ class Learner:
         self._attn_by_length = attn == "auto" and not on_gpu
         if attn == "auto":
             attn = "sdpa" if on_gpu else "eager"
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attn)
-        if self.cfg.lm_head_fp32 and dtype == "bfloat16":
-            _float32_head(model.get_output_embeddings(), "cuda" if on_gpu else "cpu")
+        device = "cuda" if on_gpu else "cpu"
+        head_fp32_on = device if self.cfg.lm_head_fp32 and dtype == "bfloat16" else None
+        model = _load_model(model_path, attn, head_fp32_on)
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        model.config.use_cache = True
         # learner.kl_coef: the starting model, frozen, outside DeepSpeed (a full copy on every rank)
         self.reference = None
         if self.cfg.kl_coef > 0:
-            self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
-                                                                  attn_implementation=attn)
-            if self.cfg.lm_head_fp32 and dtype == "bfloat16":
-                _float32_head(self.reference.get_output_embeddings(), "cuda" if on_gpu else "cpu")
-            self.reference.config.use_cache = True
-            self.reference.requires_grad_(False).eval().to("cuda" if on_gpu else "cpu")
+            self.reference = _load_model(model_path, attn, head_fp32_on).requires_grad_(False).eval().to(device)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=ds_config(self.cfg))
@@ -371,6 +307,8 @@ class Learner:
         # DeepSpeed averages gradients over ranks, so each rank divides by global_tokens / world_size.
         token_count = max(global_tokens, 1.0) / self.world_size
         merged: dict[str, float] = {"learner/is_nonfinite": 0.0}
+        if self.reference is not None:
+            merged["learner/ref_kl"] = 0.0   # every rank sums the same keys, one with only padding too
         for g in (part for group in groups for part in group.parts):
             lp, mask, entropy = self.logprobs(g, grad=True)
             old = g.old_logprobs_nT
@@ -389,9 +327,7 @@ class Learner:
             if self.reference is not None and not g.padding:   # a padding copy adds no tokens, so no KL
                 kl_loss, kl_mean = reference_kl(lp, self.reference_logprobs(g).to(lp.dtype), mask, token_count)
                 loss = loss + self.cfg.kl_coef * kl_loss
-                merged["learner/ref_kl"] = merged.get("learner/ref_kl", 0.0) + weight * kl_mean
-            elif self.reference is not None:
-                merged.setdefault("learner/ref_kl", 0.0)   # every rank sums the same keys
+                merged["learner/ref_kl"] += weight * kl_mean
             self.engine.backward(loss)
             merged["learner/loss"] = merged.get("learner/loss", 0.0) + float(loss.detach()) / self.world_size
             merged["learner/entropy"] = merged.get("learner/entropy", 0.0) + weight * float(entropy)
