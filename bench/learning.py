@@ -33,6 +33,7 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
+from bench import learning_goals, learning_plots
 from bench import learning_report as report
 from bench.common import REPO, log, machine
 
@@ -117,7 +118,7 @@ class Pipeline:
                       "max_tokens": self.cfg.eval.max_tokens, "bfcl_limit": self.cfg.eval.limit,
                       "bfcl_categories": BFCL_CATEGORIES, "toolrl_limit": self.toolrl_limit,
                       "settings": settings(self.cfg), "arms": [], "stages": [], "commit": _commit(),
-                      "run_dir": _relative(run_dir)}
+                      "run_dir": _relative(run_dir), **run_machine()}
         self._save()
 
     def resume(self, run_dir: Path, done: dict) -> list[str]:
@@ -126,6 +127,7 @@ class Pipeline:
         from the start (its partial directory kept aside as arm_<x>.failed-<n>). `done`: its learning.json
         as read before this Pipeline was made (making one writes a fresh one). Returns the finished arms."""
         self.state.update({k: done[k] for k in ("stages", "arms", "commit", "command", "seed", "steps")})
+        self.state.update({k: done.get(k) for k in ("started", "machine")})   # None for runs before they were kept
         self.state["seeds"] = self.seeds   # the run's seeds, or more of them (main checks)
         self.state["resumed"] = done.get("resumed", []) + [{
             "command": _shown([sys.executable, "-m", "bench.learning", *sys.argv[1:]]), "commit": _commit()}]
@@ -521,6 +523,13 @@ def answer_ceiling(model_path: Path, max_tokens: int, limit: int | None = None) 
     return f"{sum(over.values())} of the {len(tasks)}" + (f" ({detail})" if detail else "")
 
 
+def run_machine() -> dict:
+    """When and where a run starts, kept in its learning.json: a report written later (--report-only,
+    --resume) names the run's date and machine, not only its own."""
+    m = machine()
+    return {"started": m["date"], "machine": {"cpu": m["cpu"], "cores": m["nproc"], "isa": m["isa"]}}
+
+
 def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     """LEARNING.md and the PNGs under out/, from RUN_DIR's learning.json, eval JSONs and metrics;
     with `compare`, an earlier run's directory, a table of both runs' evaluations stage by stage."""
@@ -534,7 +543,7 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
         differences = {k: (mine.get(k, "-"), theirs.get(k, "-")) for k in SETTINGS if mine.get(k) != theirs.get(k)}
         state["compare"] = report.markdown_compare(rows, stage_rows(compare, other)[0], other, differences)
     metrics = {arm: s["metrics"] for arm, s in stages.items() if s["metrics"]}
-    plots = report.write_plots(rows, metrics, out / "learning")
+    plots = learning_plots.write_plots(rows, metrics, out / "learning")
     m = machine()
     state["prompts"] = arm_prompts(run_dir, state["arms"])
     state["groups"] = report.markdown_groups({r["label"]: group_outcomes(run_dir, r["stage"])
@@ -544,7 +553,9 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
 
     model = REPO / load_config(REPO / state["config"], parse_overrides(state["overrides"])).model.path  # its tokenizer
     state["ceiling"] = answer_ceiling(model, state["max_tokens"], state.get("toolrl_limit")) if model.is_dir() else None
-    info = {**state, "date": m["date"], "cpu": m["cpu"], "cores": m["nproc"], "loadavg": m["loadavg_1m"]}
+    info = {**state, "date": m["date"], "cpu": m["cpu"], "cores": m["nproc"], "loadavg": m["loadavg_1m"],
+            "isa": m["isa"]}
+    info["goals"] = learning_goals.markdown_goals(learning_goals.goals(rows, state["ceiling"]))
     text = report.document(info, rows, [str(p.relative_to(out)) for p in plots])
     (out / "LEARNING.md").write_text(text)
     return out / "LEARNING.md"

@@ -1,5 +1,6 @@
-"""bench/LEARNING.md and its plots from one learning-benchmark run: pure functions over eval summaries
-(the `summary` of a `toolexpander eval` JSON) and training metrics rows (metrics.jsonl records).
+"""bench/LEARNING.md's text from one learning-benchmark run: pure functions over eval summaries
+(the `summary` of a `toolexpander eval` JSON) and training metrics rows (metrics.jsonl records). The goals
+table comes from learning_goals, the plots from learning_plots.
 
 Nothing here runs a model: bench/learning.py gathers the inputs; tests feed hand-made ones.
 Values are reported as measured: no smoothing, no best-of, a missing value is shown as "-".
@@ -30,12 +31,6 @@ STAGE_LABELS = {"base": "base", "sft": "SFT", **{k: f"({k}) {label}" for k, (lab
 SEED_MARK = "-s"  # an arm trained with another than the run's first seed: stage "a-s1" is (a) with seed 1
 REWARD_DIMS = ("format", "tool_name", "param_name", "param_value", "exemplar", "correct")
 EDGE = 3  # "first / last 3 steps"
-
-# Goal targets (fractions); goals() says how each is measured from the table rows.
-GOAL_TOOLRL = 0.20        # (d) ToolRL-test correct
-GOAL_GAIN = 0.05          # (d) minus SFT, ToolRL-test correct
-GOAL_BFCL_SIMPLE = 0.10   # (d) BFCL non-live simple AST
-GOAL_ALL_FAIL_RATIO = 0.5  # (d) mean all-fail share / (a)'s, over the run (equal steps)
 
 
 # ---- stages and seeds ----------------------------------------------------------------------------
@@ -91,6 +86,8 @@ def train_summary(rows: list[dict]) -> dict:
             "lag_mean": _mean(series(rows, "rollout/policy_lag_mean")[1]),
             "mismatch_k3_mean": _mean(series(rows, "rollout/mismatch_k3_kl")[1]),
             "no_call_share_mean": _mean(series(rows, "sampler/share/no_call")[1]),
+            "demo_rate_mean": _mean(series(rows, "sampler/demo_rate")[1]),
+            "demo_solved_mean": _mean(series(rows, "sampler/demo_solved_share")[1]),
             **budget_summary(rows)}
 
 
@@ -142,7 +139,8 @@ def table_rows(stages: dict[str, dict], first_seed: int | None = None) -> list[d
         row.update(train_summary(s["metrics"]) if s.get("metrics") else
                    {"steps": None, "correct_first": None, "correct_last": None,
                     "all_fail_mean": None, "all_fail_last": None, "unsolved_end": None, "lag_mean": None,
-                    "mismatch_k3_mean": None, "no_call_share_mean": None, **dict.fromkeys(BUDGET_KEYS)})
+                    "mismatch_k3_mean": None, "no_call_share_mean": None, "demo_rate_mean": None,
+                    "demo_solved_mean": None, **dict.fromkeys(BUDGET_KEYS)})
         rows.append(row)
     return rows
 
@@ -150,7 +148,7 @@ def table_rows(stages: dict[str, dict], first_seed: int | None = None) -> list[d
 # Columns averaged over an arm's seeds (seed_means); bfcl's per-category dict is averaged key by key.
 MEAN_KEYS = ("toolrl_correct", "toolrl_format", "train_prompts_correct", "bfcl_non_live", "bfcl_simple",
              "correct_first", "correct_last", "all_fail_mean", "all_fail_last", "unsolved_end", "lag_mean",
-             "mismatch_k3_mean", "no_call_share_mean")
+             "mismatch_k3_mean", "no_call_share_mean", "demo_rate_mean", "demo_solved_mean")
 
 
 def seed_means(rows: list[dict]) -> list[dict]:
@@ -378,75 +376,6 @@ def markdown_compare(rows: list[dict], other: list[dict], other_info: dict, diff
     ])
 
 
-def _status(value: float | None, target: float, unit: str, higher_is_better: bool = True) -> str:
-    if value is None:
-        return "not run"
-    if (value >= target) if higher_is_better else (value <= target):
-        return "met"
-    gap = abs(value - target)
-    return f"missed by {100 * gap:.1f} points" if unit == "points" else f"missed by {gap:.2f}x"
-
-
-def goals(rows: list[dict]) -> list[dict]:
-    """Each goal with its measured value and "met" / "missed by X" / "not run". An arm run with several
-    seeds is measured by its mean over them (seed_means)."""
-    by = {r["stage"]: r for r in seed_means(rows)}
-    get = lambda stage, key: by.get(stage, {}).get(key)  # noqa: E731
-    d_correct, sft_correct = get("d", "toolrl_correct"), get("sft", "toolrl_correct")
-    gain = None if d_correct is None or sft_correct is None else d_correct - sft_correct
-    d_fail, a_fail = get("d", "all_fail_mean"), get("a", "all_fail_mean")
-    ratio = None
-    if d_fail is not None and a_fail is not None:
-        ratio = d_fail / a_fail if a_fail > 0 else (0.0 if d_fail == 0 else math.inf)
-    base = get("base", "toolrl_correct")
-    items = [
-        {"name": "(d) full pipeline: ToolRL-test correct" + (f" (base {_pct(base)}%)" if base is not None else ""),
-         "target": f">= {_pct(GOAL_TOOLRL)}%", "measured": "-" if d_correct is None else f"{_pct(d_correct)}%",
-         "status": _status(d_correct, GOAL_TOOLRL, "points")},
-        {"name": "(d) minus the SFT model alone, ToolRL-test correct", "target": f">= +{_pct(GOAL_GAIN)} points",
-         "measured": "-" if gain is None else f"{100 * gain:+.1f} points",
-         "status": _status(gain, GOAL_GAIN, "points")},
-        {"name": "(d) BFCL non-live simple AST", "target": f">= {_pct(GOAL_BFCL_SIMPLE)}%",
-         "measured": "-" if get("d", "bfcl_simple") is None else f"{_pct(get('d', 'bfcl_simple'))}%",
-         "status": _status(get("d", "bfcl_simple"), GOAL_BFCL_SIMPLE, "points")},
-        {"name": "(d) mean all-fail share / (a)'s, same steps",
-         "target": f"<= {GOAL_ALL_FAIL_RATIO:.2f}x",
-         "measured": "-" if ratio is None else f"{ratio:.2f}x ({_num(d_fail)} / {_num(a_fail)})",
-         "status": ("missed ((a) never all-failed)" if ratio == math.inf
-                    else _status(ratio, GOAL_ALL_FAIL_RATIO, "x", higher_is_better=False))},
-        *([overlap_goal(by["a"], by["e"])] if "e" in by else []),
-    ]
-    d_seeds = len(by.get("d", {}).get("seeds", []))
-    if d_seeds > 1:
-        for g in items[:4]:
-            if g["measured"] != "-":
-                g["measured"] += f", mean of {d_seeds} seeds"
-    return items
-
-
-def overlap_goal(a: dict, e: dict) -> dict:
-    """(e) (rollouts one step ahead) against (a) (synchronous): the ToolRL correct rates differ by no
-    more than two standard errors of a difference of two binomial rates over the test set,
-    2 sqrt(p_a (1 - p_a) / n + p_e (1 - p_e) / n)."""
-    name = "(e) one step ahead minus (a) synchronous, ToolRL-test correct"
-    pa, pe, n = a.get("toolrl_correct"), e.get("toolrl_correct"), e.get("toolrl_n")
-    if pa is None or pe is None or not n:
-        return {"name": name, "target": "within 2 standard errors", "measured": "-", "status": "not run"}
-    bound = 2.0 * math.sqrt((pa * (1 - pa) + pe * (1 - pe)) / n)
-    diff = pe - pa
-    lag, k3 = e.get("lag_mean"), e.get("mismatch_k3_mean")
-    measured = (f"{100 * diff:+.1f} points (2 SE {100 * bound:.1f}); policy lag {_num(lag)}, "
-                f"mismatch k3 {'-' if k3 is None else f'{k3:.1e}'}")
-    status = "met" if abs(diff) <= bound else f"missed by {100 * (abs(diff) - bound):.1f} points"
-    return {"name": name, "target": "within 2 standard errors", "measured": measured, "status": status}
-
-
-def markdown_goals(items: list[dict]) -> str:
-    lines = ["| goal | target | measured | status |", "|---|---|---|---|"]
-    lines += [f"| {g['name']} | {g['target']} | {g['measured']} | {g['status']} |" for g in items]
-    return "\n".join(lines)
-
-
 def markdown_times(stages: list[dict]) -> str:
     """stages: [{"stage", "seconds", "note", "commands"}] in run order, and the total."""
     lines = ["| stage | wall time | notes |", "|---|---|---|"]
@@ -479,7 +408,8 @@ def _resumed(entry: dict | str) -> str:
 def document(info: dict, rows: list[dict], plots: list[str]) -> str:
     """The whole LEARNING.md. info: date, cpu, cores, loadavg, command, seed, commit, run_dir,
     config, settings ({dotted key: value}), steps, max_tokens, bfcl_limit, bfcl_categories, arms,
-    stages (see markdown_times)."""
+    stages (see markdown_times); optional: started and machine (the run's), isa, goals (the markdown of
+    learning_goals' table), and the sections' texts (groups, compare, mix, ...)."""
     settings = ", ".join(f"{k} {v}" for k, v in (info.get("settings") or {}).items())
     settings = f" ({settings})" if settings else ""
     letters = dict.fromkeys(split_stage(stage)[0] for stage in info["arms"])
@@ -489,9 +419,8 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         "# Learning benchmark",
         "",
         "Written by the script, never by hand. "
-        f"`{info['command']}` on {info['date']}, {_seeds_text(info)}, commit {info['commit']}. "
-        f"Machine: {info['cpu']}, {info['cores']} cores (1-min load average at the end {info['loadavg']:.1f}; "
-        "the machine may have been shared with other jobs). "
+        f"`{info['command']}`" + (f" started {info['started']}" if info.get("started") else "")
+        + f", {_seeds_text(info)}, commit {info['commit']}. " + _machine_text(info) + " "
         f"Raw outputs (eval JSONs with every completion, each arm's metrics.jsonl and run directory, "
         f"the SFT metrics, every subprocess's log): `{info['run_dir']}` (git-ignored)."
         + (" The run was continued (an arm had stopped, or arms or seeds were added) with "
@@ -563,10 +492,7 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
            "names, values; other: every dimension full but the calls still differ, or the prompt too long. The "
            "last column: the wrong answers that stopped at the token limit.", "", failures, ""] if failures else []),
         *(["## Against an earlier run", "", info["compare"], ""] if info.get("compare") else []),
-        "## Goals",
-        "",
-        markdown_goals(goals(rows)),
-        "",
+        *(["## Goals", "", info["goals"], ""] if info.get("goals") else []),
         "## Arms",
         "",
         "| arm | overrides on top of the config |",
@@ -588,6 +514,20 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
     ])
 
 
+def _machine_text(info: dict) -> str:
+    """The run's machine (kept at its start) and the machine and time this report was written on."""
+    def name(cpu: str, cores, isa) -> str:
+        return f"{cpu}, {cores} cores" + (f" ({', '.join(isa)})" if isa else "")
+
+    here = name(info["cpu"], info["cores"], info.get("isa"))
+    now = (f"report written {info['date']} on {here} (1-min load average {info['loadavg']:.1f}; the machine "
+           "may have been shared with other jobs)")
+    run = info.get("machine")
+    if not run:   # a run from before learning.json kept its machine
+        return f"Machine: {now}; the run's own machine was not recorded."
+    return f"Machine of the run: {name(run['cpu'], run['cores'], run.get('isa'))}; {now}."
+
+
 def _seeds_text(info: dict) -> str:
     seeds = info.get("seeds") or [info["seed"]]
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(str(x) for x in seeds)}"
@@ -596,92 +536,3 @@ def _seeds_text(info: dict) -> str:
 def _count(rows: list[dict], key: str) -> str:
     counts = sorted({r[key] for r in rows if r.get(key) is not None})
     return "/".join(str(c) for c in counts) or "-"
-
-
-# ---- plots ---------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, whatever $DISPLAY says
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _axes(title: str, ylabel: str, ncols: int = 1):
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = _pyplot().subplots(1, ncols, figsize=(6.4 * ncols, 4.0), squeeze=False)
-    for ax in axes.flat:
-        ax.set_ylabel(ylabel)
-        ax.set_xlabel("step")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    return fig, list(axes.flat)
-
-
-def figure_rewards(rows: list[dict], arm: str, name: str | None = None):
-    """Every reward dimension's mean against step for one arm (its table label `name`); exemplar (at
-    most 0.01) on its own axis."""
-    fig, (ax, ax_ex) = _axes(f"reward dimensions, {name or label(arm)}", "mean over completions", 2)
-    for dim in REWARD_DIMS:
-        steps, values = series(rows, f"reward/{dim}_mean")
-        if steps:
-            (ax_ex if dim == "exemplar" else ax).plot(steps, values, marker="o", markersize=3, label=dim)
-    ax.set_ylim(-0.02, 1.02)      # every dimension but exemplar is in [0, 1]
-    ax_ex.set_ylim(bottom=-0.0005)  # exemplar is 0 or the bonus (0.01 at most by default)
-    ax_ex.set_title("exemplar (own axis)", fontsize=9)
-    for a in (ax, ax_ex):
-        if a.lines:
-            a.legend(fontsize=8)
-    return fig
-
-
-def figure_arms(metrics: dict[str, list[dict]], key: str, title: str, names: dict[str, str] | None = None):
-    """One metric against step, one line per arm (and seed), labelled by `names` (stage -> table label)."""
-    fig, (ax,) = _axes(title, key)
-    for arm, rows in metrics.items():
-        steps, values = series(rows, key)
-        ax.plot(steps, values, marker="o", markersize=3, label=(names or {}).get(arm) or label(arm))
-    ax.set_ylim(-0.02, 1.02)  # both plotted metrics are shares / means of {0, 1} values
-    ax.legend(fontsize=8)
-    return fig
-
-
-def figure_eval(rows: list[dict]):
-    """ToolRL-test correct and BFCL non-live accuracy per stage, as grouped bars (percent)."""
-    fig, (ax,) = _axes("evaluation per stage", "%")
-    x = list(range(len(rows)))
-    for offset, key, label in ((-0.2, "toolrl_correct", "ToolRL test correct"),
-                               (0.2, "bfcl_non_live", "BFCL non-live AST")):
-        values = [100 * (r[key] or 0.0) for r in rows]  # a missing value draws as no bar
-        bars = ax.bar([i + offset for i in x], values, width=0.4, label=label)
-        ax.bar_label(bars, labels=[_pct(r[key]) for r in rows], fontsize=7)
-    ax.set_xticks(x, [r["label"] for r in rows], rotation=20, ha="right", fontsize=8)
-    ax.set_xlabel("")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=8)
-    return fig
-
-
-def write_plots(rows: list[dict], metrics: dict[str, list[dict]], out_dir: Path) -> list[Path]:
-    """Every figure as a PNG under out_dir (its old PNGs removed first); returns the paths written."""
-    plt = _pyplot()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("*.png"):
-        old.unlink()
-    figures = {"eval": figure_eval(rows)}
-    names = {r["stage"]: r["label"] for r in rows}
-    if metrics:
-        figures["correct"] = figure_arms(metrics, "reward/correct_mean", "correct per step, every arm", names)
-        figures["all_fail"] = figure_arms(metrics, "sampler/all_fail_share", "all-fail share per step, every arm",
-                                          names)
-        figures.update({f"rewards_{arm}": figure_rewards(r, arm, names.get(arm)) for arm, r in metrics.items()})
-    paths = []
-    for name, fig in figures.items():
-        fig.tight_layout()
-        fig.savefig(out_dir / f"{name}.png", dpi=100)
-        plt.close(fig)
-        paths.append(out_dir / f"{name}.png")
-    return paths

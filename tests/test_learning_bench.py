@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import learning_goals as goals_
+from bench import learning_plots as plots_
 from bench import learning_report as report
 
 
@@ -123,7 +125,7 @@ def test_training_prompts_column_shows_only_when_a_stage_was_asked_them():
 
 
 def test_goals_report_met_and_missed_with_the_gap():
-    goals = report.goals(report.table_rows(STAGES))
+    goals = goals_.goals(report.table_rows(STAGES))
     assert [(g["measured"], g["status"]) for g in goals] == [
         ("25.0%", "met"),                                   # >= 20%
         ("+15.0 points", "met"),                            # 25.0 - 10.0 >= +5
@@ -136,11 +138,46 @@ def test_goals_report_met_and_missed_with_the_gap():
 def test_goals_missed_by_points_and_not_run():
     stages = {"base": STAGES["base"], "sft": {"toolrl": toolrl(12, 80, 0.5), "bfcl": bfcl(ZERO)},
               "d": {"toolrl": toolrl(14, 80, 0.5), "bfcl": bfcl(ZERO), "metrics": metrics([0.0], [0.0])}}
-    goals = report.goals(report.table_rows(stages))
+    goals = goals_.goals(report.table_rows(stages))
     assert [g["status"] for g in goals] == ["missed by 2.5 points",   # 17.5% vs 20%
                                             "missed by 2.5 points",   # +2.5 vs +5
                                             "missed by 10.0 points",  # 0% vs 10%
                                             "not run"]                # no arm (a)
+
+
+def test_missed_goals_say_why_from_the_runs_own_measurements():
+    category = lambda correct, n: {"n": n, "correct": correct, "accuracy": correct / n}  # noqa: E731
+    asked = lambda single, multi: {"suite": "toolrl", "n": 64, "overall": (single + multi) / 64,  # noqa: E731
+                                   "categories": {"single": category(single, 40), "multi_turn": category(multi, 24)}}
+    d_rows = metrics([0.1, 0.2], [0.6, 0.4])
+    d_rows[0].update({"sampler/demo_rate": 0.5, "sampler/demo_solved_share": float("nan")})   # no demo group that step: left out
+    d_rows[1].update({"sampler/demo_rate": 0.25, "sampler/demo_solved_share": 0.2})
+    stages = {"sft": {"toolrl": toolrl(12, 80, 0.5), "bfcl": bfcl(ZERO), "train": asked(20, 12)},
+              "a": {"toolrl": toolrl(13, 80, 0.5), "bfcl": bfcl(ZERO), "metrics": metrics([0.1], [0.2]),
+                    "train": asked(22, 12)},
+              "d": {"toolrl": toolrl(14, 80, 0.5), "bfcl": bfcl(ZERO), "metrics": d_rows, "train": asked(21, 14)}}
+    goals = goals_.goals(report.table_rows(stages), ceiling="11 of the 80 (parallel 6, multi_turn 5)")
+    assert goals[0]["why"] == ("the SFT model alone answers 15.0%; 11 of the 80 (parallel 6, multi_turn 5) questions "
+                               "need a longer answer than the evaluation's token budget; what GRPO adds: the next row")
+    # SE at 12/80: sqrt(0.15 * 0.85 / 80) = 0.03992; two SE on 64 prompts at 32/64: 2 sqrt(64 * 0.25) = 8.0;
+    # (a) +2 and (d) +3 prompts are both within it
+    assert goals[1]["why"] == ("(a) +1.3, (d) +2.5 points over SFT; one standard error of a rate near 15.0% over 80 "
+                               "questions is 4.0 points; on the prompts the arms trained on, SFT 32/64, (a) 34/64, "
+                               "(d) 35/64: no arm raised even its own training prompts by more than two standard "
+                               "errors (8.0 prompts), so the updates did not teach what they were computed on")
+    assert goals[2]["why"] == "-"                                   # 0% BFCL simple is missed but nothing measures why
+    assert goals[3]["why"] == ("37.5% of the groups (d) generated carried demos (hard-sample rounds of prompts whose "
+                               "completions all failed; plain GRPO has none) and 20.0% of those groups had a correct "
+                               "completion (`sampler/demo_solved_share`, mean over the steps with any): each round that "
+                               "fails again is one more all-fail group")
+    stages["d"]["train"] = asked(30, 14)                            # +12 prompts: beyond two standard errors
+    assert goals_.goals(report.table_rows(stages))[1]["why"].endswith(
+        "(d) 44/64: an arm raised its training prompts by more than two standard errors (8.0 prompts) and not the "
+        "test: it did not generalise")
+    met = goals_.goals(report.table_rows(STAGES))                   # met goals carry no reason
+    assert [g["why"] for g in met[:3]] == ["-", "-", "-"]
+    text = goals_.markdown_goals(goals)
+    assert text.splitlines()[0] == "| goal | target | measured | status | why, as measured in this run |"
 
 
 def test_overlap_goal_compares_e_with_a_within_two_standard_errors():
@@ -148,20 +185,33 @@ def test_overlap_goal_compares_e_with_a_within_two_standard_errors():
     for step, row in enumerate(lagged):
         row.update({"rollout/policy_lag_mean": 1.0 - 0.5 * step, "rollout/mismatch_k3_kl": 1e-3 * (step + 1)})
     stages = {**STAGES, "e": {"toolrl": toolrl(18, 80, 0.6), "bfcl": bfcl(ZERO), "metrics": lagged}}
-    goal = report.goals(report.table_rows(stages))[4]
+    goal = goals_.goals(report.table_rows(stages))[4]
     # a 10/80 = 0.125, e 18/80 = 0.225: 2 sqrt((0.125 * 0.875 + 0.225 * 0.775) / 80) = 0.11937
     assert goal["measured"] == "+10.0 points (2 SE 11.9); policy lag 0.750, mismatch k3 1.5e-03"
     assert goal["status"] == "met"
     stages["e"]["toolrl"] = toolrl(22, 80, 0.6)   # 0.275: 2 SE = 0.12443, diff 0.15
-    assert report.goals(report.table_rows(stages))[4]["status"] == "missed by 2.6 points"
-    assert len(report.goals(report.table_rows(STAGES))) == 4   # no arm (e): no such goal
+    assert goals_.goals(report.table_rows(stages))[4]["status"] == "missed by 2.6 points"
+    assert len(goals_.goals(report.table_rows(STAGES))) == 4   # no arm (e): no such goal
+
+
+def test_header_names_the_runs_start_and_machine_apart_from_the_reports():
+    now = {**DOC_INFO, "cpu": "Intel Xeon", "isa": ["avx2"], "loadavg": 0.5, "date": "2026-12-06T09:00:00+00:00"}
+    text = report.document({**now, "started": "2026-12-05T07:13:06+00:00",
+                            "machine": {"cpu": "AMD EPYC", "cores": 2, "isa": ["avx2", "avx512_bf16"]}},
+                           report.table_rows(STAGES), [])
+    assert ("`.venv/bin/python -m bench.learning --seed 3` started 2026-12-05T07:13:06+00:00, seed 3, commit `abc`. "
+            "Machine of the run: AMD EPYC, 2 cores (avx2, avx512_bf16); report written 2026-12-06T09:00:00+00:00 on "
+            "Intel Xeon, 2 cores (avx2) (1-min load average 0.5;") in text
+    old = report.document(now, report.table_rows(STAGES), [])   # a run from before its machine was kept
+    assert "Machine: report written 2026-12-06T09:00:00+00:00 on Intel Xeon" in old
+    assert "the run's own machine was not recorded." in old
 
 
 def test_all_fail_ratio_when_plain_grpo_never_all_fails():
     stages = {"a": {"metrics": metrics([1.0], [0.0])}, "d": {"metrics": metrics([1.0], [0.0])}}
-    assert report.goals(report.table_rows(stages))[3]["status"] == "met"   # 0 / 0 counts as 0
+    assert goals_.goals(report.table_rows(stages))[3]["status"] == "met"   # 0 / 0 counts as 0
     stages["d"] = {"metrics": metrics([1.0], [0.1])}
-    assert report.goals(report.table_rows(stages))[3]["status"] == "missed ((a) never all-failed)"
+    assert goals_.goals(report.table_rows(stages))[3]["status"] == "missed ((a) never all-failed)"
 
 
 def test_document_names_everything_a_reader_needs():
@@ -177,7 +227,10 @@ def test_document_names_everything_a_reader_needs():
                    "--sampler.curriculum true --reward.exemplar_bonus 0.01` |",
                    "![correct](learning/correct.png)", report.markdown_table(rows)):
         assert needle in text, needle
-    assert text.count("| met |") == 3 and "| missed by 0.02x |" in text
+    assert "## Goals" not in text   # the goals table is learning_goals', handed in as text
+    table = goals_.markdown_goals(goals_.goals(rows))
+    text = report.document({**info, "goals": table}, rows, [])
+    assert f"## Goals\n\n{table}\n" in text and text.count("| met |") == 3 and "| missed by 0.02x |" in text
     assert "continued with" not in text and "Prompts each arm drew from" not in text and "no model reaches" not in text
     ceiling = report.document({**info, "ceiling": "11 of the 80 (parallel 6, multi_turn 5)"}, rows, [])
     assert ("(80 questions, scored by our reward's `correct`; 11 of the 80 (parallel 6, multi_turn 5) have a "
@@ -193,20 +246,20 @@ def test_document_names_everything_a_reader_needs():
 
 
 def test_figures_plot_exactly_the_logged_values():
-    fig = report.figure_rewards(STAGES["d"]["metrics"], "d")
+    fig = plots_.figure_rewards(STAGES["d"]["metrics"], "d")
     main, exemplar = fig.axes
     lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in main.lines}
     assert set(lines) == {"format", "tool_name", "param_name", "param_value", "correct"}
     assert lines["correct"] == ([0, 1, 2, 3, 4], [0.0, 0.3, 0.6, 0.6, 0.9])
     assert [line.get_label() for line in exemplar.lines] == ["exemplar"]
 
-    fig = report.figure_arms({a: STAGES[a]["metrics"] for a in ("a", "d")}, "sampler/all_fail_share", "t")
+    fig = plots_.figure_arms({a: STAGES[a]["metrics"] for a in ("a", "d")}, "sampler/all_fail_share", "t")
     (ax,) = fig.axes
     assert [(line.get_label(), list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines] == [
         ("(a) plain GRPO", [0, 1, 2, 3, 4], [0.8, 0.6, 0.4, 0.4, 0.2]),
         ("(d) full method (both papers)", [0, 1, 3, 4], [0.5, 0.1, 0.2, 0.2])]   # the null step is not drawn
 
-    fig = report.figure_eval(report.table_rows(STAGES))
+    fig = plots_.figure_eval(report.table_rows(STAGES))
     heights = [round(p.get_height(), 6) for p in fig.axes[0].patches]
     assert heights == [0.0, 10.0, 12.5, 25.0, 0.0, 2.5, 5.0, 15.0]   # ToolRL bars, then BFCL bars
 
@@ -214,7 +267,7 @@ def test_figures_plot_exactly_the_logged_values():
 def test_write_plots_replaces_the_old_pngs(tmp_path):
     (tmp_path / "rewards_b.png").write_bytes(b"stale")
     rows = report.table_rows(STAGES)
-    paths = report.write_plots(rows, {a: STAGES[a]["metrics"] for a in ("a", "d")}, tmp_path)
+    paths = plots_.write_plots(rows, {a: STAGES[a]["metrics"] for a in ("a", "d")}, tmp_path)
     assert sorted(p.name for p in paths) == sorted(p.name for p in tmp_path.iterdir()) == [
         "all_fail.png", "correct.png", "eval.png", "rewards_a.png", "rewards_d.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
@@ -386,7 +439,7 @@ def test_resume_trains_only_the_arms_without_evaluations(tmp_path, monkeypatch, 
     (run / "eval").mkdir(parents=True)
     stages = [{"stage": s, "seconds": 1.0, "note": "", "commands": []} for s in ("eval base", "train (a)", "eval (a)")]
     state = {"command": "x", "config": learning.SMOKE_CONFIG, "overrides": [], "seed": 3, "steps": 5,
-             "arms": ["a"], "stages": stages, "commit": "`abc`"}
+             "arms": ["a"], "stages": stages, "commit": "`abc`", "started": "t0", "machine": {"cpu": "c", "cores": 2}}
     (run / "learning.json").write_text(json.dumps(state))
     for suite in ("toolrl", "bfcl"):
         (run / "eval" / f"a_{suite}.json").write_text(json.dumps({"summary": {"overall": 0.1, "seconds": 1}}))
@@ -406,6 +459,7 @@ def test_resume_trains_only_the_arms_without_evaluations(tmp_path, monkeypatch, 
     kept = json.loads((run / "learning.json").read_text())
     assert [s["stage"] for s in kept["stages"]] == ["eval base", "train (a)", "eval (a)"]
     assert kept["arms"] == ["a"] and kept["commit"] == "`abc`"   # the run's start commit is kept
+    assert kept["started"] == "t0" and kept["machine"] == {"cpu": "c", "cores": 2}   # and its date and machine
     assert [r["commit"] for r in kept["resumed"]] == ["`def`"]    # the resume's own is recorded beside it
     # A second resume keeps the first one's record.
     (run / "eval" / "b_toolrl.json").write_text(json.dumps({"summary": {"overall": 0.1, "seconds": 1}}))
@@ -515,7 +569,7 @@ def test_across_seeds_section_lists_each_seed_and_the_paired_differences():
     assert "| (a) plain GRPO | 0, 1 | 10.0 (12.5 / 7.5) | 55.0 (60.0 / 50.0) |" in text
     assert "| (d) full method (both papers) | 0, 1 | 20.0 (25.0 / 15.0) | 80.0 (90.0 / 70.0) |" in text
     assert "- (d) minus (a), ToolRL correct, seed by seed: seed 0 +12.5, seed 1 +7.5; mean +10.0 points." in text
-    goals = report.goals(rows)
+    goals = goals_.goals(rows)
     assert goals[0]["measured"] == "20.0%, mean of 2 seeds" and goals[0]["status"] == "met"
     assert goals[1]["measured"] == "+10.0 points, mean of 2 seeds"
     note = report.noise_note(rows)
@@ -531,7 +585,7 @@ def test_across_seeds_section_lists_each_seed_and_the_paired_differences():
     assert "Training prompts per sub-task" not in report.document(info, rows, [])
     assert "Protocol: config `k` with `--data.subset_mix file` (" in report.document(
         {**info, "overrides": ["--data.subset_mix", "file"], "settings": {"data.subset_mix": "file"}}, rows, [])
-    assert "on d, seeds 0, 1, commit" in doc and "## Across seeds" in doc and text in doc
+    assert "`x`, seeds 0, 1, commit" in doc and "## Across seeds" in doc and text in doc
     assert "with each of the seeds 0, 1 (train, sampler and rollout seed; the SFT warm start is trained once, " \
            "with seed 0" in doc
     assert doc.count("| (a) plain GRPO | `--sampler.hard_rounds false") == 1

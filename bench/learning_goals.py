@@ -1,0 +1,141 @@
+"""The learning benchmark's goals (issue #14): each measured from the report's rows, met or missed by how
+much, and for a missed one the run's own measurements that say why. Pure functions, like learning_report."""
+
+from __future__ import annotations
+
+import math
+
+from bench.learning_report import ARMS, _num, _pct, seed_means
+
+# Goal targets (fractions); goals() says how each is measured from the table rows.
+GOAL_TOOLRL = 0.20        # (d) ToolRL-test correct
+GOAL_GAIN = 0.05          # (d) minus SFT, ToolRL-test correct
+GOAL_BFCL_SIMPLE = 0.10   # (d) BFCL non-live simple AST
+GOAL_ALL_FAIL_RATIO = 0.5  # (d) mean all-fail share / (a)'s, over the run (equal steps)
+
+
+
+def _status(value: float | None, target: float, unit: str, higher_is_better: bool = True) -> str:
+    if value is None:
+        return "not run"
+    if (value >= target) if higher_is_better else (value <= target):
+        return "met"
+    gap = abs(value - target)
+    return f"missed by {100 * gap:.1f} points" if unit == "points" else f"missed by {gap:.2f}x"
+
+
+def goals(rows: list[dict], ceiling: str | None = None) -> list[dict]:
+    """Each goal with its measured value, "met" / "missed by X" / "not run", and for a missed one `why`:
+    the measurements that explain it (goal_reasons). An arm run with several seeds is measured by its
+    mean over them (seed_means). ceiling: the ToolRL questions no answer reaches at the evaluation's
+    token budget, as the protocol states it ("11 of the 80 (...)")."""
+    by = {r["stage"]: r for r in seed_means(rows)}
+    get = lambda stage, key: by.get(stage, {}).get(key)  # noqa: E731
+    d_correct, sft_correct = get("d", "toolrl_correct"), get("sft", "toolrl_correct")
+    gain = None if d_correct is None or sft_correct is None else d_correct - sft_correct
+    d_fail, a_fail = get("d", "all_fail_mean"), get("a", "all_fail_mean")
+    ratio = None
+    if d_fail is not None and a_fail is not None:
+        ratio = d_fail / a_fail if a_fail > 0 else (0.0 if d_fail == 0 else math.inf)
+    base = get("base", "toolrl_correct")
+    items = [
+        {"name": "(d) full pipeline: ToolRL-test correct" + (f" (base {_pct(base)}%)" if base is not None else ""),
+         "target": f">= {_pct(GOAL_TOOLRL)}%", "measured": "-" if d_correct is None else f"{_pct(d_correct)}%",
+         "status": _status(d_correct, GOAL_TOOLRL, "points")},
+        {"name": "(d) minus the SFT model alone, ToolRL-test correct", "target": f">= +{_pct(GOAL_GAIN)} points",
+         "measured": "-" if gain is None else f"{100 * gain:+.1f} points",
+         "status": _status(gain, GOAL_GAIN, "points")},
+        {"name": "(d) BFCL non-live simple AST", "target": f">= {_pct(GOAL_BFCL_SIMPLE)}%",
+         "measured": "-" if get("d", "bfcl_simple") is None else f"{_pct(get('d', 'bfcl_simple'))}%",
+         "status": _status(get("d", "bfcl_simple"), GOAL_BFCL_SIMPLE, "points")},
+        {"name": "(d) mean all-fail share / (a)'s, same steps",
+         "target": f"<= {GOAL_ALL_FAIL_RATIO:.2f}x",
+         "measured": "-" if ratio is None else f"{ratio:.2f}x ({_num(d_fail)} / {_num(a_fail)})",
+         "status": ("missed ((a) never all-failed)" if ratio == math.inf
+                    else _status(ratio, GOAL_ALL_FAIL_RATIO, "x", higher_is_better=False))},
+        *([overlap_goal(by["a"], by["e"])] if "e" in by else []),
+    ]
+    d_seeds = len(by.get("d", {}).get("seeds", []))
+    if d_seeds > 1:
+        for g in items[:4]:
+            if g["measured"] != "-":
+                g["measured"] += f", mean of {d_seeds} seeds"
+    reasons = goal_reasons(by, ceiling)
+    for i, g in enumerate(items):
+        g["why"] = reasons[i] if i < len(reasons) and g["status"].startswith("missed") else "-"
+    return items
+
+
+def _train_count(row: dict | None) -> tuple[int, int] | None:
+    """(correct, asked) on the training prompts: the row's own, or its first seed's for an arm's mean."""
+    for r in ([] if row is None else [row, *row.get("per_seed", [])]):
+        cells = r.get("train_prompts_by_subtask")
+        if cells:
+            return sum(c[0] for c in cells.values()), sum(c[1] for c in cells.values())
+    return None
+
+
+def goal_reasons(by: dict[str, dict], ceiling: str | None) -> list[str]:
+    """Why each of the four goals could be missed, from the run's own measurements, in goals()' order:
+    the warm start's rate and the questions out of the token budget's reach; every arm's gain over the
+    SFT model against the noise of the test, and whether the arms raised even the prompts they trained
+    on (more than two binomial standard errors); how many of (d)'s groups were hard-sample rounds and
+    how many of those the demos solved. "-" where the run lacks the measurement."""
+    sft = by.get("sft", {})
+    p, n = sft.get("toolrl_correct"), sft.get("toolrl_n")
+    arms = [k for k in ARMS if k in by and by[k].get("toolrl_correct") is not None]
+    reach = f"; {ceiling} questions need a longer answer than the evaluation's token budget" if ceiling else ""
+    first = "-" if p is None else f"the SFT model alone answers {_pct(p)}%{reach}; what GRPO adds: the next row"
+    second = "-"
+    if p is not None and n and arms:
+        se = math.sqrt(p * (1 - p) / n)
+        second = (", ".join(f"({k}) {100 * (by[k]['toolrl_correct'] - p):+.1f}" for k in arms)
+                  + f" points over SFT; one standard error of a rate near {_pct(p)}% over {n} questions is "
+                  f"{100 * se:.1f} points")
+        base = _train_count(sft)
+        trained = {k: c for k in arms if (c := _train_count(by[k])) is not None}
+        if base is not None and trained:
+            asked = base[1]
+            noise = 2 * math.sqrt(asked * (base[0] / asked) * (1 - base[0] / asked))
+            second += ("; on the prompts the arms trained on, SFT " + f"{base[0]}/{asked}, "
+                       + ", ".join(f"({k}) {c[0]}/{c[1]}" for k, c in trained.items()))
+            second += (": no arm raised even its own training prompts by more than two standard errors "
+                       f"({noise:.1f} prompts), so the updates did not teach what they were computed on"
+                       if all(c[0] - base[0] <= noise for c in trained.values()) else
+                       ": an arm raised its training prompts by more than two standard errors "
+                       f"({noise:.1f} prompts) and not the test: it did not generalise")
+    d = by.get("d", {})
+    rate, solved = d.get("demo_rate_mean"), d.get("demo_solved_mean")
+    fourth = "-"
+    if rate is not None:
+        fourth = (f"{_pct(rate)}% of the groups (d) generated carried demos (hard-sample rounds of prompts whose "
+                  "completions all failed; plain GRPO has none)"
+                  + ("" if solved is None else
+                     f" and {_pct(solved)}% of those groups had a correct completion (`sampler/demo_solved_share`, "
+                     "mean over the steps with any)")
+                  + ": each round that fails again is one more all-fail group")
+    return [first, second, "-", fourth]
+
+
+def overlap_goal(a: dict, e: dict) -> dict:
+    """(e) (rollouts one step ahead) against (a) (synchronous): the ToolRL correct rates differ by no
+    more than two standard errors of a difference of two binomial rates over the test set,
+    2 sqrt(p_a (1 - p_a) / n + p_e (1 - p_e) / n)."""
+    name = "(e) one step ahead minus (a) synchronous, ToolRL-test correct"
+    pa, pe, n = a.get("toolrl_correct"), e.get("toolrl_correct"), e.get("toolrl_n")
+    if pa is None or pe is None or not n:
+        return {"name": name, "target": "within 2 standard errors", "measured": "-", "status": "not run"}
+    bound = 2.0 * math.sqrt((pa * (1 - pa) + pe * (1 - pe)) / n)
+    diff = pe - pa
+    lag, k3 = e.get("lag_mean"), e.get("mismatch_k3_mean")
+    measured = (f"{100 * diff:+.1f} points (2 SE {100 * bound:.1f}); policy lag {_num(lag)}, "
+                f"mismatch k3 {'-' if k3 is None else f'{k3:.1e}'}")
+    status = "met" if abs(diff) <= bound else f"missed by {100 * (abs(diff) - bound):.1f} points"
+    return {"name": name, "target": "within 2 standard errors", "measured": measured, "status": status}
+
+
+def markdown_goals(items: list[dict]) -> str:
+    lines = ["| goal | target | measured | status | why, as measured in this run |", "|---|---|---|---|---|"]
+    lines += [f"| {g['name']} | {g['target']} | {g['measured']} | {g['status']} | {g.get('why', '-')} |"
+              for g in items]
+    return "\n".join(lines)
