@@ -62,10 +62,10 @@ def figure_eval(rows: list[dict]):
     """ToolRL-test correct and BFCL non-live accuracy per stage, as grouped bars (percent)."""
     fig, (ax,) = _axes("evaluation per stage", "%")
     x = list(range(len(rows)))
-    for offset, key, label in ((-0.2, "toolrl_correct", "ToolRL test correct"),
+    for offset, key, suite in ((-0.2, "toolrl_correct", "ToolRL test correct"),
                                (0.2, "bfcl_non_live", "BFCL non-live AST")):
         values = [100 * (r[key] or 0.0) for r in rows]  # a missing value draws as no bar
-        bars = ax.bar([i + offset for i in x], values, width=0.4, label=label)
+        bars = ax.bar([i + offset for i in x], values, width=0.4, label=suite)
         ax.bar_label(bars, labels=[_pct(r[key]) for r in rows], fontsize=7)
     ax.set_xticks(x, [r["label"] for r in rows], rotation=20, ha="right", fontsize=8)
     ax.set_xlabel("")

@@ -331,6 +331,35 @@ def markdown_seeds(rows: list[dict]) -> str:
     return "\n".join(text + ([""] + diffs if diffs else []))
 
 
+def revisit_summary(visits: dict[str, list[float]]) -> dict:
+    """Whether an arm taught the prompts it drew: over the prompts drawn at least twice without demos,
+    the mean correct rate of their completions at the first and at the last draw, how many rose, fell or
+    stayed, and how many of those with no correct completion at the first draw had one at the last.
+    With uniform draws (arm (a)) a policy that learns nothing changes the mean by noise only."""
+    again = [v for v in visits.values() if len(v) > 1]
+    zero = [v for v in again if v[0] == 0]
+    return {"prompts": len(again), "first": _mean([v[0] for v in again]), "last": _mean([v[-1] for v in again]),
+            "rose": sum(v[-1] > v[0] for v in again), "fell": sum(v[-1] < v[0] for v in again),
+            "same": sum(v[-1] == v[0] for v in again), "from_zero": len(zero),
+            "from_zero_solved": sum(v[-1] > 0 for v in zero)}
+
+
+def markdown_revisits(visits: dict[str, dict[str, list[float]] | None]) -> str:
+    """One row per arm (stage label -> prompt_visits(); None: not kept, left out); empty when none kept them."""
+    body = []
+    for name, v in visits.items():
+        if v is None:
+            continue
+        s = revisit_summary(v)
+        change = None if s["first"] is None else s["last"] - s["first"]
+        body.append([name, s["prompts"], _num(s["first"]), _num(s["last"]),
+                     "-" if change is None else f"{change:+.3f}", f"{s['rose']} / {s['fell']} / {s['same']}",
+                     f"{s['from_zero_solved']} of {s['from_zero']}"])
+    return _table_or_empty(["stage", "prompts drawn again", "correct at the first draw", "at the last draw",
+                            "change", "rose / fell / same", "none correct at the first draw: some at the last"],
+                           body)
+
+
 def noise_note(rows: list[dict], reference: str = "sft") -> str:
     """One seed and a finite test set: the binomial standard error of the reference stage's ToolRL
     correct rate, sqrt(p (1 - p) / n), so that a reader can tell a difference from noise."""
@@ -483,6 +512,13 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
            "scored the same is not among them), by whether the prompt carried hard-sample demonstrations; "
            "solved: at least one completion correct. Since 2026-12-04 a run logs `sampler/demo_solved_share` "
            "over every group it generates.", "", info["groups"], ""] if info.get("groups") else []),
+        *(["## Prompts drawn again", "",
+           "Did an arm teach the prompts it trained on? Each prompt drawn at least twice without demonstrations "
+           "(rollouts/generated_N.parquet: every group generated, also those without reward spread): the share "
+           "of its n sampled completions (at the training temperature) that were correct at its first and at "
+           "its last draw, averaged over those prompts. The greedy evaluations above can miss this: greedy "
+           "decoding answers a prompt right or wrong as a whole, these count how often its sampled completions "
+           "are right.", "", info["revisits"], ""] if info.get("revisits") else []),
         *(["## The training prompts by sub-task", "",
            "Each stage's greedy answers to the prompts the first seed's arms trained on, correct of asked per "
            "sub-task (the \"training prompts\" column above, split).", "", prompts, ""] if prompts else []),

@@ -417,7 +417,7 @@ def test_a_cached_evaluation_is_reused_and_said_so(tmp_path, monkeypatch, tiny_m
 def test_arm_prompts_reads_each_arms_start_event(tmp_path):
     import json
 
-    from bench.learning import arm_prompts
+    from bench.learning_run import arm_prompts
 
     for arm, message in [("a", "mode=local tasks=25 too_long=39"), ("b", "mode=local tasks=25 too_long=39"),
                          ("c", "mode=cluster tasks=64 too_long=0"),
@@ -593,7 +593,7 @@ def test_across_seeds_section_lists_each_seed_and_the_paired_differences():
 
 
 def test_no_call_answers_counts_call_questions_opened_with_the_no_call_thought():
-    from bench.learning import no_call_answers
+    from bench.learning_run import no_call_answers
 
     entries = [{"category": "single", "raw": "<think>No tool call is needed here"},
                {"category": "single", "raw": " <think>No, wait"},
@@ -609,7 +609,7 @@ def test_no_call_answers_counts_call_questions_opened_with_the_no_call_thought()
 def test_stage_rows_take_summary_and_no_call_column_from_the_same_eval_json(tmp_path):
     import json
 
-    from bench.learning import stage_rows
+    from bench.learning_run import stage_rows
 
     (tmp_path / "eval").mkdir()
     entries = [{"category": "single", "raw": "<think>No tool call is needed here"},
@@ -630,7 +630,7 @@ def test_stage_rows_take_summary_and_no_call_column_from_the_same_eval_json(tmp_
 def test_failures_count_each_question_once_under_its_first_short_dimension(tmp_path):
     import json
 
-    from bench.learning import stage_rows
+    from bench.learning_run import stage_rows
 
     entries = [{"category": "single", "error_type": None, "finish_reason": "stop"},
                {"category": "parallel", "error_type": "reward:tool_name", "finish_reason": "length"},
@@ -662,7 +662,7 @@ def test_failures_count_each_question_once_under_its_first_short_dimension(tmp_p
 def test_training_mix_reads_the_start_event_and_recomputes_for_older_runs(tmp_path, tiny_model):
     import json
 
-    from bench.learning import REPO, training_mix
+    from bench.learning_run import REPO, training_mix
     from toolexpander.config import Config
     from toolexpander.trainset import subtask_mix, training_tasks
 
@@ -690,7 +690,7 @@ def test_training_mix_reads_the_start_event_and_recomputes_for_older_runs(tmp_pa
 def test_answer_ceiling_counts_the_test_questions_a_budget_cuts_off(tiny_model):
     from collections import Counter
 
-    from bench.learning import REPO, answer_ceiling
+    from bench.learning_run import REPO, answer_ceiling
     from toolexpander.data import load_tasks
     from toolexpander.sft import answer_text
     from toolexpander.trainset import load_tokenizer
@@ -708,7 +708,7 @@ def test_answer_ceiling_counts_the_test_questions_a_budget_cuts_off(tiny_model):
 def test_run_settings_fill_what_learning_json_missed_in_order_with_defaults_for_older_configs(tmp_path):
     import json
 
-    from bench.learning import SETTINGS, run_settings
+    from bench.learning_run import SETTINGS, run_settings
 
     (tmp_path / "arm_a").mkdir()
     # an arm's resolved config from before data.max_answer_tokens and data.subset_mix existed
@@ -731,9 +731,9 @@ def test_groups_with_and_without_demos_are_counted_from_the_dumped_batches(tmp_p
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from bench import learning
+    from bench import learning_run as run
 
-    rollouts = tmp_path / learning.arm_dir("d") / "rollouts"
+    rollouts = tmp_path / run.arm_dir("d") / "rollouts"
     rollouts.mkdir(parents=True)
     # step 0: group 0 bare single (one correct of two), group 1 parallel with demos (none correct);
     # step 1: group 0 again (ids restart each step) parallel with demos, solved.
@@ -744,13 +744,45 @@ def test_groups_with_and_without_demos_are_counted_from_the_dumped_batches(tmp_p
                                  "num_demos": pa.array([r[2] for r in rows], pa.int8()),
                                  "reward_correct": pa.array([r[3] for r in rows], pa.float32())}),
                        rollouts / f"step_{k:06d}.parquet")
-    outcomes = learning.group_outcomes(tmp_path, "d")
+    outcomes = run.group_outcomes(tmp_path, "d")
     assert outcomes == {"bare": {"single": [1, 1]}, "demos": {"parallel": [1, 2]}}
-    assert learning.group_outcomes(tmp_path, "a") is None           # no rollouts kept
+    assert run.group_outcomes(tmp_path, "a") is None           # no rollouts kept
     text = report.markdown_groups({"(d)": outcomes, "(a)": None, "(b)": {"bare": {"single": [0, 3]}, "demos": {}}})
     assert text.splitlines()[2:] == ["| (d) | 1 | 100.0 | single 1/1 | 2 | 50.0 | parallel 1/2 |",
                                      "| (b) | 3 | 0.0 | single 0/3 | 0 | - | - |"]
     assert report.markdown_groups({"(a)": None}) == ""
+
+
+def test_prompts_drawn_again_follow_each_prompts_correct_rate_from_every_generated_group(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench import learning_run as run
+
+    rollouts = tmp_path / run.arm_dir("a") / "rollouts"
+    rollouts.mkdir(parents=True)
+    # (group_id, task_id, num_demos, reward_correct): step 0 draws p (1 of 2 correct) and q (none);
+    # step 1 draws q again (2 of 2) and p with a demo (left out: another prompt); step 2 p bare (0 of 2)
+    steps = [[(0, "p", 0, 1.0), (0, "p", 0, 0.0), (1, "q", 0, 0.0), (1, "q", 0, 0.0)],
+             [(0, "q", 0, 1.0), (0, "q", 0, 1.0), (1, "p", 1, 1.0), (1, "p", 1, 1.0)],
+             [(0, "p", 0, 0.0), (0, "p", 0, 0.0), (1, "r", 0, 1.0), (1, "r", 0, 0.0)]]
+    for k, rows in enumerate(steps):
+        pq.write_table(pa.table({"group_id": [r[0] for r in rows], "task_id": [r[1] for r in rows],
+                                 "num_demos": pa.array([r[2] for r in rows], pa.int8()),
+                                 "reward_correct": pa.array([r[3] for r in rows], pa.float32())}),
+                       rollouts / f"generated_{k:06d}.parquet")
+    visits = run.prompt_visits(tmp_path, "a")
+    assert visits == {"p": [0.5, 0.0], "q": [0.0, 1.0], "r": [0.5]}
+    assert run.prompt_visits(tmp_path, "d") is None                   # an arm that kept none
+    s = report.revisit_summary(visits)
+    assert s == {"prompts": 2, "first": 0.25, "last": 0.5, "rose": 1, "fell": 1, "same": 0, "from_zero": 1,
+                 "from_zero_solved": 1}
+    text = report.markdown_revisits({"(a)": visits, "(d)": None})
+    assert text.splitlines()[2:] == ["| (a) | 2 | 0.250 | 0.500 | +0.250 | 1 / 1 / 0 | 1 of 1 |"]
+    assert report.markdown_revisits({"(d)": None}) == ""
+    doc = report.document({**DOC_INFO, "revisits": text}, report.table_rows(STAGES), [])
+    assert "## Prompts drawn again" in doc and text in doc
+    assert "## Prompts drawn again" not in report.document(DOC_INFO, report.table_rows(STAGES), [])
 
 
 def test_training_budget_sums_updates_and_groups_and_averages_the_shares():

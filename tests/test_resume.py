@@ -146,7 +146,7 @@ def test_a_killed_rollout_worker_is_replaced_and_nothing_is_lost(repo, tiny_mode
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert any(e["event"] == "worker_restart" for e in events)
     assert sorted(losses(run_dir)) == [0, 1, 2, 3, 4]
-    rows = [r for path in sorted(dumps.glob("*.parquet")) for r in pq.read_table(path).to_pylist()]
+    rows = [r for path in sorted(dumps.glob("step_*.parquet")) for r in pq.read_table(path).to_pylist()]
     per_group = {}
     for r in rows:
         per_group[r["group_id"]] = per_group.get(r["group_id"], 0) + 1

@@ -90,6 +90,15 @@ def test_three_steps_end_to_end(three_steps):
                for r in pq.read_table(dumps / f"step_{step:06d}.parquet").to_pylist() if r["demo_round"] > 0]
     assert carried and all(k == 1 for k in carried)  # round 1 carries demo_schedule[0] = 1 demo
     assert max(r["sampler/demo_rate"] for r in rows) > 0
+    # Beside each learner batch, the scalar columns of every row its phase generated: the batch's groups
+    # among them, whole, and no token or text columns.
+    for step in range(3):
+        generated = pq.read_table(dumps / f"generated_{step:06d}.parquet")
+        batch = pq.read_table(dumps / f"step_{step:06d}.parquet")
+        assert not {"prompt_ids", "completion_ids", "logprobs", "text"} & set(generated.schema.names)
+        assert {"task_id", "group_id", "reward_correct", "num_demos"} <= set(generated.schema.names)
+        ids = generated.column("group_id").to_pylist()
+        assert all(ids.count(g) == 4 for g in set(batch.column("group_id").to_pylist()))
 
 
 def test_existing_run_is_not_overwritten(repo, tiny_model, tmp_path):

@@ -296,9 +296,13 @@ class Trainer:
             again, _ = self._generate(requests, phase["seed"])
         phase["batch"] = Rollouts.concat([batch.without(lost.parts), again])
 
-    def _save_batch(self, phase: dict) -> None:   # --save-rollouts: the batch's full rows (a debugging aid)
+    def _save_batch(self, phase: dict) -> None:
+        """--save-rollouts: the learner batch's full rows (step_N.parquet), and the scalar columns of every
+        row the phase generated (generated_N.parquet: also the groups without reward spread, which never
+        reach the learner), so that a prompt's correct rate can be followed from one draw to the next."""
         self.save_rollouts.mkdir(parents=True, exist_ok=True)
         pq.write_table(self._rows(phase), self.save_rollouts / f"step_{self.step:06d}.parquet")
+        pq.write_table(phase["table"], self.save_rollouts / f"generated_{self.step:06d}.parquet")
 
     # ---- overlap (train.max_staleness K) -----------------------------------------------------------
     def _admit(self) -> None:

@@ -278,7 +278,7 @@ def test_losing_the_rollout_node_mid_run(cluster, user_dir):
     # Every group the sampler drew was generated, recorded and trained once, with all n completions
     # (smoke.yaml trains on every group: filter_zero_signal is false).
     per_group = {}
-    for path in sorted(dumps.glob("*.parquet")):
+    for path in sorted(dumps.glob("step_*.parquet")):
         for gid in pq.read_table(path).column("group_id").to_pylist():
             per_group[gid] = per_group.get(gid, 0) + 1
     assert sorted(per_group) == list(range(4 * 2)) and set(per_group.values()) == {4}
