@@ -727,10 +727,20 @@ def test_run_settings_fill_what_learning_json_missed_in_order_with_defaults_for_
     assert run_settings(tmp_path, {"arms": [], "settings": {}})["data.max_answer_tokens"] == 64   # no arm yet
 
 
-def test_groups_with_and_without_demos_are_counted_from_the_dumped_batches(tmp_path):
+def write_dumps(directory: Path, name: str, key: str, steps: list[list[tuple]]) -> None:
+    """Rollout dumps as a run writes them (<name>_<step>.parquet), one (group_id, `key`, num_demos,
+    reward_correct) tuple per row."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    for k, rows in enumerate(steps):
+        pq.write_table(pa.table({"group_id": [r[0] for r in rows], key: [r[1] for r in rows],
+                                 "num_demos": pa.array([r[2] for r in rows], pa.int8()),
+                                 "reward_correct": pa.array([r[3] for r in rows], pa.float32())}),
+                       directory / f"{name}_{k:06d}.parquet")
+
+
+def test_groups_with_and_without_demos_are_counted_from_the_dumped_batches(tmp_path):
     from bench import learning_run as run
 
     rollouts = tmp_path / run.arm_dir("d") / "rollouts"
@@ -739,11 +749,7 @@ def test_groups_with_and_without_demos_are_counted_from_the_dumped_batches(tmp_p
     # step 1: group 0 again (ids restart each step) parallel with demos, solved.
     steps = [[(0, "single", 0, 1.0), (0, "single", 0, 0.0), (1, "parallel", 2, 0.0), (1, "parallel", 2, 0.0)],
              [(0, "parallel", 1, 0.0), (0, "parallel", 1, 1.0)]]
-    for k, rows in enumerate(steps):
-        pq.write_table(pa.table({"group_id": [r[0] for r in rows], "subtask": [r[1] for r in rows],
-                                 "num_demos": pa.array([r[2] for r in rows], pa.int8()),
-                                 "reward_correct": pa.array([r[3] for r in rows], pa.float32())}),
-                       rollouts / f"step_{k:06d}.parquet")
+    write_dumps(rollouts, "step", "subtask", steps)
     outcomes = run.group_outcomes(tmp_path, "d")
     assert outcomes == {"bare": {"single": [1, 1]}, "demos": {"parallel": [1, 2]}}
     assert run.group_outcomes(tmp_path, "a") is None           # no rollouts kept
@@ -754,9 +760,6 @@ def test_groups_with_and_without_demos_are_counted_from_the_dumped_batches(tmp_p
 
 
 def test_prompts_drawn_again_follow_each_prompts_correct_rate_from_every_generated_group(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from bench import learning_run as run
 
     rollouts = tmp_path / run.arm_dir("a") / "rollouts"
@@ -766,11 +769,7 @@ def test_prompts_drawn_again_follow_each_prompts_correct_rate_from_every_generat
     steps = [[(0, "p", 0, 1.0), (0, "p", 0, 0.0), (1, "q", 0, 0.0), (1, "q", 0, 0.0)],
              [(0, "q", 0, 1.0), (0, "q", 0, 1.0), (1, "p", 1, 1.0), (1, "p", 1, 1.0)],
              [(0, "p", 0, 0.0), (0, "p", 0, 0.0), (1, "r", 0, 1.0), (1, "r", 0, 0.0)]]
-    for k, rows in enumerate(steps):
-        pq.write_table(pa.table({"group_id": [r[0] for r in rows], "task_id": [r[1] for r in rows],
-                                 "num_demos": pa.array([r[2] for r in rows], pa.int8()),
-                                 "reward_correct": pa.array([r[3] for r in rows], pa.float32())}),
-                       rollouts / f"generated_{k:06d}.parquet")
+    write_dumps(rollouts, "generated", "task_id", steps)
     visits = run.prompt_visits(tmp_path, "a")
     assert visits == {"p": [0.5, 0.0], "q": [0.0, 1.0], "r": [0.5]}
     assert run.prompt_visits(tmp_path, "d") is None                   # an arm that kept none
