@@ -331,32 +331,48 @@ def markdown_seeds(rows: list[dict]) -> str:
     return "\n".join(text + ([""] + diffs if diffs else []))
 
 
-def revisit_summary(visits: dict[str, list[float]]) -> dict:
+def revisit_summary(visits: dict[str, list[float]], sft_right: dict[str, bool] | None = None,
+                    arm_right: dict[str, bool] | None = None) -> dict:
     """Whether an arm taught the prompts it drew: over the prompts drawn at least twice without demos,
     the mean correct rate of their completions at the first and at the last draw, how many rose, fell or
     stayed, and how many of those with no correct completion at the first draw had one at the last.
-    With uniform draws (arm (a)) a policy that learns nothing changes the mean by noise only."""
-    again = [v for v in visits.values() if len(v) > 1]
-    zero = [v for v in again if v[0] == 0]
-    return {"prompts": len(again), "first": _mean([v[0] for v in again]), "last": _mean([v[-1] for v in again]),
-            "rose": sum(v[-1] > v[0] for v in again), "fell": sum(v[-1] < v[0] for v in again),
-            "same": sum(v[-1] == v[0] for v in again), "from_zero": len(zero),
-            "from_zero_solved": sum(v[-1] > 0 for v in zero)}
+    With uniform draws (arm (a)) a policy that learns nothing changes the mean by noise only.
+    sft_right / arm_right ({task id: greedy answer right}, the SFT model's and the arm's own on the
+    training prompts): the same means over the prompts the SFT model answered wrong greedily, and how many
+    of those the arm answers right greedily at its end (None where not asked)."""
+    again = {t: v for t, v in visits.items() if len(v) > 1}
+    zero = [v for v in again.values() if v[0] == 0]
+    wrong = [t for t in again if sft_right is not None and sft_right.get(t) is False]
+    return {"prompts": len(again), "first": _mean([v[0] for v in again.values()]),
+            "last": _mean([v[-1] for v in again.values()]),
+            "rose": sum(v[-1] > v[0] for v in again.values()), "fell": sum(v[-1] < v[0] for v in again.values()),
+            "same": sum(v[-1] == v[0] for v in again.values()), "from_zero": len(zero),
+            "from_zero_solved": sum(v[-1] > 0 for v in zero),
+            "sft_wrong": None if sft_right is None else len(wrong),
+            "sft_wrong_first": _mean([again[t][0] for t in wrong]), "sft_wrong_last": _mean([again[t][-1] for t in wrong]),
+            "sft_wrong_now_right": None if arm_right is None or sft_right is None else
+            sum(bool(arm_right.get(t)) for t in wrong)}
 
 
-def markdown_revisits(visits: dict[str, dict[str, list[float]] | None]) -> str:
-    """One row per arm (stage label -> prompt_visits(); None: not kept, left out); empty when none kept them."""
+def markdown_revisits(visits: dict[str, dict[str, list[float]] | None], sft_right: dict[str, bool] | None = None,
+                      arm_right: dict[str, dict[str, bool] | None] | None = None) -> str:
+    """One row per arm (stage label -> prompt_visits(); None: not kept, left out); empty when none kept them.
+    sft_right, arm_right (stage label -> its greedy_right()): the columns on the prompts SFT answered wrong."""
     body = []
     for name, v in visits.items():
         if v is None:
             continue
-        s = revisit_summary(v)
+        s = revisit_summary(v, sft_right, (arm_right or {}).get(name))
         change = None if s["first"] is None else s["last"] - s["first"]
+        wrong = ("-" if s["sft_wrong"] is None else
+                 f"{s['sft_wrong']}: {_num(s['sft_wrong_first'])} -> {_num(s['sft_wrong_last'])}, right greedily "
+                 f"after: {'-' if s['sft_wrong_now_right'] is None else s['sft_wrong_now_right']}")
         body.append([name, s["prompts"], _num(s["first"]), _num(s["last"]),
                      "-" if change is None else f"{change:+.3f}", f"{s['rose']} / {s['fell']} / {s['same']}",
-                     f"{s['from_zero_solved']} of {s['from_zero']}"])
+                     f"{s['from_zero_solved']} of {s['from_zero']}", wrong])
     return _table_or_empty(["stage", "prompts drawn again", "correct at the first draw", "at the last draw",
-                            "change", "rose / fell / same", "none correct at the first draw: some at the last"],
+                            "change", "rose / fell / same", "none correct at the first draw: some at the last",
+                            "of those, answered wrong greedily by SFT: prompts, first -> last draw"],
                            body)
 
 

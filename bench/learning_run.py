@@ -45,6 +45,13 @@ def load_summary(run_dir: Path, stage: str, suite: str) -> dict | None:
     return result["summary"] if result is not None else None
 
 
+def greedy_right(run_dir: Path, stage: str) -> dict[str, bool] | None:
+    """{task id: answered right} from a stage's greedy answers to the training prompts (eval/<stage>_train.json);
+    None where the stage was not asked them."""
+    result = load_eval(run_dir, stage, "train")
+    return None if result is None else {e["id"]: e.get("error_type") is None for e in result["entries"]}
+
+
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
@@ -244,8 +251,11 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     state["prompts"] = arm_prompts(run_dir, state["arms"])
     state["groups"] = report.markdown_groups({r["label"]: group_outcomes(run_dir, r["stage"])
                                               for r in rows if r["arm"] in report.ARMS})
+    sft_right = greedy_right(run_dir, "sft")
     state["revisits"] = report.markdown_revisits({r["label"]: prompt_visits(run_dir, r["stage"])
-                                                  for r in rows if r["arm"] in report.ARMS})
+                                                  for r in rows if r["arm"] in report.ARMS},
+                                                 sft_right, {r["label"]: greedy_right(run_dir, r["stage"])
+                                                             for r in rows if r["arm"] in report.ARMS})
     state["mix"], state["test_mix"] = training_mix(run_dir, state["arms"]), eval_mix(run_dir)
     from toolexpander.config import load_config, parse_overrides
 

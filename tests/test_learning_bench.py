@@ -775,9 +775,25 @@ def test_prompts_drawn_again_follow_each_prompts_correct_rate_from_every_generat
     assert run.prompt_visits(tmp_path, "d") is None                   # an arm that kept none
     s = report.revisit_summary(visits)
     assert s == {"prompts": 2, "first": 0.25, "last": 0.5, "rose": 1, "fell": 1, "same": 0, "from_zero": 1,
-                 "from_zero_solved": 1}
+                 "from_zero_solved": 1, "sft_wrong": None, "sft_wrong_first": None, "sft_wrong_last": None,
+                 "sft_wrong_now_right": None}
+    # greedy answers to the training prompts: SFT got q and r wrong (r drawn once: not counted), the arm q right
+    sft, arm = {"p": True, "q": False, "r": False}, {"p": False, "q": True, "r": False}
+    s = report.revisit_summary(visits, sft, arm)
+    assert (s["sft_wrong"], s["sft_wrong_first"], s["sft_wrong_last"], s["sft_wrong_now_right"]) == (1, 0.0, 1.0, 1)
     text = report.markdown_revisits({"(a)": visits, "(d)": None})
-    assert text.splitlines()[2:] == ["| (a) | 2 | 0.250 | 0.500 | +0.250 | 1 / 1 / 0 | 1 of 1 |"]
+    assert text.splitlines()[2:] == ["| (a) | 2 | 0.250 | 0.500 | +0.250 | 1 / 1 / 0 | 1 of 1 | - |"]
+    text = report.markdown_revisits({"(a)": visits, "(d)": None}, sft, {"(a)": arm})
+    assert text.splitlines()[2:] == ["| (a) | 2 | 0.250 | 0.500 | +0.250 | 1 / 1 / 0 | 1 of 1 | "
+                                     "1: 0.000 -> 1.000, right greedily after: 1 |"]
+    assert report.markdown_revisits({"(a)": visits}, sft).endswith("right greedily after: - |")   # arm not asked
+    import json
+
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "sft_train.json").write_text(json.dumps({"summary": {}, "entries": [
+        {"id": "p", "error_type": None}, {"id": "q", "error_type": "reward:format"}]}))
+    assert run.greedy_right(tmp_path, "sft") == {"p": True, "q": False}
+    assert run.greedy_right(tmp_path, "a") is None                    # not asked the training prompts
     assert report.markdown_revisits({"(d)": None}) == ""
     doc = report.document({**DOC_INFO, "revisits": text}, report.table_rows(STAGES), [])
     assert "## Prompts drawn again" in doc and text in doc
