@@ -349,7 +349,8 @@ def revisit_summary(visits: dict[str, list[float]], sft_right: dict[str, bool] |
             "same": sum(v[-1] == v[0] for v in again.values()), "from_zero": len(zero),
             "from_zero_solved": sum(v[-1] > 0 for v in zero),
             "sft_wrong": None if sft_right is None else len(wrong),
-            "sft_wrong_first": _mean([again[t][0] for t in wrong]), "sft_wrong_last": _mean([again[t][-1] for t in wrong]),
+            "sft_wrong_first": _mean([again[t][0] for t in wrong]),
+            "sft_wrong_last": _mean([again[t][-1] for t in wrong]),
             "sft_wrong_now_right": None if arm_right is None or sft_right is None else
             sum(bool(arm_right.get(t)) for t in wrong)}
 
