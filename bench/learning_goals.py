@@ -99,8 +99,9 @@ def goal_reasons(by: dict[str, dict], ceiling: str | None) -> list[str]:
             noise = 2 * math.sqrt(asked * (base[0] / asked) * (1 - base[0] / asked))
             second += ("; on the prompts the arms trained on, SFT " + f"{base[0]}/{asked}, "
                        + ", ".join(f"({k}) {c[0]}/{c[1]}" for k, c in trained.items()))
-            second += (": no arm raised even its own training prompts by more than two standard errors "
-                       f"({noise:.1f} prompts), so the updates did not teach what they were computed on"
+            second += (": no arm answered even its own training prompts right (greedily) more often by more "
+                       f"than two standard errors ({noise:.1f} prompts): what the updates changed did not reach the "
+                       "greedy answers (the sampled ones: \"Prompts drawn again\")"
                        if all(c[0] - base[0] <= noise for c in trained.values()) else
                        ": an arm raised its training prompts by more than two standard errors "
                        f"({noise:.1f} prompts) and not the test: it did not generalise")

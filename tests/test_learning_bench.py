@@ -163,8 +163,9 @@ def test_missed_goals_say_why_from_the_runs_own_measurements():
     # (a) +2 and (d) +3 prompts are both within it
     assert goals[1]["why"] == ("(a) +1.3, (d) +2.5 points over SFT; one standard error of a rate near 15.0% over 80 "
                                "questions is 4.0 points; on the prompts the arms trained on, SFT 32/64, (a) 34/64, "
-                               "(d) 35/64: no arm raised even its own training prompts by more than two standard "
-                               "errors (8.0 prompts), so the updates did not teach what they were computed on")
+                               "(d) 35/64: no arm answered even its own training prompts right (greedily) more often "
+                               "by more than two standard errors (8.0 prompts): what the updates changed did not "
+                               "reach the greedy answers (the sampled ones: \"Prompts drawn again\")")
     assert goals[2]["why"] == "-"                                   # 0% BFCL simple is missed but nothing measures why
     assert goals[3]["why"] == ("37.5% of the groups (d) generated carried demos (hard-sample rounds of prompts whose "
                                "completions all failed; plain GRPO has none) and 20.0% of those groups had a correct "
