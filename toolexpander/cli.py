@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML config (configs/*.yaml)")
     t.add_argument("--output-dir", help="run directory (logging.output_dir)")
     t.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
-    t.add_argument("--save-rollouts", metavar="DIR", help="dump every step's scored groups as Parquet")
+    t.add_argument("--save-rollouts", metavar="DIR", help="per step, as Parquet: the learner batch's rows (step_N) "
+                   "and the scalar columns of every row generated, also the groups without reward spread (generated_N)")
     t.add_argument("--replay-rollouts", metavar="DIR", help="run the learner alone on dumped rollouts")
     t.add_argument("--report", action="store_true", help="write the PNG report at the end")
     t.set_defaults(fn=cmd_train)
