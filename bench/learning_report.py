@@ -373,7 +373,7 @@ def markdown_revisits(visits: dict[str, dict[str, list[float]] | None], sft_righ
                      f"{s['from_zero_solved']} of {s['from_zero']}", wrong])
     return _table_or_empty(["stage", "prompts drawn again", "correct at the first draw", "at the last draw",
                             "change", "rose / fell / same", "none correct at the first draw: some at the last",
-                            "of those, answered wrong greedily by SFT: prompts, first -> last draw"],
+                            "drawn again and answered wrong greedily by SFT: prompts, first -> last draw"],
                            body)
 
 
@@ -535,7 +535,9 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
            "of its n sampled completions (at the training temperature) that were correct at its first and at "
            "its last draw, averaged over those prompts. The greedy evaluations above can miss this: greedy "
            "decoding answers a prompt right or wrong as a whole, these count how often its sampled completions "
-           "are right.", "", info["revisits"], ""] if info.get("revisits") else []),
+           "are right. With uniform draws (arm (a)) a policy that learns nothing moves the means by noise only; "
+           "in arms with hard-sample rounds a prompt whose completions all failed comes back with demos (left "
+           "out here), so their rows hold mostly prompts solved at their first draw.", "", info["revisits"], ""] if info.get("revisits") else []),
         *(["## The training prompts by sub-task", "",
            "Each stage's greedy answers to the prompts the first seed's arms trained on, correct of asked per "
            "sub-task (the \"training prompts\" column above, split).", "", prompts, ""] if prompts else []),
