@@ -5,8 +5,9 @@ bench/learning_report.py, learning_goals.py and learning_plots.py turn rows into
 from __future__ import annotations
 
 import json
-import subprocess
 import os
+import re
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -233,6 +234,13 @@ def run_machine() -> dict:
     return {"started": m["date"], "machine": {"cpu": m["cpu"], "cores": m["nproc"], "isa": m["isa"]}}
 
 
+def started_from_name(run_dir: Path) -> str | None:
+    """A run from before learning.json kept its start: the time bench.learning stamped into its directory's
+    name (runs/learn-YYYYMMDD-HHMMSS, the machine's local time); None for another name."""
+    m = re.fullmatch(r"learn-(\d{4})(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})", run_dir.name)
+    return None if m is None else "{}-{}-{}T{}:{}:{} (local time, from the run directory's name)".format(*m.groups())
+
+
 def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     """LEARNING.md and the PNGs under out/, from RUN_DIR's learning.json, eval JSONs and metrics;
     with `compare`, an earlier run's directory, a table of both runs' evaluations stage by stage."""
@@ -240,6 +248,7 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     rows, stages = stage_rows(run_dir, state)
     state["settings"] = mine = run_settings(run_dir, state)
     state["run_dir"] = _relative(run_dir)   # where it is now, seen from this checkout
+    state["started"] = state.get("started") or started_from_name(run_dir)
     if compare is not None:
         other = json.loads((compare / "learning.json").read_text())
         theirs = run_settings(compare, other)

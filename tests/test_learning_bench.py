@@ -208,6 +208,14 @@ def test_header_names_the_runs_start_and_machine_apart_from_the_reports():
     assert "the run's own machine was not recorded." in old
 
 
+def test_a_run_without_a_recorded_start_is_dated_by_its_directory_name():
+    from bench.learning_run import started_from_name
+
+    assert started_from_name(Path("runs/learn-20261205-071306")) == (
+        "2026-12-05T07:13:06 (local time, from the run directory's name)")
+    assert started_from_name(Path("/tmp/somewhere")) is None
+
+
 def test_all_fail_ratio_when_plain_grpo_never_all_fails():
     stages = {"a": {"metrics": metrics([1.0], [0.0])}, "d": {"metrics": metrics([1.0], [0.0])}}
     assert goals_.goals(report.table_rows(stages))[3]["status"] == "met"   # 0 / 0 counts as 0
