@@ -171,6 +171,33 @@ def test_cache_key_follows_what_changes_the_weights(tmp_path):
     assert len({cache_key(c) for c in other} | {cache_key(base)}) == len(other) + 1
 
 
+def test_cache_key_reads_the_model_and_data_by_content_not_by_path(tmp_path, tiny_model):
+    import shutil
+
+    base, _ = cfg_for(tmp_path)
+    # another checkout: the same model and training file at other paths (a clone, a git worktree)
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO / "models" / "tiny", clone / "models" / "tiny", ignore=shutil.ignore_patterns("*.lock"))
+    (clone / "data").mkdir()
+    shutil.copy(REPO / "data" / "tool_calls_train.jsonl", clone / "data" / "tool_calls_train.jsonl")
+    moved, _ = cfg_for(tmp_path, model={"path": str(clone / "models" / "tiny")},
+                       data={"train_path": str(clone / "data" / "tool_calls_train.jsonl")})
+    assert cache_key(moved) == cache_key(base)
+    # one byte of the model's weights or of the data file changed: another warm start
+    weights = clone / "models" / "tiny" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
+    assert cache_key(moved) != cache_key(base)
+    rows = clone / "data" / "tool_calls_train.jsonl"
+    rows.write_text(rows.read_text() + "\n")
+    assert cache_key(cfg_for(tmp_path, data={"train_path": str(rows)})[0]) != cache_key(base)
+    # files below the model directory (an SFT output's run logs) are not the model
+    logs = tmp_path / "with_logs"
+    shutil.copytree(REPO / "models" / "tiny", logs, ignore=shutil.ignore_patterns("*.lock"))
+    (logs / "sft").mkdir()
+    (logs / "sft" / "metrics.jsonl").write_text("{}\n")
+    assert cache_key(cfg_for(tmp_path, model={"path": str(logs)})[0]) == cache_key(base)
+
+
 def test_tiny_run_two_ranks_then_cache_hit(ray_local, tiny_model, tokenizer, tmp_path, repo, monkeypatch):
     # 4 rows in one batch per step: every step's loss is measured on the same examples, before its update.
     cfg, config = cfg_for(tmp_path, model={"path": str(tiny_model), "prepare": None},

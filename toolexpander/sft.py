@@ -133,18 +133,32 @@ def output_dir(cfg: Config) -> Path:
     return Path(cfg.sft.output_dir or f"{cfg.model.path.rstrip('/')}-sft")
 
 
-def cache_key(cfg: Config) -> str:
-    """A hash of everything that changes the weights SFT writes (not where it writes them)."""
+def cache_key(cfg: Config, model_path: Path | None = None) -> str:
+    """A hash of everything that changes the weights SFT writes, by content: the starting model's files
+    (model_path, default model.path) and the data file's bytes, not where the checkout keeps them (a
+    cache made in one clone or worktree is found from another), nor where SFT writes."""
     data = Path(cfg.data.train_path)
     relevant = {
-        "model": {"path": str(Path(cfg.model.path).resolve()), "dtype": cfg.model.dtype},
-        "data": {"train_path": str(data.resolve()), "limit": cfg.data.limit,
-                 "max_prompt_tokens": prompt_limit(cfg),
-                 "sha256": hashlib.sha256(data.read_bytes()).hexdigest() if data.is_file() else None},
+        "model": {"files": files_digest(Path(model_path or cfg.model.path)), "dtype": cfg.model.dtype},
+        "data": {"limit": cfg.data.limit, "max_prompt_tokens": prompt_limit(cfg),
+                 "sha256": hashlib.sha256(data.read_bytes()).hexdigest() if data.is_file() else f"missing:{data}"},
         "sft": cfg.sft.model_dump(mode="json", exclude={"output_dir", "max_prompt_tokens"}),
         "learner": cfg.learner.model_dump(mode="json", include={"world_size", "zero_stage", "grad_clip"}),
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def files_digest(directory: Path) -> str:
+    """sha256 over a model directory's own files (weights, config, tokenizer: names and bytes; not its
+    subdirectories, such as an SFT output's run logs); "missing:<path>" where there is no such directory."""
+    if not directory.is_dir():
+        return f"missing:{directory}"
+    h = hashlib.sha256()
+    for f in sorted(p for p in directory.iterdir() if p.is_file()):
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()
 
 
 def _marker(out: Path) -> dict | None:
@@ -187,7 +201,9 @@ def learner_tree(cfg: Config, total_steps: int) -> Config:
 
 def sft(cfg: Config) -> tuple[Path, bool]:
     """Run the warm start, or find it done. Returns (the model directory, whether it was cached)."""
-    out, key = output_dir(cfg), cache_key(cfg)
+    out = output_dir(cfg)
+    model_path = ensure_model(cfg.model.path, cfg.model.prepare)   # prepared first: the key hashes its files
+    key = cache_key(cfg, model_path)
     if is_cached(out, key):  # before the heavy imports: a cache hit returns at once
         return out, True
     try:
@@ -200,7 +216,6 @@ def sft(cfg: Config) -> tuple[Path, bool]:
     from toolexpander.cluster.local import connect
     from toolexpander.report import write_report
 
-    model_path = ensure_model(cfg.model.path, cfg.model.prepare)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     examples, too_long = choose_examples(cfg, tokenizer, tasks)
     _claim(out, model_path, key)
