@@ -24,11 +24,12 @@ def _status(value: float | None, target: float, unit: str, higher_is_better: boo
     return f"missed by {100 * gap:.1f} points" if unit == "points" else f"missed by {gap:.2f}x"
 
 
-def goals(rows: list[dict], ceiling: str | None = None) -> list[dict]:
+def goals(rows: list[dict], ceiling: str | None = None, revisits: dict[str, dict] | None = None) -> list[dict]:
     """Each goal with its measured value, "met" / "missed by X" / "not run", and for a missed one `why`:
     the measurements that explain it (goal_reasons). An arm run with several seeds is measured by its
     mean over them (seed_means). ceiling: the ToolRL questions no answer reaches at the evaluation's
-    token budget, as the protocol states it ("11 of the 80 (...)")."""
+    token budget, as the protocol states it ("11 of the 80 (...)"); revisits: {arm: revisit_summary()}
+    of the arms' first seed, where the run kept every generated group."""
     by = {r["stage"]: r for r in seed_means(rows)}
     get = lambda stage, key: by.get(stage, {}).get(key)  # noqa: E731
     d_correct, sft_correct = get("d", "toolrl_correct"), get("sft", "toolrl_correct")
@@ -60,7 +61,7 @@ def goals(rows: list[dict], ceiling: str | None = None) -> list[dict]:
         for g in items[:4]:
             if g["measured"] != "-":
                 g["measured"] += f", mean of {d_seeds} seeds"
-    reasons = goal_reasons(by, ceiling)
+    reasons = goal_reasons(by, ceiling, revisits or {})
     for i, g in enumerate(items):
         g["why"] = reasons[i] if i < len(reasons) and g["status"].startswith("missed") else "-"
     return items
@@ -75,7 +76,7 @@ def _train_count(row: dict | None) -> tuple[int, int] | None:
     return None
 
 
-def goal_reasons(by: dict[str, dict], ceiling: str | None) -> list[str]:
+def goal_reasons(by: dict[str, dict], ceiling: str | None, revisits: dict[str, dict] | None = None) -> list[str]:
     """Why each of the four goals could be missed, from the run's own measurements, in goals()' order:
     the warm start's rate and the questions out of the token budget's reach; every arm's gain over the
     SFT model against the noise of the test, and whether the arms raised even the prompts they trained
@@ -105,6 +106,9 @@ def goal_reasons(by: dict[str, dict], ceiling: str | None) -> list[str]:
                        if all(c[0] - base[0] <= noise for c in trained.values()) else
                        ": an arm raised its training prompts by more than two standard errors "
                        f"({noise:.1f} prompts) and not the test: it did not generalise")
+        sampled = [_sharpened(k, r) for k, r in (revisits or {}).items() if r.get("prompts")]
+        if sampled:
+            second += "; sampled at the training temperature, on the prompts drawn again: " + "; ".join(sampled)
     d = by.get("d", {})
     rate, solved = d.get("demo_rate_mean"), d.get("demo_solved_mean")
     fourth = "-"
@@ -116,6 +120,18 @@ def goal_reasons(by: dict[str, dict], ceiling: str | None) -> list[str]:
                      "mean over the steps with any)")
                   + ": each round that fails again is one more all-fail group")
     return [first, second, "-", fourth]
+
+
+def _sharpened(arm: str, r: dict) -> str:
+    """One arm's revisit_summary() in words: the sampled correct rate at the first and last draw, overall and
+    on the prompts the SFT model answered wrong greedily (the ones the test needs moved)."""
+    text = f"({arm}) {_num(r['first'])} -> {_num(r['last'])} over {r['prompts']} prompts"
+    if r.get("sft_wrong"):
+        text += (f", {_num(r['sft_wrong_first'])} -> {_num(r['sft_wrong_last'])} over the {r['sft_wrong']} the SFT "
+                 "model answered wrong"
+                 + ("" if r.get("sft_wrong_now_right") is None else f", {r['sft_wrong_now_right']} of them right "
+                    "greedily after"))
+    return text
 
 
 def overlap_goal(a: dict, e: dict) -> dict:

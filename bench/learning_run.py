@@ -260,11 +260,13 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     state["prompts"] = arm_prompts(run_dir, state["arms"])
     state["groups"] = report.markdown_groups({r["label"]: group_outcomes(run_dir, r["stage"])
                                               for r in rows if r["arm"] in report.ARMS})
-    sft_right = greedy_right(run_dir, "sft")
-    state["revisits"] = report.markdown_revisits({r["label"]: prompt_visits(run_dir, r["stage"])
-                                                  for r in rows if r["arm"] in report.ARMS},
-                                                 sft_right, {r["label"]: greedy_right(run_dir, r["stage"])
-                                                             for r in rows if r["arm"] in report.ARMS})
+    sft_right, arms = greedy_right(run_dir, "sft"), [r for r in rows if r["arm"] in report.ARMS]
+    visits = {r["stage"]: prompt_visits(run_dir, r["stage"]) for r in arms}
+    right = {r["stage"]: greedy_right(run_dir, r["stage"]) for r in arms}
+    state["revisits"] = report.markdown_revisits({r["label"]: visits[r["stage"]] for r in arms}, sft_right,
+                                                 {r["label"]: right[r["stage"]] for r in arms})
+    revisits = {stage: report.revisit_summary(v, sft_right, right[stage]) for stage, v in visits.items()
+                if v is not None and report.split_stage(stage)[1] is None}   # the first seed's arms
     state["mix"], state["test_mix"] = training_mix(run_dir, state["arms"]), eval_mix(run_dir)
     from toolexpander.config import load_config, parse_overrides
 
@@ -272,7 +274,7 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     state["ceiling"] = answer_ceiling(model, state["max_tokens"], state.get("toolrl_limit")) if model.is_dir() else None
     info = {**state, "date": m["date"], "cpu": m["cpu"], "cores": m["nproc"], "loadavg": m["loadavg_1m"],
             "isa": m["isa"]}
-    info["goals"] = learning_goals.markdown_goals(learning_goals.goals(rows, state["ceiling"]))
+    info["goals"] = learning_goals.markdown_goals(learning_goals.goals(rows, state["ceiling"], revisits))
     text = report.document(info, rows, [str(p.relative_to(out)) for p in plots])
     (out / "LEARNING.md").write_text(text)
     return out / "LEARNING.md"

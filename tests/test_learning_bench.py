@@ -171,6 +171,12 @@ def test_missed_goals_say_why_from_the_runs_own_measurements():
                                "completions all failed; plain GRPO has none) and 20.0% of those groups had a correct "
                                "completion (`sampler/demo_solved_share`, mean over the steps with any): each round that "
                                "fails again is one more all-fail group")
+    # where the run kept every generated group: the sampled correct rate on the prompts drawn again
+    revisits = {"a": report.revisit_summary({"p": [0.5, 0.0], "q": [0.0, 1.0], "s": [0.2, 0.6]},
+                                            {"p": True, "q": False, "s": False}, {"q": True, "s": False})}
+    assert goals_.goals(report.table_rows(stages), revisits=revisits)[1]["why"].endswith(
+        "; sampled at the training temperature, on the prompts drawn again: (a) 0.233 -> 0.533 over 3 prompts, "
+        "0.100 -> 0.800 over the 2 the SFT model answered wrong, 1 of them right greedily after")
     stages["d"]["train"] = asked(30, 14)                            # +12 prompts: beyond two standard errors
     assert goals_.goals(report.table_rows(stages))[1]["why"].endswith(
         "(d) 44/64: an arm raised its training prompts by more than two standard errors (8.0 prompts) and not the "
