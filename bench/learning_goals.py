@@ -14,7 +14,6 @@ GOAL_BFCL_SIMPLE = 0.10   # (d) BFCL non-live simple AST
 GOAL_ALL_FAIL_RATIO = 0.5  # (d) mean all-fail share / (a)'s, over the run (equal steps)
 
 
-
 def _status(value: float | None, target: float, unit: str, higher_is_better: bool = True) -> str:
     if value is None:
         return "not run"

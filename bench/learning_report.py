@@ -355,15 +355,13 @@ def revisit_summary(visits: dict[str, list[float]], sft_right: dict[str, bool] |
             sum(bool(arm_right.get(t)) for t in wrong)}
 
 
-def markdown_revisits(visits: dict[str, dict[str, list[float]] | None], sft_right: dict[str, bool] | None = None,
-                      arm_right: dict[str, dict[str, bool] | None] | None = None) -> str:
-    """One row per arm (stage label -> prompt_visits(); None: not kept, left out); empty when none kept them.
-    sft_right, arm_right (stage label -> its greedy_right()): the columns on the prompts SFT answered wrong."""
+def markdown_revisits(summaries: dict[str, dict | None]) -> str:
+    """One row per arm (stage label -> revisit_summary(); None: the arm kept no generated groups, left
+    out); empty when none kept them."""
     body = []
-    for name, v in visits.items():
-        if v is None:
+    for name, s in summaries.items():
+        if s is None:
             continue
-        s = revisit_summary(v, sft_right, (arm_right or {}).get(name))
         change = None if s["first"] is None else s["last"] - s["first"]
         wrong = ("-" if s["sft_wrong"] is None else
                  f"{s['sft_wrong']}: {_num(s['sft_wrong_first'])} -> {_num(s['sft_wrong_last'])}, right greedily "

@@ -263,10 +263,11 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     sft_right, arms = greedy_right(run_dir, "sft"), [r for r in rows if r["arm"] in report.ARMS]
     visits = {r["stage"]: prompt_visits(run_dir, r["stage"]) for r in arms}
     right = {r["stage"]: greedy_right(run_dir, r["stage"]) for r in arms}
-    state["revisits"] = report.markdown_revisits({r["label"]: visits[r["stage"]] for r in arms}, sft_right,
-                                                 {r["label"]: right[r["stage"]] for r in arms})
-    revisits = {stage: report.revisit_summary(v, sft_right, right[stage]) for stage, v in visits.items()
-                if v is not None and report.split_stage(stage)[1] is None}   # the first seed's arms
+    summaries = {stage: None if v is None else report.revisit_summary(v, sft_right, right[stage])
+                 for stage, v in visits.items()}
+    state["revisits"] = report.markdown_revisits({r["label"]: summaries[r["stage"]] for r in arms})
+    revisits = {stage: s for stage, s in summaries.items()
+                if s is not None and report.split_stage(stage)[1] is None}   # the first seed's arms
     state["mix"], state["test_mix"] = training_mix(run_dir, state["arms"]), eval_mix(run_dir)
     from toolexpander.config import load_config, parse_overrides
 

@@ -796,12 +796,13 @@ def test_prompts_drawn_again_follow_each_prompts_correct_rate_from_every_generat
     sft, arm = {"p": True, "q": False, "r": False}, {"p": False, "q": True, "r": False}
     s = report.revisit_summary(visits, sft, arm)
     assert (s["sft_wrong"], s["sft_wrong_first"], s["sft_wrong_last"], s["sft_wrong_now_right"]) == (1, 0.0, 1.0, 1)
-    text = report.markdown_revisits({"(a)": visits, "(d)": None})
+    text = report.markdown_revisits({"(a)": report.revisit_summary(visits), "(d)": None})
     assert text.splitlines()[2:] == ["| (a) | 2 | 0.250 | 0.500 | +0.250 | 1 / 1 / 0 | 1 of 1 | - |"]
-    text = report.markdown_revisits({"(a)": visits, "(d)": None}, sft, {"(a)": arm})
+    text = report.markdown_revisits({"(a)": s, "(d)": None})
     assert text.splitlines()[2:] == ["| (a) | 2 | 0.250 | 0.500 | +0.250 | 1 / 1 / 0 | 1 of 1 | "
                                      "1: 0.000 -> 1.000, right greedily after: 1 |"]
-    assert report.markdown_revisits({"(a)": visits}, sft).endswith("right greedily after: - |")   # arm not asked
+    assert report.markdown_revisits({"(a)": report.revisit_summary(visits, sft)}).endswith(
+        "right greedily after: - |")   # the arm not asked the training prompts
     import json
 
     (tmp_path / "eval").mkdir()
