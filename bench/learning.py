@@ -302,11 +302,9 @@ def eval_key(model: Path, cmd: list[str]) -> str:
     command without its --out (the model and a --data file by their content, not their paths), the
     source of every module that prompts, generates or scores, the ToolRL test file and the versions of
     BFCL's data/checker and vLLM."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in Path(model).iterdir() if p.is_file()):
-        h.update(path.name.encode())
-        with path.open("rb") as f:
-            h.update(hashlib.file_digest(f, "sha256").digest())
+    from toolexpander.sft import files_digest
+
+    h = hashlib.sha256(files_digest(Path(model)).encode())
     args = cmd[:cmd.index("--out")] + cmd[cmd.index("--out") + 2:]
     args[args.index("--model") + 1] = ""   # the model by its files above, not by the path it is read from
     if "--data" in args:   # a task file by its content: every run writes its own copy of the prompts
