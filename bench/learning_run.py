@@ -19,8 +19,10 @@ from bench.common import REPO, machine
 # Shown in LEARNING.md's protocol line; the whole resolved config is in every run directory.
 SETTINGS = ("model.dtype", "data.subset", "data.subset_mix", "data.max_answer_tokens", "sft.rows", "sft.epochs",
             "sft.lr", "sft.max_prompt_tokens", "rollout.n", "rollout.temperature", "rollout.max_tokens",
-            "sampler.batch_prompts", "sampler.max_draw_rounds", "sampler.curriculum_base", "learner.lr",
-            "learner.warmup_steps", "learner.lr_gamma", "learner.mini_batches", "learner.kl_coef")
+            "sampler.batch_prompts", "sampler.max_draw_rounds", "sampler.curriculum_base", "sampler.demo_pool",
+            "learner.lr", "learner.warmup_steps", "learner.lr_gamma", "learner.mini_batches", "learner.kl_coef")
+# The settings whose default is not what a run made before the field existed did: that behaviour.
+BEFORE_FIELD = {"sampler.demo_pool": "prompts"}
 
 
 def settings(cfg) -> dict:
@@ -75,8 +77,8 @@ def _commit() -> str:
 
 def run_settings(run_dir: Path, state: dict) -> dict:
     """learning.json's settings, plus the ones it did not record yet, read from a stage's resolved config;
-    a field that config predates gets its default (each such field's default is the behaviour before it:
-    data.subset_mix fitting, data.max_answer_tokens None). In SETTINGS order."""
+    a field that config predates gets the behaviour before it: its default (data.subset_mix fitting,
+    data.max_answer_tokens None) or BEFORE_FIELD's value. In SETTINGS order."""
     from toolexpander.config import Config
 
     found = dict(state.get("settings") or {})
@@ -87,8 +89,9 @@ def run_settings(run_dir: Path, state: dict) -> dict:
             resolved, defaults = json.loads(path.read_text()), Config.model_validate({})
             for key in SETTINGS:
                 section, field = key.split(".")
+                before = BEFORE_FIELD.get(key, getattr(getattr(defaults, section), field))
                 if key not in found:
-                    found[key] = resolved.get(section, {}).get(field, getattr(getattr(defaults, section), field))
+                    found[key] = resolved.get(section, {}).get(field, before)
             break
     return {key: found[key] for key in SETTINGS if key in found}
 

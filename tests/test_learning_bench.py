@@ -734,6 +734,7 @@ def test_run_settings_fill_what_learning_json_missed_in_order_with_defaults_for_
     assert found["rollout.n"] == 12 and found["model.dtype"] == "float32"      # learning.json wins
     assert found["data.subset"] == 64                                          # from the config
     assert found["data.subset_mix"] == "fitting" and found["data.max_answer_tokens"] is None   # defaults
+    assert found["sampler.demo_pool"] == "prompts"    # not the default "file": what runs before it did
     assert run_settings(tmp_path, {"arms": ["b"], "settings": {"rollout.n": 12}}) == {"rollout.n": 12}  # no config
     # the arms' config, not the SFT one (a cache hit keeps the config of the run that trained it)
     (tmp_path / "sft").mkdir()

@@ -150,6 +150,13 @@ class SamplerConfig(Section):
                                      "false trains on every group, as plain GRPO does")
     demo_schedule: list[int] = Field(default_factory=lambda: [1, 2, 3],
                                      description="demos carried at round 1, 2, ...")
+    demo_pool: Literal["file", "prompts"] = Field(
+        "file", description="where a hard prompt's demos come from. file: every row of data.train_path "
+                            "(its first data.limit), also those the run does not draw (data.subset, too long "
+                            "a prompt), so that a subset still finds rows sharing its tools; prompts: only "
+                            "the prompts the run draws. Until 2026-12-05 it was always the prompts: with "
+                            "data.subset 64 none of the single or parallel-call prompts shared a tool name "
+                            "with another, and their demos were random rows of the sub-task")
     all_fail_min_n: int = Field(10, ge=1, description="completions needed to call a group all-fail")
     cooldown: int = Field(20, ge=0, description="steps a prompt is parked after the last round")
     stats: Literal["welford", "ema"] = "welford"

@@ -85,7 +85,8 @@ class Trainer:
             # `ray job submit`), never on a rollout or learner node that may be lost mid-run.
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
             self.sampler = ray.remote(Sampler).options(num_cpus=0, scheduling_strategy=here).remote(
-                cfg.sampler.model_dump(), tasks, cfg.reward.exemplar_bonus, cfg.reward.weights)
+                cfg.sampler.model_dump(), tasks, cfg.reward.exemplar_bonus, cfg.reward.weights,
+                rows if cfg.sampler.demo_pool == "file" and cfg.sampler.hard_rounds else None)
             self.rollout, self.learner = rollout.result(), learner.result()
         self.sync = WeightSync(self.learner, self.rollout, cfg)
         self.location = cfg.logging.output_dir   # run_dir itself, or the URI run_dir is copied to

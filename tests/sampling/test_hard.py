@@ -95,3 +95,17 @@ def test_demo_random_fill_on_a_large_pool_is_valid_and_deterministic():
     a = idx.select(0, 3, np.random.default_rng(4))
     assert a == idx.select(0, 3, np.random.default_rng(4))
     assert len(set(a)) == 3 and 0 not in a and 5 not in a
+
+
+def test_demos_for_a_query_outside_the_pool_rows():
+    # pool rows: 0 single {1,2}, 1 single {2}, 2 parallel {1,2}, 3 single {7}, 4 single {1,2} with the
+    # query's own answer (its row in the file), 5 single {} (flagged broken: out of the pool)
+    idx = _index([1, 1, 2, 1, 1, 1], [[1, 2], [2], [1, 2], [7], [1, 2], []], [1, 2, 3, 4, 99, 5],
+                 pool=[True, True, True, True, True, False])
+    rng = np.random.default_rng(0)
+    # query: single, tools {1, 2, 40} (40: a name no pool row has), answer hash 99
+    assert idx.select_for(1, np.array([2, 1, 40, 1]), 99, 1, rng) == (0,)        # Jaccard 2/3 > 1/3
+    assert idx.select_for(1, np.array([2, 1, 40]), 99, 2, rng) == (0, 1)
+    assert sorted(idx.select_for(1, np.array([1, 2, 40]), 99, 9, rng)) == [0, 1, 3]  # never 2, 4, 5
+    assert idx.select_for(1, np.array([2]), 99, 1, rng, exclude=1) == (0,)
+    assert idx.select_for(1, np.array([], np.int64), 7, 0, rng) == ()

@@ -22,7 +22,8 @@ _U64 = (1 << 64) - 1
 class Draw:
     prompt: int                      # prompt index 0..P-1
     demo_round: int                  # 0 = bare; k >= 1 carries demo_schedule[k-1] demos
-    demo_prompts: tuple[int, ...]    # prompt indices whose ground truth the lead renders as Demos
+    demo_prompts: tuple[int, ...]    # demo-pool rows whose ground truth the lead renders as Demos (prompt
+                                     # indices, unless SamplerCore was given a demo_index of other rows)
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,15 @@ class SamplerCore:
     `_pos[prompt] = slot`; everything public speaks prompt indices.
 
     reward_weights (D,) weights the raw rewards into the total used by `informative` (default: all 1,
-    as RewardConfig's defaults); it is the only argument beyond the agreed interface.
+    as RewardConfig's defaults). demo_index: demos drawn from other rows than the prompts (a
+    hard.DemoIndex over them, tool-name ids in the prompts' id space; Draw.demo_prompts then index
+    those rows); None: from the prompts themselves, those demo_pool marks.
     """
 
     def __init__(self, cfg: SamplerConfig, subtask_codes: np.ndarray, tool_ids_indptr: np.ndarray,
                  tool_ids: np.ndarray, answer_hash: np.ndarray, demo_pool: np.ndarray | None = None,
-                 exemplar_bonus: float = 0.01, reward_weights: np.ndarray | None = None):
+                 exemplar_bonus: float = 0.01, reward_weights: np.ndarray | None = None,
+                 demo_index: hard.DemoIndex | None = None):
         codes_P = np.asarray(subtask_codes, dtype=np.int64)
         P = len(codes_P)
         if P == 0 or codes_P.min() < 0 or codes_P.max() >= T:
@@ -62,7 +66,9 @@ class SamplerCore:
         self._pos[self._order] = np.arange(P)                      # prompt -> slot
         self._sub_S = codes_P[self._order]
         self._bounds = np.searchsorted(self._sub_S, np.arange(T + 1))  # sub-task t: slots [b_t, b_t+1)
-        self._demos = hard.DemoIndex(codes_P, tool_ids_indptr, tool_ids, answer_hash, pool_P, T)
+        own = hard.DemoIndex(codes_P, tool_ids_indptr, tool_ids, answer_hash, pool_P, T)
+        self._query = own                  # each prompt's sub-task, tool-name ids and answer hash
+        self._demos = own if demo_index is None else demo_index
         self.rng = np.random.default_rng(cfg.seed)
         self.step = 0
         self._seen_S = np.zeros(P, dtype=np.int64)                 # rollouts seen
@@ -94,9 +100,16 @@ class SamplerCore:
         draws = []
         for s in slots_B:
             p, k = int(self._order[s]), int(self._round_S[s])
-            demos = self._demos.select(p, int(self.schedule[k - 1]), self.rng) if k > 0 else ()
+            demos = self._select_demos(p, int(self.schedule[k - 1])) if k > 0 else ()
             draws.append(Draw(prompt=p, demo_round=k, demo_prompts=demos))
         return draws
+
+    def _select_demos(self, p: int, m: int) -> tuple[int, ...]:
+        if self._demos is self._query:
+            return self._demos.select(p, m, self.rng)
+        q = self._query
+        return self._demos.select_for(int(q.subtask_P[p]), q.ids[q.indptr[p]:q.indptr[p + 1]],
+                                      int(q.hash_P[p]), m, self.rng)
 
     def _eligible_weights(self) -> np.ndarray:
         w_S = self._w_S.copy()

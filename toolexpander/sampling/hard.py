@@ -69,6 +69,9 @@ class DemoIndex:
     select(p, m, rng): the m pool prompts of p's sub-task with the highest Jaccard overlap of
     tool-name-id sets with p (ties, including the many zero-overlap ones, broken by rng); never p
     itself, never a prompt whose answer hash equals p's. Fewer than m when the pool runs out.
+    select_for(t, tools, h, m, rng): the same for a query that is not one of the index's rows (a
+    prompt when the pool is another set of rows, e.g. the whole training file); its own row in the
+    pool, if any, has its answer hash and is never chosen.
     """
 
     def __init__(self, subtask_P, tool_indptr, tool_ids, answer_hash_P, pool_P, n_subtasks: int):
@@ -87,20 +90,26 @@ class DemoIndex:
         self.pool_T = [np.flatnonzero(pool_P & (self.subtask_P == t)) for t in range(n_subtasks)]
 
     def select(self, p: int, m: int, rng: np.random.Generator) -> tuple[int, ...]:
+        tools = self.ids[self.indptr[p]:self.indptr[p + 1]]
+        return self.select_for(int(self.subtask_P[p]), tools, int(self.hash_P[p]), m, rng, exclude=p)
+
+    def select_for(self, t: int, tools: np.ndarray, h: int, m: int, rng: np.random.Generator,
+                   exclude: int = -1) -> tuple[int, ...]:
+        """tools: the query's distinct tool-name ids (the index's id space); exclude: a row never chosen."""
         if m <= 0:
             return ()
-        t, h = int(self.subtask_P[p]), self.hash_P[p]
-        tools = self.ids[self.indptr[p]:self.indptr[p + 1]]
+        tools = np.unique(np.asarray(tools, dtype=np.int64))
+        tools = tools[tools < self.n_ids]          # a name no pool row has matches nothing
         qk = t * self.n_ids + tools
         lo, hi = np.searchsorted(self.keys, qk, "left"), np.searchsorted(self.keys, qk, "right")
         hits = np.concatenate([self.post[a:b] for a, b in zip(lo, hi)] + [np.empty(0, np.int64)])
         cand, inter = np.unique(hits, return_counts=True)     # pool prompts sharing >= 1 tool name
-        ok = (cand != p) & (self.hash_P[cand] != h)
+        ok = (cand != exclude) & (self.hash_P[cand] != h)
         jac = inter[ok] / (len(tools) + self.size_P[cand[ok]] - inter[ok])
         rank = np.lexsort((rng.random(int(ok.sum())), -jac))
         chosen = cand[ok][rank[:m]]
         if len(chosen) < m:                        # zero-overlap candidates all tie at Jaccard 0
-            banned = np.union1d(cand, [p])
+            banned = cand if exclude < 0 else np.union1d(cand, [exclude])
             chosen = np.concatenate([chosen, self._random_fill(t, h, banned, m - len(chosen), rng)])
         return tuple(int(q) for q in chosen)
 

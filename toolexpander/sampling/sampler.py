@@ -16,6 +16,7 @@ import pyarrow as pa
 from toolexpander.config import SamplerConfig
 from toolexpander.prompt import make_demo
 from toolexpander.sampling.core import SamplerCore
+from toolexpander.sampling.hard import DemoIndex
 from toolexpander.storage import read_file, write_file
 from toolexpander.types import REWARD_DIMS, SUBTASKS, PromptRequest, Task
 
@@ -25,9 +26,10 @@ def answer_hash(task: Task) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
 
 
-def core_arrays(tasks: list[Task]) -> dict[str, np.ndarray]:
-    """The per-prompt arrays SamplerCore needs: sub-task codes, tool-name ids (CSR), answer hashes."""
-    names: dict[str, int] = {}
+def core_arrays(tasks: list[Task], names: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """The per-prompt arrays SamplerCore needs: sub-task codes, tool-name ids (CSR), answer hashes.
+    names: tool name -> id, extended in place (one id space for the prompts and the demo pool)."""
+    names = {} if names is None else names
     indptr, ids = [0], []
     for t in tasks:
         ids.extend(sorted({names.setdefault(tool.name, len(names)) for tool in t.tools}))
@@ -46,15 +48,26 @@ RECORD_COLUMNS = ("group_id", "task_id", "demo_round", *[f"reward_{d}" for d in 
 
 
 class Sampler:
+    """demo_tasks: the rows hard-sample demos are drawn from (sampler.demo_pool "file": every row of the
+    training file, also those the run does not draw); None: the prompts themselves."""
+
     def __init__(self, cfg: dict, tasks: list[Task], exemplar_bonus: float = 0.01,
-                 reward_weights: dict[str, float] | None = None):
+                 reward_weights: dict[str, float] | None = None, demo_tasks: list[Task] | None = None):
         self.cfg = SamplerConfig.model_validate(cfg)
         self.tasks = tasks
+        self.demo_tasks = tasks if demo_tasks is None else demo_tasks
         self.row_of = {t.id: i for i, t in enumerate(tasks)}
         weights = None if reward_weights is None else np.array(
             [reward_weights.get(d, 0.0) for d in REWARD_DIMS], dtype=np.float64)
-        self.core = SamplerCore(self.cfg, **core_arrays(tasks), exemplar_bonus=exemplar_bonus,
-                                reward_weights=weights)
+        names: dict[str, int] = {}
+        arrays = core_arrays(tasks, names)
+        index = None
+        if demo_tasks is not None:
+            pool = core_arrays(demo_tasks, names)
+            index = DemoIndex(pool["subtask_codes"], pool["tool_ids_indptr"], pool["tool_ids"],
+                              pool["answer_hash"], pool["demo_pool"], len(SUBTASKS))
+        self.core = SamplerCore(self.cfg, **arrays, exemplar_bonus=exemplar_bonus,
+                                reward_weights=weights, demo_index=index)
         self.next_group_id = 0
         self.drawn: list[int] = []  # prompts drawn in the current step (refills exclude them)
 
@@ -65,7 +78,7 @@ class Sampler:
         for d in draws:
             self.drawn.append(d.prompt)
             requests.append(PromptRequest(task=self.tasks[d.prompt], demo_round=d.demo_round,
-                                          demos=[make_demo(self.tasks[p]) for p in d.demo_prompts],
+                                          demos=[make_demo(self.demo_tasks[p]) for p in d.demo_prompts],
                                           group_id=self.next_group_id))
             self.next_group_id += 1
         return requests

@@ -1,0 +1,62 @@
+"""Sampler (the actor's class, used here without Ray): Tasks in, PromptRequests with demos out."""
+
+import pyarrow as pa
+
+from toolexpander.config import SamplerConfig
+from toolexpander.sampling.sampler import Sampler
+from toolexpander.types import REWARD_DIMS, Answer, Message, Task, Tool, ToolCall
+
+
+def _task(tid: str, subtask: str, tools: list[str], call: str | None, invalid: bool = False) -> Task:
+    return Task(id=tid, subtask=subtask, tools=[Tool(name=n) for n in tools],
+                messages=[Message(role="user", content=f"question {tid}")],
+                answer=Answer(tool_calls=[ToolCall(name=call, arguments={"q": tid})] if call else [],
+                              response=None if call else "no"),
+                meta={"gt_invalid": True} if invalid else {})
+
+
+def _all_fail(requests, n=10) -> pa.Table:
+    cols = {"group_id": [], "task_id": [], "demo_round": [], **{f"reward_{d}": [] for d in REWARD_DIMS}}
+    for r in requests:
+        for _ in range(n):
+            cols["group_id"].append(r.group_id)
+            cols["task_id"].append(r.task.id)
+            cols["demo_round"].append(r.demo_round)
+            for d in REWARD_DIMS:
+                cols[f"reward_{d}"].append(0.0)
+    return pa.table(cols)
+
+
+def _demo_ids(demo_tasks):
+    prompts = [_task("p", "single", ["weather", "maps"], "weather")]
+    cfg = SamplerConfig(batch_prompts=1, demo_schedule=[2], all_fail_min_n=10).model_dump()
+    sampler = Sampler(cfg, prompts, demo_tasks=demo_tasks)
+    first = sampler.next_batch(1)
+    assert first[0].demo_round == 0 and first[0].demos == []
+    sampler.record(_all_fail(first))
+    sampler.end_step()
+    again = sampler.next_batch(1)
+    assert again[0].task.id == "p" and again[0].demo_round == 1
+    return [d.task_id for d in again[0].demos]
+
+
+def test_demos_come_from_the_file_rows_sharing_the_prompts_tools():
+    rows = [_task("p", "single", ["weather", "maps"], "weather"),          # the prompt's own row
+            _task("w", "single", ["weather"], "weather"),                  # Jaccard 1/2
+            _task("wm", "single", ["maps", "weather", "x"], "maps"),       # Jaccard 2/3
+            _task("bad", "single", ["weather", "maps"], "maps", invalid=True),
+            _task("par", "parallel", ["weather", "maps"], "weather"),      # another sub-task
+            _task("z", "single", ["stocks"], "stocks")]
+    assert _demo_ids(rows) == ["wm", "w"]
+    # from the prompts alone (sampler.demo_pool prompts) a lone prompt has no other row to show
+    assert _demo_ids(None) == []
+
+
+def test_demo_pool_rows_are_never_drawn_as_prompts():
+    rows = [_task(f"r{i}", "single", ["weather"], "weather") for i in range(6)]
+    sampler = Sampler(SamplerConfig(batch_prompts=2).model_dump(), rows[:2], demo_tasks=rows)
+    drawn = set()
+    for _ in range(10):
+        drawn |= {r.task.id for r in sampler.next_batch(2)}
+        sampler.end_step()
+    assert drawn == {"r0", "r1"}
