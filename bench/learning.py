@@ -15,6 +15,7 @@ runs/learn-<stamp>/ (git-ignored).
     python -m bench.learning --arms a,d --steps 5 --seed 1
     python -m bench.learning --arms a,d --seeds 0,1       # each arm with each seed; means and per-seed values
     python -m bench.learning --report-only runs/learn-<stamp>   # rewrite LEARNING.md from a finished run
+    python -m bench.learning --fork runs/learn-<stamp> --arms d   # its warm start and other arms, (d) anew
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ PYTHON = [sys.executable, "-m", "toolexpander"]
 SUITES = {"toolrl": "ToolRL", "bfcl": "BFCL", "train": "training prompts"}
 # Evaluations of the base and SFT models, keyed by eval_key (git-ignored, like runs/).
 EVAL_CACHE = REPO / "runs" / "eval-cache"
+RUNS = REPO / "runs"   # where new run directories go (runs/learn-<stamp>)
 
 
 class StageFailed(SystemExit):
@@ -128,6 +130,8 @@ class Pipeline:
         as read before this Pipeline was made (making one writes a fresh one). Returns the finished arms."""
         self.state.update({k: done[k] for k in ("stages", "arms", "commit", "command", "seed", "steps")})
         self.state.update({k: done.get(k) for k in ("started", "machine")})   # None for runs before they were kept
+        if done.get("forked_from"):
+            self.state["forked_from"] = done["forked_from"]
         self.state["seeds"] = self.seeds   # the run's seeds, or more of them (main checks)
         self.state["resumed"] = done.get("resumed", []) + [{
             "command": _shown([sys.executable, "-m", "bench.learning", *sys.argv[1:]]), "commit": _commit()}]
@@ -297,6 +301,41 @@ class Pipeline:
                     self.evaluate(*self.train(arm, sft_model, seed))
 
 
+def fork(source: Path, retrain: list[str], run_dir: Path) -> None:
+    """A new run directory holding `source`'s base and SFT stages and its finished arms other than `retrain`
+    (their evaluations, run directories and logs, copied), for a resume to train `retrain` anew: an arm
+    measured again after a change in the code, beside the stages it is compared with, without training or
+    evaluating those again. learning.json keeps the source's record plus `forked_from`."""
+    done = json.loads((source / "learning.json").read_text())
+    kept = [a for a in done["arms"] if report.split_stage(a)[0] not in retrain
+            and all(load_summary(source, a, s) for s in ("toolrl", "bfcl"))]
+    run_dir.mkdir(parents=True)
+    (run_dir / "eval").mkdir()
+    (run_dir / "logs").mkdir()
+    for name in ("train_prompts.jsonl", "sft"):
+        if (source / name).is_file():
+            shutil.copy2(source / name, run_dir / name)
+        elif (source / name).is_dir():
+            shutil.copytree(source / name, run_dir / name)
+    for stage in ("base", "sft", *kept):
+        for path in (source / "eval").glob(f"{stage}_*.json"):
+            shutil.copy2(path, run_dir / "eval" / path.name)
+        for path in (source / "logs").glob(f"*_{stage}*.log"):
+            shutil.copy2(path, run_dir / "logs" / path.name)
+        if stage in kept:
+            shutil.copytree(source / arm_dir(stage), run_dir / arm_dir(stage))
+    if (source / "logs" / "sft.log").is_file():
+        shutil.copy2(source / "logs" / "sft.log", run_dir / "logs" / "sft.log")
+    names = {f"train ({a})" for a in kept} | {f"eval ({a})" for a in kept}
+    state = {**done, "arms": kept, "run_dir": _relative(run_dir),   # arms' stages end in "(<arm>)"
+             "stages": [st for st in done["stages"] if not st["stage"].endswith(")") or st["stage"] in names]}
+    state.pop("resumed", None)
+    state["forked_from"] = {"run_dir": _relative(source), "commit": done["commit"], "command": done["command"],
+                            "kept": ["base", "sft", *kept],
+                            "resumed": [report._resumed(c) for c in done.get("resumed", [])]}
+    (run_dir / "learning.json").write_text(json.dumps(state, indent=2))
+
+
 def eval_key(model: Path, cmd: list[str]) -> str:
     """What decides an evaluation's result: the model's files (weights, config, tokenizer), the eval
     command without its --out (the model and a --data file by their content, not their paths), the
@@ -361,6 +400,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report-only", type=Path, metavar="RUN_DIR", help="rewrite the report from a finished run")
     ap.add_argument("--compare", type=Path, metavar="RUN_DIR", help="an earlier run's directory: the report "
                     "sets its evaluations beside this run's, stage by stage, with the settings that differ")
+    ap.add_argument("--fork", type=Path, metavar="RUN_DIR", help="a new run directory with RUN_DIR's base and SFT "
+                    "stages and its finished arms, except those --arms names: those are trained anew (with the "
+                    "code as it is now; RUN_DIR's config, seeds and steps)")
     args = ap.parse_args(argv)
     out = args.out.resolve() if args.out else None
     compare = args.compare.resolve() if args.compare else None
@@ -372,8 +414,19 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--arms: choose from {','.join(report.ARMS)}, got {args.arms!r}")
     if args.seeds and "--seed" in (argv if argv is not None else sys.argv[1:]):
         ap.error("--seed and --seeds: give one of them")
-    if args.set and (args.resume or args.report_only):
-        ap.error("--set applies to a new run (a resumed one keeps the overrides in its learning.json)")
+    if args.set and (args.resume or args.report_only or args.fork):
+        ap.error("--set applies to a new run (a resumed or forked one keeps the overrides in its learning.json)")
+    if args.fork:
+        if not args.arms or args.resume or args.report_only:
+            ap.error("--fork needs --arms (the arms to train anew), and neither --resume nor --report-only")
+        if not (args.fork / "learning.json").is_file():
+            ap.error(f"--fork {args.fork}: no learning.json there (not a learning-benchmark run directory)")
+        args.resume = RUNS / f"learn-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        fork(args.fork.resolve(), arms, args.resume)
+        kept = json.loads((args.resume / "learning.json").read_text())["arms"]
+        arms = list(dict.fromkeys([*(report.split_stage(a)[0] for a in kept), *arms]))
+        log(f"fork of {_relative(args.fork.resolve())}: kept base, sft{''.join(', ' + a for a in kept)}; "
+            f"run directory {_relative(args.resume)}")
     if args.report_only:
         print(f"wrote {write_report(args.report_only.resolve(), out or REPO / 'bench', compare)}")
         return
@@ -407,7 +460,7 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(tempfile.mkdtemp(prefix="learn-smoke-"))
         run_dir, out, config, overrides = root / f"learn-{stamp}", out or root, SMOKE_CONFIG, SMOKE_OVERRIDES
     else:
-        run_dir, out, config, overrides = REPO / "runs" / f"learn-{stamp}", out or REPO / "bench", CONFIG, []
+        run_dir, out, config, overrides = RUNS / f"learn-{stamp}", out or REPO / "bench", CONFIG, []
     overrides = [*overrides, *(x for pair in args.set for x in pair)]
     run_dir.mkdir(parents=True)
     log(f"learning benchmark: run directory {_relative(run_dir)}, config {config}, arms {','.join(arms)}")

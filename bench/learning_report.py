@@ -449,6 +449,15 @@ def _resumed(entry: dict | str) -> str:
     return f"`{entry['command']}` at commit {entry['commit']}"
 
 
+def _forked_text(forked: dict | None) -> str:
+    if not forked:
+        return ""
+    kept = ", ".join(STAGE_LABELS.get(split_stage(k)[0], k) for k in forked["kept"])
+    return (f" This directory is a fork (`--fork`) of `{forked['run_dir']}`: its stages {kept} are that run's "
+            f"(made by `{forked['command']}` at commit {forked['commit']}"
+            + "".join(f"; {r}" for r in forked.get("resumed", [])) + "), copied; the other arms were trained here.")
+
+
 def document(info: dict, rows: list[dict], plots: list[str]) -> str:
     """The whole LEARNING.md. info: date, cpu, cores, loadavg, command, seed, commit, run_dir,
     config, settings ({dotted key: value}), steps, max_tokens, bfcl_limit, bfcl_categories, arms,
@@ -467,6 +476,7 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         + f", {_seeds_text(info)}, commit {info['commit']}. " + _machine_text(info) + " "
         f"Raw outputs (eval JSONs with every completion, each arm's metrics.jsonl and run directory, "
         f"the SFT metrics, every subprocess's log): `{info['run_dir']}` (git-ignored)."
+        + _forked_text(info.get("forked_from"))
         + (" The run was continued (an arm had stopped, or arms or seeds were added) with "
            + "; ".join(_resumed(c) for c in info["resumed"])
            + " (each unfinished arm trained again from its start; the stopped one's directory is kept as "

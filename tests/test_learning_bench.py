@@ -833,3 +833,60 @@ def test_training_budget_sums_updates_and_groups_and_averages_the_shares():
                                "a": {"toolrl": None, "bfcl": None, "metrics": rows}})
     assert report.markdown_budget(table).splitlines()[2:] == ["| (a) plain GRPO | 3 | 3 | 9 | 0.400 | 0.200 |"]
     assert report.markdown_budget(table[:1]) == ""
+
+
+def test_fork_copies_the_kept_stages_and_trains_the_named_arms_anew(tmp_path, monkeypatch):
+    import json
+
+    from bench import learning
+
+    src = tmp_path / "src"
+    for d in ("eval", "logs", "sft", "arm_a", "arm_d"):
+        (src / d).mkdir(parents=True)
+    stages = [{"stage": s, "seconds": 1.0, "note": "", "commands": []}
+              for s in ("prepare base model", "eval base", "sft", "eval sft", "train (a)", "eval (a)", "train (d)",
+                        "eval (d)")]
+    state = {"command": "first", "config": learning.SMOKE_CONFIG, "overrides": [], "seed": 0, "seeds": [0],
+             "steps": 5, "arms": ["a", "d"], "stages": stages, "commit": "`abc`", "started": "t0",
+             "resumed": [{"command": "again", "commit": "`abd`"}]}
+    (src / "learning.json").write_text(json.dumps(state))
+    (src / "train_prompts.jsonl").write_text("{}\n")
+    (src / "sft" / "metrics.jsonl").write_text("{}\n")
+    for stage in ("base", "sft", "a", "d"):
+        for suite in ("toolrl", "bfcl", "train"):
+            (src / "eval" / f"{stage}_{suite}.json").write_text(json.dumps({"summary": {"overall": 0.1}}))
+        (src / "logs" / f"eval_{stage}_toolrl.log").write_text("log")
+    (src / "logs" / "train_a.log").write_text("a")
+    (src / "logs" / "train_d.log").write_text("d")
+    (src / "logs" / "sft.log").write_text("sft")
+    (src / "arm_a" / "metrics.jsonl").write_text("{}\n")
+    calls = []
+    monkeypatch.setattr(learning, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(learning.Pipeline, "train", lambda self, arm, sft, seed: calls.append(
+        ("train", arm)) or (report.stage_id(arm, seed, self.seed), sft))
+    monkeypatch.setattr(learning.Pipeline, "evaluate", lambda self, arm, model, cache=False, only_missing=False: (
+        None if only_missing else calls.append(("eval", arm))))
+    monkeypatch.setattr(learning, "write_report", lambda run_dir, out, compare=None: out / "LEARNING.md")
+    monkeypatch.setattr(learning, "_commit", lambda: "`new`")
+    learning.main(["--fork", str(src), "--arms", "d", "--out", str(tmp_path)])
+    assert calls == [("train", "d"), ("eval", "d")]
+    (run,) = (tmp_path / "runs").iterdir()
+    assert sorted(p.name for p in (run / "eval").iterdir()) == sorted(
+        f"{s}_{x}.json" for s in ("base", "sft", "a") for x in ("toolrl", "bfcl", "train"))
+    assert sorted(p.name for p in (run / "logs").iterdir()) == [
+        "eval_a_toolrl.log", "eval_base_toolrl.log", "eval_sft_toolrl.log", "sft.log", "train_a.log"]
+    assert (run / "arm_a" / "metrics.jsonl").is_file() and not (run / "arm_d").exists()
+    assert (run / "train_prompts.jsonl").is_file() and (run / "sft" / "metrics.jsonl").is_file()
+    kept = json.loads((run / "learning.json").read_text())
+    assert [s["stage"] for s in kept["stages"]] == ["prepare base model", "eval base", "sft", "eval sft",
+                                                    "train (a)", "eval (a)"]
+    assert kept["arms"] == ["a"] and kept["plan"] == ["a", "d"] and kept["commit"] == "`abc`"
+    assert kept["forked_from"]["kept"] == ["base", "sft", "a"] and kept["forked_from"]["command"] == "first"
+    assert kept["forked_from"]["resumed"] == ["`again` at commit `abd`"]
+    assert [r["commit"] for r in kept["resumed"]] == ["`new`"]      # the fork's own training, recorded
+    assert (src / "arm_d").is_dir() and len(json.loads((src / "learning.json").read_text())["arms"]) == 2
+    text = report._forked_text(kept["forked_from"])
+    assert "fork (`--fork`) of" in text and "base, SFT, (a) plain GRPO are that run's" in text
+    assert "made by `first` at commit `abc`; `again` at commit `abd`" in text
+    with pytest.raises(SystemExit):
+        learning.main(["--fork", str(src), "--out", str(tmp_path)])            # which arms to train anew?

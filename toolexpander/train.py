@@ -84,9 +84,12 @@ class Trainer:
             # The sampler holds the run's per-prompt state: it lives on the driver's node (the head under
             # `ray job submit`), never on a rollout or learner node that may be lost mid-run.
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+            # Demos from the file's rows only where those are more than the prompts (data.subset, rows too
+            # long to draw): the same rows twice would double what the sampler actor is sent.
+            file_pool = cfg.sampler.demo_pool == "file" and cfg.sampler.hard_rounds and len(rows) > len(tasks)
             self.sampler = ray.remote(Sampler).options(num_cpus=0, scheduling_strategy=here).remote(
                 cfg.sampler.model_dump(), tasks, cfg.reward.exemplar_bonus, cfg.reward.weights,
-                rows if cfg.sampler.demo_pool == "file" and cfg.sampler.hard_rounds else None)
+                rows if file_pool else None)
             self.rollout, self.learner = rollout.result(), learner.result()
         self.sync = WeightSync(self.learner, self.rollout, cfg)
         self.location = cfg.logging.output_dir   # run_dir itself, or the URI run_dir is copied to
