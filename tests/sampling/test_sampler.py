@@ -60,3 +60,16 @@ def test_demo_pool_rows_are_never_drawn_as_prompts():
         drawn |= {r.task.id for r in sampler.next_batch(2)}
         sampler.end_step()
     assert drawn == {"r0", "r1"}
+
+
+def test_demo_probe_picks_each_settings_demos_as_the_sampler_does_and_spots_copies():
+    from bench.demo_probe import copied, demo_sets
+
+    prompts = [_task("p", "single", ["weather", "maps"], "weather"), _task("q", "single", ["stocks"], "stocks")]
+    rows = [*prompts, _task("w", "single", ["weather"], "weather"), _task("s", "single", ["stocks", "fx"], "fx")]
+    sets = demo_sets(prompts, rows, 1, 0)
+    assert sets["bare"] == [[], []]
+    assert sets["prompts"] == [[1], [0]]          # no overlap among the prompts: the other one
+    assert sets["file"] == [[2], [3]]             # from the file: the rows sharing a tool, never the own row
+    call = '<think>t</think>\n<tool_call>\n{"name": "fx", "arguments": {}}\n</tool_call>'
+    assert copied(call, {"stocks"}, {"fx"}) and not copied(call, {"fx"}, {"fx"}) and not copied("no tags", set(), {"fx"})
