@@ -30,24 +30,15 @@ SETTINGS = ("bare", "prompts", "file")
 def demo_sets(prompts, rows, m: int, seed: int) -> dict[str, list[list[int]]]:
     """Per setting, each prompt's demo rows: indices into `prompts` (prompts) or `rows` (file); the same
     selection as the sampler's first hard-sample round with demo_schedule [m]."""
-    from toolexpander.sampling.hard import DemoIndex
-    from toolexpander.sampling.sampler import core_arrays
-    from toolexpander.types import SUBTASKS
+    from toolexpander.sampling.sampler import demo_index
 
     names: dict[str, int] = {}
-    own_arrays, file_arrays = core_arrays(prompts, names), core_arrays(rows, names)
-
-    def index(a):
-        return DemoIndex(a["subtask_codes"], a["tool_ids_indptr"], a["tool_ids"], a["answer_hash"], a["demo_pool"],
-                         len(SUBTASKS))
-
-    own, pool = index(own_arrays), index(file_arrays)
+    own, pool = demo_index(prompts, names), demo_index(rows, names)
     rng = np.random.default_rng(seed)
     out = {"bare": [[] for _ in prompts], "prompts": [], "file": []}
     for p in range(len(prompts)):
         out["prompts"].append(list(own.select(p, m, rng)))
-        tools = own.ids[own.indptr[p]:own.indptr[p + 1]]
-        out["file"].append(list(pool.select_for(int(own.subtask_P[p]), tools, int(own.hash_P[p]), m, rng)))
+        out["file"].append(list(pool.select_for(*own.query(p), m, rng)))
     return out
 
 

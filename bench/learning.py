@@ -301,11 +301,11 @@ class Pipeline:
                     self.evaluate(*self.train(arm, sft_model, seed))
 
 
-def fork(source: Path, retrain: list[str], run_dir: Path) -> None:
+def fork(source: Path, retrain: list[str], run_dir: Path) -> list[str]:
     """A new run directory holding `source`'s base and SFT stages and its finished arms other than `retrain`
     (their evaluations, run directories and logs, copied), for a resume to train `retrain` anew: an arm
     measured again after a change in the code, beside the stages it is compared with, without training or
-    evaluating those again. learning.json keeps the source's record plus `forked_from`."""
+    evaluating those again. learning.json keeps the source's record plus `forked_from`. Returns the kept arms."""
     done = json.loads((source / "learning.json").read_text())
     kept = [a for a in done["arms"] if report.split_stage(a)[0] not in retrain
             and all(load_summary(source, a, s) for s in ("toolrl", "bfcl"))]
@@ -334,6 +334,7 @@ def fork(source: Path, retrain: list[str], run_dir: Path) -> None:
                             "kept": ["base", "sft", *kept],
                             "resumed": [report._resumed(c) for c in done.get("resumed", [])]}
     (run_dir / "learning.json").write_text(json.dumps(state, indent=2))
+    return kept
 
 
 def eval_key(model: Path, cmd: list[str]) -> str:
@@ -422,8 +423,7 @@ def main(argv: list[str] | None = None) -> None:
         if not (args.fork / "learning.json").is_file():
             ap.error(f"--fork {args.fork}: no learning.json there (not a learning-benchmark run directory)")
         args.resume = RUNS / f"learn-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        fork(args.fork.resolve(), arms, args.resume)
-        kept = json.loads((args.resume / "learning.json").read_text())["arms"]
+        kept = fork(args.fork.resolve(), arms, args.resume)
         arms = list(dict.fromkeys([*(report.split_stage(a)[0] for a in kept), *arms]))
         log(f"fork of {_relative(args.fork.resolve())}: kept base, sft{''.join(', ' + a for a in kept)}; "
             f"run directory {_relative(args.resume)}")

@@ -105,11 +105,8 @@ class SamplerCore:
         return draws
 
     def _select_demos(self, p: int, m: int) -> tuple[int, ...]:
-        if self._demos is self._query:
-            return self._demos.select(p, m, self.rng)
-        q = self._query
-        return self._demos.select_for(int(q.subtask_P[p]), q.ids[q.indptr[p]:q.indptr[p + 1]],
-                                      int(q.hash_P[p]), m, self.rng)
+        exclude = p if self._demos is self._query else -1   # p is a row of the pool only when it is its own
+        return self._demos.select_for(*self._query.query(p), m, self.rng, exclude=exclude)
 
     def _eligible_weights(self) -> np.ndarray:
         w_S = self._w_S.copy()

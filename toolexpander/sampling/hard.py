@@ -70,8 +70,8 @@ class DemoIndex:
     tool-name-id sets with p (ties, including the many zero-overlap ones, broken by rng); never p
     itself, never a prompt whose answer hash equals p's. Fewer than m when the pool runs out.
     select_for(t, tools, h, m, rng): the same for a query that is not one of the index's rows (a
-    prompt when the pool is another set of rows, e.g. the whole training file); its own row in the
-    pool, if any, has its answer hash and is never chosen.
+    prompt when the pool is another set of rows, e.g. the whole training file, asked as another
+    index's query(p)); its own row in the pool, if any, has its answer hash and is never chosen.
     """
 
     def __init__(self, subtask_P, tool_indptr, tool_ids, answer_hash_P, pool_P, n_subtasks: int):
@@ -89,9 +89,12 @@ class DemoIndex:
         self.post = rows[in_pool][order]          # the pool prompt of each key
         self.pool_T = [np.flatnonzero(pool_P & (self.subtask_P == t)) for t in range(n_subtasks)]
 
+    def query(self, p: int) -> tuple[int, np.ndarray, int]:
+        """Row p as a select_for query: its sub-task, distinct tool-name ids and answer hash."""
+        return int(self.subtask_P[p]), self.ids[self.indptr[p]:self.indptr[p + 1]], int(self.hash_P[p])
+
     def select(self, p: int, m: int, rng: np.random.Generator) -> tuple[int, ...]:
-        tools = self.ids[self.indptr[p]:self.indptr[p + 1]]
-        return self.select_for(int(self.subtask_P[p]), tools, int(self.hash_P[p]), m, rng, exclude=p)
+        return self.select_for(*self.query(p), m, rng, exclude=p)
 
     def select_for(self, t: int, tools: np.ndarray, h: int, m: int, rng: np.random.Generator,
                    exclude: int = -1) -> tuple[int, ...]:

@@ -42,6 +42,13 @@ def core_arrays(tasks: list[Task], names: dict[str, int] | None = None) -> dict[
             "demo_pool": np.array([not t.meta.get("gt_invalid") for t in tasks], dtype=bool)}
 
 
+def demo_index(tasks: list[Task], names: dict[str, int]) -> DemoIndex:
+    """A DemoIndex over `tasks` (their tool names as ids in `names`, extended in place)."""
+    a = core_arrays(tasks, names)
+    return DemoIndex(a["subtask_codes"], a["tool_ids_indptr"], a["tool_ids"], a["answer_hash"], a["demo_pool"],
+                     len(SUBTASKS))
+
+
 # The columns of a rollout table that Sampler.record reads: the driver sends only these (the token
 # lists, most of the table's bytes, never reach the sampler).
 RECORD_COLUMNS = ("group_id", "task_id", "demo_round", *[f"reward_{d}" for d in REWARD_DIMS])
@@ -61,13 +68,8 @@ class Sampler:
             [reward_weights.get(d, 0.0) for d in REWARD_DIMS], dtype=np.float64)
         names: dict[str, int] = {}
         arrays = core_arrays(tasks, names)
-        index = None
-        if demo_tasks is not None:
-            pool = core_arrays(demo_tasks, names)
-            index = DemoIndex(pool["subtask_codes"], pool["tool_ids_indptr"], pool["tool_ids"],
-                              pool["answer_hash"], pool["demo_pool"], len(SUBTASKS))
-        self.core = SamplerCore(self.cfg, **arrays, exemplar_bonus=exemplar_bonus,
-                                reward_weights=weights, demo_index=index)
+        self.core = SamplerCore(self.cfg, **arrays, exemplar_bonus=exemplar_bonus, reward_weights=weights,
+                                demo_index=None if demo_tasks is None else demo_index(demo_tasks, names))
         self.next_group_id = 0
         self.drawn: list[int] = []  # prompts drawn in the current step (refills exclude them)
 
