@@ -1,14 +1,18 @@
 """Do hard-sample demos help the model answer? One warm-started model, the prompts a learning run trained on,
 each sampled n times as the rollouts sample it, with no demos, with demos from those prompts
-(`sampler.demo_pool: prompts`) and with demos from every row of the training file (`file`).
+(`sampler.demo_pool: prompts`) and with demos from every row of the training file (`file`), in the system
+prompt or (-turns) as earlier exchanges, or with no demos at a higher temperature (hot).
 No training: what a demo round hands the policy before any update.
 
     python -m bench.demo_probe --run runs/learn-<stamp>                  # the run's training prompts and SFT model
     python -m bench.demo_probe --run runs/learn-<stamp> --demos 2 --n 10
+    python -m bench.demo_probe --run runs/learn-<stamp> --settings bare,file,file-turns,hot --hot-temperature 1.0
 
 Per setting: the share of completions correct, the prompts with at least one correct completion, the same on
 the prompts none of whose bare completions was correct (those a hard-sample round is for), and the share of
-completions that copy a demo: they call a tool that a demo's answer calls and the prompt does not offer.
+completions that copy a demo: they call a tool that a demo's answer calls and the prompt does not offer,
+and, on the prompts whose demo calls one of their own tools, the completions correct against the same
+prompts' bare completions.
 Prints the table and writes bench/results/demo_probe.json; with --out, a markdown page too.
 """
 
@@ -24,7 +28,9 @@ import numpy as np
 from bench.common import REPO, cores, log, machine, private_ray, table, write
 
 CONFIG = REPO / "configs" / "learn-smollm2.yaml"
-SETTINGS = ("bare", "prompts", "file")
+# <pool>: demos in the system prompt; <pool>-turns: as earlier exchanges (sampler.demo_format turns);
+# hot: no demos, sampled at --hot-temperature
+SETTINGS = ("bare", "prompts", "file", "prompts-turns", "file-turns", "hot")
 
 
 def demo_sets(prompts, rows, m: int, seed: int) -> dict[str, list[list[int]]]:
@@ -50,19 +56,35 @@ def copied(text: str, prompt_tools: set[str], demo_calls: set[str]) -> bool:
     return any(name in demo_calls and name not in prompt_tools for name, _ in calls)
 
 
-def summarize(tbl, prompts, demos_of, n: int, bare_fail: set[int] | None, per_prompt: list[int]) -> dict:
-    """demos_of: per prompt, the tool names its demos' answers call; per_prompt: its demo count."""
-    correct = np.array(tbl.column("reward_correct").to_pylist()).reshape(len(prompts), n)
+def summarize(tbl, prompts, demos_of, n: int, bare_fail: set[int] | None, per_prompt: list[int],
+              bare_correct: np.ndarray | None = None) -> dict:
+    """demos_of: per prompt, the tool names its demos' answers call; per_prompt: its demo count;
+    bare_correct: (prompts, n) `correct` of the bare setting, to compare the prompts whose demos share a
+    tool with them (`related`) on the same prompts."""
+    correct = np.array(tbl.column("reward_correct").to_pylist()).reshape(len(prompts), n)   # (P, n)
     texts = tbl.column("text").to_pylist()
     copies = [copied(texts[p * n + k], {t.name for t in prompts[p].tools}, demos_of[p])
               for p in range(len(prompts)) for k in range(n)]
     solved = correct.max(axis=1) > 0
     hard = sorted(bare_fail) if bare_fail is not None else [p for p in range(len(prompts)) if not solved[p]]
-    return {"correct": float(correct.mean()), "solved": int(solved.sum()), "prompts": len(prompts),
+    related = [p for p in range(len(prompts)) if per_prompt[p] and demos_of[p] & {t.name for t in prompts[p].tools}]
+    base = correct if bare_correct is None else bare_correct
+    return {"related": len(related),
+            "related_correct": float(correct[related].mean()) if related else float("nan"),
+            "related_bare": float(base[related].mean()) if related else float("nan"),
+            "correct_PN": correct,
+            "correct": float(correct.mean()), "solved": int(solved.sum()), "prompts": len(prompts),
             "hard": len(hard), "hard_solved": int(solved[hard].sum()) if hard else 0,
             "hard_correct": float(correct[hard].mean()) if hard else float("nan"),
             "copy": float(np.mean(copies)), "demos": float(np.mean(per_prompt)),
             "hard_ids": hard}
+
+
+def _settings(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if not names or names[0] != "bare" or len(set(names)) != len(names) or not set(names) <= set(SETTINGS):
+        raise argparse.ArgumentTypeError(f"{text!r}: give settings from {', '.join(SETTINGS)}, each once, bare first")
+    return names
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,6 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", type=Path, help="default: the config's SFT output (the run's warm start)")
     ap.add_argument("--demos", type=int, default=1, help="demos per prompt (the first round's count)")
     ap.add_argument("--n", type=int, default=10)
+    ap.add_argument("--settings", type=_settings, default=list(SETTINGS[:3]),
+                    help=f"comma-separated, from {','.join(SETTINGS)}, bare first (default bare,prompts,file)")
+    ap.add_argument("--hot-temperature", type=float, default=1.0,
+                    help="the hot setting: no demos, sampled at this temperature instead of the config's")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="also write this markdown page")
     args = ap.parse_args(argv)
@@ -82,20 +108,29 @@ def main(argv: list[str] | None = None) -> None:
     from toolexpander.prompt import make_demo
     from toolexpander.types import PromptRequest
 
-    cfg = load_config(CONFIG, parse_overrides(["--rollout.n", str(args.n), "--rollout.seed", str(args.seed)]))
+    base = ["--rollout.n", str(args.n), "--rollout.seed", str(args.seed)]
+    cfg = load_config(CONFIG, parse_overrides(base))
+    hot_cfg = load_config(CONFIG, parse_overrides([*base, "--rollout.temperature", str(args.hot_temperature)]))
     model = (args.model or REPO / cfg.sft.output_dir).resolve()
     prompts = load_tasks(args.run / "train_prompts.jsonl")
     rows = load_tasks(REPO / cfg.data.train_path)[: cfg.data.limit]
     sets = demo_sets(prompts, rows, args.demos, args.seed)
-    pools = {"bare": [], "prompts": prompts, "file": rows}
+    sets.update({"prompts-turns": sets["prompts"], "file-turns": sets["file"], "hot": sets["bare"]})
+    pools = {"bare": [], "prompts": prompts, "file": rows, "prompts-turns": prompts, "file-turns": rows, "hot": []}
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results = {}
     with private_ray(num_cpus=cores()):
-        group = RolloutGroup(cfg, str(model))
-        group.ready()
+        group, group_cfg = None, None
         bare_fail = None
-        for setting in SETTINGS:
+        for setting in args.settings:
+            want = hot_cfg if setting == "hot" else cfg
+            if group_cfg is not want:   # the workers' sampling temperature is fixed when they start
+                if group is not None:
+                    group.shutdown()
+                group, group_cfg = RolloutGroup(want, str(model)), want
+                group.ready()
             reqs = [PromptRequest(task=t, demo_round=1 if sets[setting][p] else 0, group_id=p,
+                                  demo_format="turns" if setting.endswith("-turns") else "system",
                                   demos=[make_demo(pools[setting][q]) for q in sets[setting][p]])
                     for p, t in enumerate(prompts)]
             tbl, _, lost = group.generate(reqs, step_seed=args.seed)
@@ -103,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
             demo_calls = {p: {c.name for q in sets[setting][p] for c in pools[setting][q].answer.tool_calls}
                           for p in range(len(prompts))}
             results[setting] = summarize(tbl, prompts, demo_calls, args.n, bare_fail,
-                                         [len(d) for d in sets[setting]])
+                                         [len(d) for d in sets[setting]],
+                                         None if setting == "bare" else results["bare"]["correct_PN"])
             if setting == "bare":
                 bare_fail = set(results["bare"]["hard_ids"])
             log(f"{setting}: correct {results[setting]['correct']:.3f}, copy {results[setting]['copy']:.3f}")
@@ -111,16 +147,22 @@ def main(argv: list[str] | None = None) -> None:
     rows_out = [{"setting": s, "demos": f"{r['demos']:.2f}", "correct": f"{r['correct']:.3f}",
                  "solved": f"{r['solved']} of {r['prompts']}",
                  "hard_solved": f"{r['hard_solved']} of {r['hard']}", "hard_correct": f"{r['hard_correct']:.3f}",
-                 "copy": f"{r['copy']:.3f}"} for s, r in results.items()]
+                 "copy": f"{r['copy']:.3f}",
+                 "related": "-" if not r["demos"] else
+                 f"{r['related']}: {r['related_correct']:.3f} (bare {r['related_bare']:.3f})"}
+                for s, r in results.items()]
     head = (f"demo probe: {model.relative_to(REPO) if model.is_relative_to(REPO) else model}, the "
             f"{len(prompts)} training prompts of {args.run}, n={args.n} at T={cfg.rollout.temperature}, "
-            f"<= {cfg.rollout.max_tokens} tokens, {args.demos} demo(s) per prompt, seed {args.seed}")
+            f"<= {cfg.rollout.max_tokens} tokens, {args.demos} demo(s) per prompt, seed {args.seed}"
+            + (f"; hot: no demos at T={args.hot_temperature}" if "hot" in results else ""))
     text = head + "\n" + table(rows_out, [
         ("setting", "demos from", "s"), ("demos", "demos per prompt", "s"), ("correct", "completions correct", "s"),
         ("solved", "prompts with one correct", "s"),
         ("hard_solved", "bare all-fail prompts with one correct", "s"),
-        ("hard_correct", "their completions correct", "s"), ("copy", "completions calling a demo's tool", "s")])
-    write("demo_probe", {"results": {k: {x: y for x, y in v.items() if x != "hard_ids"} for k, v in results.items()},
+        ("hard_correct", "their completions correct", "s"), ("copy", "completions calling a demo's tool", "s"),
+        ("related", "prompts whose demo shares a tool: completions correct", "s")])
+    write("demo_probe", {"results": {k: {x: y for x, y in v.items() if x not in ("hard_ids", "correct_PN")}
+                                     for k, v in results.items()},
                          "started": started}, text)
     if args.out:
         m = machine()
@@ -130,7 +172,10 @@ def main(argv: list[str] | None = None) -> None:
             + f"`, started {started} on {m['cpu']}, {m['nproc']} cores ({', '.join(m['isa'])}).\n\n"
             "bare: no demos; prompts: demos chosen among the run's training prompts (`sampler.demo_pool: "
             "prompts`); file: among every row of the training file (`file`), ranked by tool-name overlap as the "
-            "sampler ranks them. A prompt with no demo available carries none.\n\n```\n" + text + "\n```\n")
+            "sampler ranks them. A prompt with no demo available carries none. Demos go in the system prompt "
+            "(`sampler.demo_format: system`), or with -turns before the question as earlier exchanges (`turns`). "
+            f"hot: no demos, sampled at T={args.hot_temperature} (the others at the config's "
+            f"{cfg.rollout.temperature}).\n\n```\n" + text + "\n```\n")
         log(f"wrote {args.out}")
 
 

@@ -157,6 +157,10 @@ class SamplerConfig(Section):
                             "the prompts the run draws. Until 2026-12-05 it was always the prompts: with "
                             "data.subset 64 none of the single or parallel-call prompts shared a tool name "
                             "with another, and their demos were random rows of the sub-task")
+    demo_format: Literal["system", "turns"] = Field(
+        "system", description="where a hard prompt's demos go. system: appended to the system prompt as "
+                              "'Solved examples'; turns: before the conversation, each a user turn (the demo's "
+                              "tools and question) and an assistant turn (its answer), as earlier exchanges")
     all_fail_min_n: int = Field(10, ge=1, description="completions needed to call a group all-fail")
     cooldown: int = Field(20, ge=0, description="steps a prompt is parked after the last round")
     stats: Literal["welford", "ema"] = "welford"

@@ -1,7 +1,9 @@
 """Render a task (plus any few-shot demonstrations) into chat messages in the ToolRL format.
 
 The system prompt lists the tools as JSON and the answer format the rewards parse; demonstrations
-for hard prompts go in the system prompt; the model's own chat template wraps the roles. Pure.
+for hard prompts go in the system prompt (`system`) or before the conversation as earlier exchanges, a
+user turn with the demo's tools and question and an assistant turn with its answer (`turns`); the
+model's own chat template wraps the roles. Pure.
 """
 
 from __future__ import annotations
@@ -29,10 +31,18 @@ Available tools (one JSON schema per line):
 
 DEMO_HEADER = "\n\nSolved examples of similar requests:"
 DEMO_TEMPLATE = "\n\nExample {k}\nTools: {tools}\nRequest: {question}\nAnswer:\n{completion}"
+# `turns`: the demo's own tools travel with its question, so its answer never calls a tool the
+# conversation has not shown; the system prompt keeps only the task's tools.
+DEMO_TURN_TEMPLATE = "(Solved example {k}. Tools for this request only: {tools})\n{question}"
+DEMO_FORMATS = ("system", "turns")
 
 
 def tool_json(tool: Tool) -> str:
     return json.dumps(tool.model_dump(mode="json"), ensure_ascii=False)
+
+
+def demo_tools(demo: Demo) -> str:
+    return "; ".join(tool_json(t) for t in demo.tools) or "(none needed)"
 
 
 def system_prompt(tools: list[Tool], demos: list[Demo] = (), extra: list[str] = ()) -> str:
@@ -42,10 +52,20 @@ def system_prompt(tools: list[Tool], demos: list[Demo] = (), extra: list[str] = 
     if demos:
         text += DEMO_HEADER
         for k, demo in enumerate(demos, start=1):
-            tools_text = "; ".join(tool_json(t) for t in demo.tools) or "(none needed)"
-            text += DEMO_TEMPLATE.format(k=k, tools=tools_text, question=demo.question,
+            text += DEMO_TEMPLATE.format(k=k, tools=demo_tools(demo), question=demo.question,
                                          completion=demo.completion)
     return text
+
+
+def demo_turns(demos: list[Demo]) -> list[dict[str, str]]:
+    """Demos as earlier exchanges (`turns`): per demo a user turn (its tools, its question) and an
+    assistant turn (its answer in the target format)."""
+    turns = []
+    for k, demo in enumerate(demos, start=1):
+        turns.append({"role": "user", "content": DEMO_TURN_TEMPLATE.format(k=k, tools=demo_tools(demo),
+                                                                           question=demo.question)})
+        turns.append({"role": "assistant", "content": demo.completion})
+    return turns
 
 
 def _history_turn(message: Message) -> dict[str, str]:
@@ -63,8 +83,11 @@ def _history_turn(message: Message) -> dict[str, str]:
     return {"role": message.role, "content": message.content}
 
 
-def chat_messages(task: Task, demos: list[Demo] = ()) -> list[dict[str, str]]:
-    """The conversation handed to `tokenizer.apply_chat_template`."""
+def chat_messages(task: Task, demos: list[Demo] = (), demo_format: str = "system") -> list[dict[str, str]]:
+    """The conversation handed to `tokenizer.apply_chat_template`; `demo_format` places the demos
+    (DEMO_FORMATS)."""
+    if demo_format not in DEMO_FORMATS:
+        raise ValueError(f"demo_format {demo_format!r}: expected one of {DEMO_FORMATS}")
     extra = [m.content for m in task.messages if m.role == "system"]
     turns = [_history_turn(m) for m in task.messages if m.role != "system"]
     merged: list[dict[str, str]] = []
@@ -73,11 +96,13 @@ def chat_messages(task: Task, demos: list[Demo] = ()) -> list[dict[str, str]]:
             merged[-1] = {"role": "user", "content": merged[-1]["content"] + "\n" + turn["content"]}
         else:
             merged.append(turn)
+    if demo_format == "turns":
+        return [{"role": "system", "content": system_prompt(task.tools, (), extra)}, *demo_turns(demos), *merged]
     return [{"role": "system", "content": system_prompt(task.tools, demos, extra)}, *merged]
 
 
-def prompt_ids(tokenizer, task: Task, demos: list[Demo] = ()) -> list[int]:
-    encoded = tokenizer.apply_chat_template(chat_messages(task, demos), tokenize=True,
+def prompt_ids(tokenizer, task: Task, demos: list[Demo] = (), demo_format: str = "system") -> list[int]:
+    encoded = tokenizer.apply_chat_template(chat_messages(task, demos, demo_format), tokenize=True,
                                             add_generation_prompt=True)
     ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
     return list(ids)

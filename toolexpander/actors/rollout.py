@@ -104,7 +104,7 @@ class RolloutWorker:
         """Prompt ids, dropping trailing demos until prompt + completion fit the context."""
         demos = list(request.demos)
         while True:
-            ids = prompt_ids(self.tokenizer, request.task, demos)
+            ids = prompt_ids(self.tokenizer, request.task, demos, request.demo_format)
             if len(ids) + max_tokens <= self.cfg.max_model_len or not demos:
                 return ids, len(demos)
             demos.pop()

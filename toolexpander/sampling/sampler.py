@@ -81,6 +81,7 @@ class Sampler:
             self.drawn.append(d.prompt)
             requests.append(PromptRequest(task=self.tasks[d.prompt], demo_round=d.demo_round,
                                           demos=[make_demo(self.demo_tasks[p]) for p in d.demo_prompts],
+                                          demo_format=self.cfg.demo_format,
                                           group_id=self.next_group_id))
             self.next_group_id += 1
         return requests
