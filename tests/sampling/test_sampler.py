@@ -1,5 +1,6 @@
 """Sampler (the actor's class, used here without Ray): Tasks in, PromptRequests with demos out."""
 
+import numpy as np
 import pyarrow as pa
 
 from toolexpander.config import SamplerConfig
@@ -87,9 +88,6 @@ def test_demo_probe_picks_each_settings_demos_as_the_sampler_does_and_spots_copi
 
 
 def test_demo_probe_compares_prompts_whose_demos_share_a_tool_with_their_bare_answers():
-    import numpy as np
-    import pyarrow as pa
-
     from bench.demo_probe import summarize
 
     prompts = [_task("p", "single", ["weather", "maps"], "weather"), _task("q", "single", ["stocks"], "stocks"),
