@@ -63,11 +63,11 @@ def summarize(tbl, prompts, demos_of, n: int, bare_fail: set[int] | None, per_pr
     tool with them (`related`) on the same prompts."""
     correct = np.array(tbl.column("reward_correct").to_pylist()).reshape(len(prompts), n)   # (P, n)
     texts = tbl.column("text").to_pylist()
-    copies = [copied(texts[p * n + k], {t.name for t in prompts[p].tools}, demos_of[p])
-              for p in range(len(prompts)) for k in range(n)]
+    tools_P = [{t.name for t in task.tools} for task in prompts]
+    copies = [copied(texts[p * n + k], tools_P[p], demos_of[p]) for p in range(len(prompts)) for k in range(n)]
     solved = correct.max(axis=1) > 0
     hard = sorted(bare_fail) if bare_fail is not None else [p for p in range(len(prompts)) if not solved[p]]
-    related = [p for p in range(len(prompts)) if per_prompt[p] and demos_of[p] & {t.name for t in prompts[p].tools}]
+    related = [p for p in range(len(prompts)) if per_prompt[p] and demos_of[p] & tools_P[p]]
     base = correct if bare_correct is None else bare_correct
     return {"related": len(related),
             "related_correct": float(correct[related].mean()) if related else float("nan"),
@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts = load_tasks(args.run / "train_prompts.jsonl")
     rows = load_tasks(REPO / cfg.data.train_path)[: cfg.data.limit]
     sets = demo_sets(prompts, rows, args.demos, args.seed)
-    sets.update({"prompts-turns": sets["prompts"], "file-turns": sets["file"], "hot": sets["bare"]})
-    pools = {"bare": [], "prompts": prompts, "file": rows, "prompts-turns": prompts, "file-turns": rows, "hot": []}
+    pools = {"bare": [], "prompts": prompts, "file": rows}   # where each demo source's row indices point
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results = {}
     with private_ray(num_cpus=cores()):
@@ -129,16 +128,17 @@ def main(argv: list[str] | None = None) -> None:
                     group.shutdown()
                 group, group_cfg = RolloutGroup(want, str(model)), want
                 group.ready()
-            reqs = [PromptRequest(task=t, demo_round=1 if sets[setting][p] else 0, group_id=p,
+            source = "bare" if setting == "hot" else setting.removesuffix("-turns")
+            demos_P, pool = sets[source], pools[source]   # each prompt's demo rows, and the rows they index
+            reqs = [PromptRequest(task=t, demo_round=1 if demos_P[p] else 0, group_id=p,
                                   demo_format="turns" if setting.endswith("-turns") else "system",
-                                  demos=[make_demo(pools[setting][q]) for q in sets[setting][p]])
+                                  demos=[make_demo(pool[q]) for q in demos_P[p]])
                     for p, t in enumerate(prompts)]
             tbl, _, lost = group.generate(reqs, step_seed=args.seed)
             assert not lost and tbl.num_rows == len(prompts) * args.n
-            demo_calls = {p: {c.name for q in sets[setting][p] for c in pools[setting][q].answer.tool_calls}
+            demo_calls = {p: {c.name for q in demos_P[p] for c in pool[q].answer.tool_calls}
                           for p in range(len(prompts))}
-            results[setting] = summarize(tbl, prompts, demo_calls, args.n, bare_fail,
-                                         [len(d) for d in sets[setting]],
+            results[setting] = summarize(tbl, prompts, demo_calls, args.n, bare_fail, [len(d) for d in demos_P],
                                          None if setting == "bare" else results["bare"]["correct_PN"])
             if setting == "bare":
                 bare_fail = set(results["bare"]["hard_ids"])

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from toolexpander.types import REWARD_DIMS
+from toolexpander.types import REWARD_DIMS, DemoFormat
 
 
 def known_dims(per_dim: dict[str, float]) -> dict[str, float]:
@@ -157,7 +157,7 @@ class SamplerConfig(Section):
                             "the prompts the run draws. Until 2026-12-05 it was always the prompts: with "
                             "data.subset 64 none of the single or parallel-call prompts shared a tool name "
                             "with another, and their demos were random rows of the sub-task")
-    demo_format: Literal["system", "turns"] = Field(
+    demo_format: DemoFormat = Field(
         "system", description="where a hard prompt's demos go. system: appended to the system prompt as "
                               "'Solved examples'; turns: before the conversation, each a user turn (the demo's "
                               "tools and question) and an assistant turn (its answer), as earlier exchanges")

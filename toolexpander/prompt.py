@@ -9,9 +9,10 @@ model's own chat template wraps the roles. Pure.
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 from toolexpander.rewards import render_answer, render_call
-from toolexpander.types import Demo, Message, Task, Tool
+from toolexpander.types import Demo, DemoFormat, Message, Task, Tool
 
 # The fixed instructions come first and the tools last, so every prompt shares one cached prefix.
 SYSTEM_TEMPLATE = """You are a helpful assistant that can call tools to answer the user.
@@ -34,7 +35,7 @@ DEMO_TEMPLATE = "\n\nExample {k}\nTools: {tools}\nRequest: {question}\nAnswer:\n
 # `turns`: the demo's own tools travel with its question, so its answer never calls a tool the
 # conversation has not shown; the system prompt keeps only the task's tools.
 DEMO_TURN_TEMPLATE = "(Solved example {k}. Tools for this request only: {tools})\n{question}"
-DEMO_FORMATS = ("system", "turns")
+DEMO_FORMATS = get_args(DemoFormat)
 
 
 def tool_json(tool: Tool) -> str:
@@ -83,7 +84,7 @@ def _history_turn(message: Message) -> dict[str, str]:
     return {"role": message.role, "content": message.content}
 
 
-def chat_messages(task: Task, demos: list[Demo] = (), demo_format: str = "system") -> list[dict[str, str]]:
+def chat_messages(task: Task, demos: list[Demo] = (), demo_format: DemoFormat = "system") -> list[dict[str, str]]:
     """The conversation handed to `tokenizer.apply_chat_template`; `demo_format` places the demos
     (DEMO_FORMATS)."""
     if demo_format not in DEMO_FORMATS:
@@ -101,7 +102,7 @@ def chat_messages(task: Task, demos: list[Demo] = (), demo_format: str = "system
     return [{"role": "system", "content": system_prompt(task.tools, demos, extra)}, *merged]
 
 
-def prompt_ids(tokenizer, task: Task, demos: list[Demo] = (), demo_format: str = "system") -> list[int]:
+def prompt_ids(tokenizer, task: Task, demos: list[Demo] = (), demo_format: DemoFormat = "system") -> list[int]:
     encoded = tokenizer.apply_chat_template(chat_messages(task, demos, demo_format), tokenize=True,
                                             add_generation_prompt=True)
     ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded

@@ -13,6 +13,8 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Subtask = Literal["no_call", "single", "parallel", "multi_turn"]
+# Where a hard prompt's demos go: in the system prompt, or before the conversation as earlier exchanges.
+DemoFormat = Literal["system", "turns"]
 SUBTASKS: tuple[str, ...] = ("no_call", "single", "parallel", "multi_turn")
 # Reward dimensions, in the order every array and every Arrow column uses.
 REWARD_DIMS: tuple[str, ...] = (
@@ -108,7 +110,7 @@ class PromptRequest(Frozen):
     task: Task
     demo_round: int = Field(ge=0)
     demos: list[Demo] = Field(default_factory=list)
-    demo_format: Literal["system", "turns"] = "system"   # where the demos go (prompt.DEMO_FORMATS)
+    demo_format: DemoFormat = "system"   # where the demos go (prompt.chat_messages renders them)
     group_id: int = Field(ge=0)   # unique within a training step; rows of one group share it
 
 
