@@ -331,6 +331,57 @@ def markdown_seeds(rows: list[dict]) -> str:
     return "\n".join(text + ([""] + diffs if diffs else []))
 
 
+def sign_test_p(gained: int, lost: int) -> float:
+    """Exact two-sided sign test (McNemar's exact test) on the questions two stages answer differently:
+    the chance of a split at least as uneven as gained / lost if each such question were equally likely
+    to go either way. 1.0 when they answer every question alike."""
+    n, k = gained + lost, min(gained, lost)
+    return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def paired(reference: dict[str, bool], other: dict[str, bool]) -> dict:
+    """Two stages' greedy answers to the same questions ({question id: right}), over the ids both have:
+    right in both, gained (reference wrong, other right), lost (the reverse), and the sign test's p."""
+    ids = [q for q in reference if q in other]
+    gained = sum(other[q] and not reference[q] for q in ids)
+    lost = sum(reference[q] and not other[q] for q in ids)
+    return {"questions": len(ids), "both_right": sum(reference[q] and other[q] for q in ids),
+            "gained": gained, "lost": lost, "p": sign_test_p(gained, lost)}
+
+
+def markdown_paired(comparisons: list[tuple[str, str, dict | None, dict | None]]) -> str:
+    """One row per (stage label, reference label, ToolRL paired(), BFCL paired()); a suite that one of
+    the two stages lacks is shown as "-". Empty when there is nothing to compare."""
+    def cells(p: dict | None) -> list:
+        if p is None:
+            return ["-"] * 5
+        net = 100 * (p["gained"] - p["lost"]) / p["questions"] if p["questions"] else 0.0
+        return [p["both_right"], p["gained"], p["lost"], f"{net:+.1f}", f"{p['p']:.2f}"]
+    return _table_or_empty(
+        ["stage", "against", "ToolRL right in both", "gained", "lost", "net, points", "sign test p",
+         "BFCL right in both", "gained", "lost", "net, points", "sign test p"],
+        [[name, against, *cells(t), *cells(b)] for name, against, t, b in comparisons if t or b])
+
+
+def paired_comparisons(rows: list[dict], answers: dict[str, dict[str, dict[str, bool] | None]]
+                       ) -> list[tuple[str, str, dict | None, dict | None]]:
+    """What markdown_paired shows: every arm's run against the SFT model, and every other arm's run against
+    (a) with the same seed (the same first prompts). answers: stage -> suite ("toolrl", "bfcl") -> the
+    stage's {question id: right}, or None where it was not evaluated."""
+    by_stage = {r["stage"]: r for r in rows}
+    plain = {r["seed"]: r["stage"] for r in rows if r["arm"] == "a"}
+
+    def pair(stage: str, ref: str) -> tuple[str, str, dict | None, dict | None]:
+        got = [answers.get(ref, {}).get(suite) and answers.get(stage, {}).get(suite) and
+               paired(answers[ref][suite], answers[stage][suite]) for suite in ("toolrl", "bfcl")]
+        return by_stage[stage]["label"], by_stage[ref]["label"], got[0] or None, got[1] or None
+
+    arms = [r for r in rows if r["arm"] in ARMS]
+    out = [pair(r["stage"], "sft") for r in arms if "sft" in by_stage]
+    out += [pair(r["stage"], plain[r["seed"]]) for r in arms if r["arm"] != "a" and r["seed"] in plain]
+    return out
+
+
 def revisit_summary(visits: dict[str, list[float]], sft_right: dict[str, bool] | None = None,
                     arm_right: dict[str, bool] | None = None) -> dict:
     """Whether an arm taught the prompts it drew: over the prompts drawn at least twice without demos,
@@ -526,6 +577,13 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
         *(["## Across seeds", "", markdown_seeds(rows), ""] if several_seeds(rows) else []),
         noise_note(rows),
         "",
+        *(["## Question by question", "",
+           "The same test questions asked of two models: right in both, gained (wrong before, right after), lost "
+           "(the reverse), the net change in points, and the exact two-sided sign test (McNemar) on the gained "
+           "and lost questions: the chance of a split at least that uneven if each changed answer were a coin "
+           "flip. Greedy answers, so every change is a changed model, not sampling; a p above 0.05 means the "
+           "changes do not show a direction. Each arm against the SFT model it started from, and each other arm "
+           "against (a) with the same seed.", "", info["paired"], ""] if info.get("paired") else []),
         *(["## Training budget", "",
            "What each arm trained on: optimizer updates applied (`learner/applied`, summed), groups in its "
            "learner batches (`learner/groups`, summed: the informative groups), the share of generated groups "

@@ -49,10 +49,10 @@ def load_summary(run_dir: Path, stage: str, suite: str) -> dict | None:
     return result["summary"] if result is not None else None
 
 
-def greedy_right(run_dir: Path, stage: str) -> dict[str, bool] | None:
-    """{task id: answered right} from a stage's greedy answers to the training prompts (eval/<stage>_train.json);
-    None where the stage was not asked them."""
-    result = load_eval(run_dir, stage, "train")
+def greedy_right(run_dir: Path, stage: str, suite: str = "train") -> dict[str, bool] | None:
+    """{question id: answered right} from a stage's greedy answers to a suite (eval/<stage>_<suite>.json;
+    by default the training prompts); None where the stage was not asked them."""
+    result = load_eval(run_dir, stage, suite)
     return None if result is None else {e["id"]: e.get("error_type") is None for e in result["entries"]}
 
 
@@ -272,6 +272,9 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     state["revisits"] = report.markdown_revisits({r["label"]: summaries[r["stage"]] for r in arms})
     revisits = {stage: s for stage, s in summaries.items()
                 if s is not None and report.split_stage(stage)[1] is None}   # the first seed's arms
+    answers = {r["stage"]: {suite: greedy_right(run_dir, r["stage"], suite) for suite in ("toolrl", "bfcl")}
+               for r in rows}
+    state["paired"] = report.markdown_paired(report.paired_comparisons(rows, answers))
     state["mix"], state["test_mix"] = training_mix(run_dir, state["arms"]), eval_mix(run_dir)
     from toolexpander.config import load_config, parse_overrides
 

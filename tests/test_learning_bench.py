@@ -607,6 +607,41 @@ def test_across_seeds_section_lists_each_seed_and_the_paired_differences():
     assert "## Across seeds" not in report.document({**info, "seeds": [0]}, report.table_rows(STAGES), [])
 
 
+def test_sign_test_is_the_exact_binomial_tail_on_the_changed_questions():
+    assert report.sign_test_p(0, 0) == 1.0
+    assert report.sign_test_p(3, 3) == 1.0
+    assert report.sign_test_p(5, 0) == pytest.approx(2 / 32)        # both tails of 5 coin flips
+    assert report.sign_test_p(1, 8) == pytest.approx(2 * (1 + 9) / 512)
+    assert report.sign_test_p(8, 1) == report.sign_test_p(1, 8)
+
+
+def test_paired_comparisons_count_gained_and_lost_questions_against_sft_and_same_seed_a():
+    rows = report.table_rows(SEEDED, first_seed=0)
+    ids = [f"q{i}" for i in range(6)]
+    right = lambda *hits: {q: i in hits for i, q in enumerate(ids)}  # noqa: E731
+    answers = {"sft": {"toolrl": right(0, 1, 2), "bfcl": right(0)},
+               "a": {"toolrl": right(0, 1, 3, 4, 5), "bfcl": None},
+               "d": {"toolrl": right(0), "bfcl": right(0, 1)},
+               "a-s1": {"toolrl": right(1, 2), "bfcl": right()},
+               "d-s1": {"toolrl": None, "bfcl": None}}
+    got = report.paired_comparisons(rows, answers)
+    assert [(name, against) for name, against, _, _ in got] == [
+        ("(a) plain GRPO, seed 0", "SFT"), ("(d) full method (both papers), seed 0", "SFT"),
+        ("(a) plain GRPO, seed 1", "SFT"), ("(d) full method (both papers), seed 1", "SFT"),
+        ("(d) full method (both papers), seed 0", "(a) plain GRPO, seed 0"),
+        ("(d) full method (both papers), seed 1", "(a) plain GRPO, seed 1")]
+    assert got[0][2] == {"questions": 6, "both_right": 2, "gained": 3, "lost": 1, "p": pytest.approx(0.625)}
+    assert got[0][3] is None and got[3][2:] == (None, None)
+    assert got[4][2] == {"questions": 6, "both_right": 1, "gained": 0, "lost": 4, "p": pytest.approx(0.125)}
+    text = report.markdown_paired(got)
+    assert "| (a) plain GRPO, seed 0 | SFT | 2 | 3 | 1 | +33.3 | 0.62 | - | - | - | - | - |" in text
+    assert "| (d) full method (both papers), seed 0 | SFT | 1 | 0 | 2 | -33.3 | 0.50 | 1 | 1 | 0 | +16.7 | 1.00 |" in text
+    assert "seed 1 | SFT |" not in text.replace("(a) plain GRPO, seed 1 | SFT", "")   # (d) seed 1: nothing to show
+    doc = report.document({**DOC_INFO, "paired": text}, report.table_rows(STAGES), [])
+    assert "## Question by question" in doc and text in doc
+    assert "## Question by question" not in report.document(DOC_INFO, report.table_rows(STAGES), [])
+
+
 def test_no_call_answers_counts_call_questions_opened_with_the_no_call_thought():
     from bench.learning_run import no_call_answers
 
