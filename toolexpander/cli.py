@@ -100,7 +100,8 @@ def cmd_eval(args, _) -> int:
     from toolexpander.eval.runner import run_eval
 
     run_eval(model=args.model, suite=args.suite, categories=args.categories, limit=args.limit,
-             out=args.out, max_tokens=args.max_tokens, data=args.data)
+             out=args.out, max_tokens=args.max_tokens, data=args.data, samples=args.samples,
+             temperature=args.temperature, seed=args.seed)
     return 0
 
 
@@ -148,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-tokens", type=int, default=256)
     e.add_argument("--data", metavar="FILE", help="toolrl/acebench: ask the questions of this task file (the "
                    "training schema) instead of the suite's own, e.g. the prompts a run trained on")
+    e.add_argument("--samples", type=int, metavar="K", help="K sampled completions per question instead of "
+                   "one greedy answer: accuracy is then mean@K (each question's share of right completions, "
+                   "averaged), and pass@K is printed beside it")
+    e.add_argument("--temperature", type=float, help="with --samples: the sampling temperature (default 1.0; "
+                   "a training run samples at rollout.temperature)")
+    e.add_argument("--seed", type=int, default=0, help="with --samples: the sampling seed")
     e.add_argument("--out", required=True)
     e.set_defaults(fn=cmd_eval)
     return p

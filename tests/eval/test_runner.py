@@ -14,18 +14,19 @@ from toolexpander.rewards import render_answer, score
 from toolexpander.types import ROLLOUT_SCHEMA
 
 
-def oracle(texts_for):
-    """A generate_fn answering each request with texts_for(task), scored by our reward."""
+def oracle(texts_for, samples: bool = False):
+    """A generate_fn answering each request with texts_for(task), scored by our reward; samples: texts_for
+    gives a list, one row per text (the completions sampled for the request)."""
     def generate(requests):
         rows = []
         for r in reversed(requests):   # out of order on purpose: rows are matched by group_id
-            text = texts_for(r.task)
-            row = {f.name: [] if pa.types.is_list(f.type) else "" if pa.types.is_string(f.type) else 0
-                   for f in ROLLOUT_SCHEMA}
-            row.update(group_id=r.group_id, task_id=r.task.id, subtask=r.task.subtask,
-                       finish_reason="stop", text=text)
-            row.update({f"reward_{d}": v for d, v in score(text, r.task).as_dict().items()})
-            rows.append(row)
+            for text in (texts_for(r.task) if samples else [texts_for(r.task)]):
+                row = {f.name: [] if pa.types.is_list(f.type) else "" if pa.types.is_string(f.type) else 0
+                       for f in ROLLOUT_SCHEMA}
+                row.update(group_id=r.group_id, task_id=r.task.id, subtask=r.task.subtask,
+                           finish_reason="stop", text=text)
+                row.update({f"reward_{d}": v for d, v in score(text, r.task).as_dict().items()})
+                rows.append(row)
         return pa.RecordBatch.from_pylist(rows, schema=ROLLOUT_SCHEMA)
     return generate
 
@@ -74,6 +75,32 @@ def test_ground_truth_scores_full_marks_and_too_long_prompts_fail():
     assert single["decoded"] == [{c.name: c.arguments} for c in items[2].task.answer.tool_calls]
 
 
+def test_sampled_answers_give_mean_and_pass_at_k_per_category():
+    items = runner.load_items("toolrl", ["no_call", "single"], 2)
+    right = lambda t: render_answer(t.answer)   # noqa: E731
+    texts = {items[0].id: lambda t: [right(t), "garbage", right(t)],   # no_call: 2 of 3, then 0 of 3
+             items[1].id: lambda t: ["garbage"] * 3,
+             items[2].id: lambda t: [right(t)] * 3,                      # single: 3 of 3, then 1 of 3
+             items[3].id: lambda t: ["x", "y", right(t)]}
+    report = runner.evaluate_with(oracle(lambda t: texts[t.id](t), samples=True), items, "toolrl",
+                                  log=lambda _: None, samples=3)
+    entries, s = report["entries"], report["summary"]
+    assert [(e["correct"], e["samples"]) for e in entries] == [(2, 3), (0, 3), (3, 3), (1, 3)]
+    assert entries[0]["valid"] == pytest.approx(2 / 3) and entries[2]["error_type"] is None
+    assert entries[0]["error_type"] == "sampled:some_wrong" and len(entries[0]["completions"]) == 3
+    assert entries[0]["completions"][1]["valid"] is False and "id" not in entries[0]["completions"][0]
+    assert entries[0]["rewards"]["format"] == pytest.approx(2 / 3)
+    assert s["categories"]["no_call"]["accuracy"] == pytest.approx(1 / 3)       # mean@3
+    assert s["categories"]["single"]["accuracy"] == pytest.approx(2 / 3)
+    assert s["overall"] == pytest.approx(0.5) and s["samples"] == 3
+    assert s["pass_at_k"] == pytest.approx({"no_call": 0.5, "single": 1.0, "overall": 0.75})
+    assert "pass@3 (a question with a right completion among its 3): no_call 50.00%, single 100.00%, " \
+           "overall 75.00%" in runner.format_table(s)
+    short = oracle(lambda t: texts[t.id](t)[:2], samples=True)
+    with pytest.raises(EvalError, match="3 completion.s. per question expected, another number came back for 4"):
+        runner.evaluate_with(short, items, "toolrl", log=lambda _: None, samples=3)
+
+
 def test_bfcl_summary_and_metrics_from_ground_truth():
     items = runner.load_items("bfcl", ["simple_python", "irrelevance"], 4)
     report = runner.evaluate_with(oracle(lambda t: render_answer(t.answer)), items, "bfcl",
@@ -111,6 +138,10 @@ def test_cli_reports_bad_input_in_one_line(tiny_model, tmp_path, capsys):
     assert main(["eval", "--model", str(tiny_model), "--suite", "toolrl", "--data", str(tmp_path / "no.jsonl"),
                  "--out", out]) == 1
     assert f"--data {tmp_path / 'no.jsonl'}: no such file" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_model), "--suite", "toolrl", "--temperature", "0.7", "--out", out]) == 1
+    assert "--temperature 0.7: greedy decoding has no temperature; add --samples K" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_model), "--suite", "toolrl", "--samples", "0", "--out", out]) == 1
+    assert "--samples must be at least 1, got 0" in capsys.readouterr().err
     assert not os.path.exists(out)
 
 
@@ -153,6 +184,15 @@ def test_run_eval_bfcl_with_a_given_worker(tiny_model, tmp_path):
     _check_report(out, 2, ["simple_python"])
     assert set(runner.eval_metrics(summary, "bfcl")) == {
         "eval/bfcl/simple_python", "eval/bfcl/non_live_simple", "eval/bfcl/non_live", "eval/bfcl/overall"}
+    sampled = runner.run_eval(model=str(tiny_model), suite="toolrl", categories=["single"], limit=2,
+                              out=str(tmp_path / "sampled.json"), max_tokens=8, worker=worker, samples=3, seed=5)
+    entries = json.loads((tmp_path / "sampled.json").read_text())["entries"]
+    assert [len(e["completions"]) for e in entries] == [3, 3] and sampled["samples"] == 3
+    assert sampled["temperature"] == 1.0 and sampled["seed"] == 5          # the worker's own temperature
+    assert len({c["raw"] for e in entries for c in e["completions"]}) > 2   # sampled, not one answer repeated
+    with pytest.raises(EvalError, match="a given worker samples at its own rollout.temperature"):
+        runner.run_eval(model=str(tiny_model), suite="toolrl", categories=["single"], limit=1,
+                        out=str(tmp_path / "t.json"), worker=worker, samples=2, temperature=0.5)
 
 
 def test_run_eval_through_ray_the_training_path(ray_local, tiny_model, tmp_path):
@@ -187,5 +227,5 @@ def test_missing_completions_raise_instead_of_scoring_zero():
         batch = full(requests)
         return batch.filter(pa.array([g != requests[1].group_id
                                       for g in batch.column("group_id").to_pylist()]))
-    with pytest.raises(EvalError, match="no completion came back for 1 question"):
+    with pytest.raises(EvalError, match="another number came back for 1 question"):
         runner.evaluate_with(drop_one, items, "toolrl", log=lambda _: None)

@@ -124,12 +124,28 @@ def _too_long(item: Item) -> dict:
 # Generation + scoring, shared by the CLI (in-process worker) and training (Ray)
 
 
+def _sampled(item: Item, rows: list[dict]) -> dict:
+    """A question answered by several sampled completions: each scored as a greedy answer is (under
+    "completions"), `correct` of `samples` right, and `valid` the fraction right, so that summarize's
+    accuracy is mean@k; ToolRL/ACEBench `rewards` are the completions' means."""
+    scored = [_score(item, row) for row in rows]
+    right = sum(bool(s["valid"]) for s in scored)
+    entry = {"id": item.id, "category": item.category, "samples": len(scored), "correct": right,
+             "valid": right / len(scored), "error_type": None if right == len(scored) else "sampled:some_wrong",
+             "completions": [{k: v for k, v in s.items() if k not in ("id", "category")} for s in scored]}
+    if scored and "rewards" in scored[0]:
+        entry["rewards"] = {d: sum(s["rewards"][d] for s in scored) / len(scored) for d in scored[0]["rewards"]}
+    return entry
+
+
 def evaluate_with(generate_fn: GenerateFn, items: Sequence[Item], suite: str,
                   fits: Callable[[Task], bool] | None = None, batch: int = BATCH,
-                  log: Callable[[str], None] = print) -> dict:
+                  log: Callable[[str], None] = print, samples: int | None = None) -> dict:
     """Greedy completions for `items` via generate_fn(requests) -> RecordBatch or Table
     (ROLLOUT_SCHEMA, one row per request), scored. A prompt for which `fits` is False is not
     generated and counts as a failure ("prompt_too_long").
+    samples: generate_fn samples that many completions per request instead (rows sharing its
+    group_id); each question's entry is _sampled()'s, and the summary adds mean@k and pass@k.
     Returns {"summary": ..., "entries": [...]} in item order."""
     start = time.perf_counter()
     entries: list[dict | None] = [None] * len(items)
@@ -143,15 +159,23 @@ def evaluate_with(generate_fn: GenerateFn, items: Sequence[Item], suite: str,
         chunk = todo[lo:lo + batch]
         requests = [PromptRequest(task=items[i].task, demo_round=0, group_id=i) for i in chunk]
         generated = generate_fn(requests)
-        rows = {r["group_id"]: r for r in (generated.to_pylist() if generated is not None else [])}
-        lost = [items[i].id for i in chunk if i not in rows]
+        rows: dict[int, list[dict]] = {}
+        for r in (generated.to_pylist() if generated is not None else []):
+            rows.setdefault(r["group_id"], []).append(r)
+        want = samples or 1
+        lost = [items[i].id for i in chunk if len(rows.get(i, ())) != want]
         if lost:  # e.g. a rollout worker died: no number rather than a wrong one
-            raise EvalError(f"{suite}: no completion came back for {len(lost)} question(s), "
-                            f"first {lost[0]}")
+            raise EvalError(f"{suite}: {want} completion(s) per question expected, another number came back "
+                            f"for {len(lost)} question(s), first {lost[0]}")
         for i in chunk:
-            entries[i] = _score(items[i], rows[i])
+            entries[i] = _score(items[i], rows[i][0]) if samples is None else _sampled(items[i], rows[i])
         log(f"{suite}: {lo + len(chunk)}/{len(todo)} generated ({time.perf_counter() - start:.0f} s)")
     summary = summarize(suite, entries)
+    if samples is not None:
+        summary["samples"] = samples
+        summary["pass_at_k"] = {c: sum(e.get("correct", 0) > 0 for e in entries if e["category"] == c)
+                                / row["n"] for c, row in summary["categories"].items()}
+        summary["pass_at_k"]["overall"] = sum(e.get("correct", 0) > 0 for e in entries) / len(entries) if entries else None
     summary["seconds"] = round(time.perf_counter() - start, 1)
     return {"summary": summary, "entries": entries}
 
@@ -213,6 +237,10 @@ def format_table(summary: dict) -> str:
             lines.append(f"{name:<{width}} {'':>6} {value:>9.2%}")
     if summary.get("overall") is not None:
         lines.append(f"{suite + ' overall':<{width}} {summary['n']:>6} {summary['overall']:>9.2%}")
+    if summary.get("pass_at_k"):
+        k = summary["samples"]
+        lines.append(f"pass@{k} (a question with a right completion among its {k}): "
+                     + ", ".join(f"{c} {v:.2%}" for c, v in summary["pass_at_k"].items()))
     if summary.get("missing"):
         lines.append(f"(not run, left out of the groups: {', '.join(summary['missing'])})")
     if summary.get("prompt_too_long"):
@@ -237,10 +265,12 @@ def _tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def _generate_fn(worker, max_tokens: int) -> GenerateFn:
+def _generate_fn(worker, max_tokens: int, samples: int | None = None, seed: int = 0) -> GenerateFn:
     """worker: a RolloutWorker, its Ray actor handle, or a RolloutGroup (all its workers in
-    parallel); each answers generate(requests, step_seed, ...) with (rows, stats, ...)."""
-    kwargs = {"step_seed": 0, "greedy": True, "max_tokens": max_tokens}
+    parallel); each answers generate(requests, step_seed, ...) with (rows, stats, ...).
+    Greedy, or `samples` completions per request at the worker's temperature (seeded by `seed`)."""
+    kwargs = ({"step_seed": 0, "greedy": True, "max_tokens": max_tokens} if samples is None else
+              {"step_seed": seed, "greedy": False, "n": samples, "max_tokens": max_tokens})
     if hasattr(getattr(worker, "generate", None), "remote"):  # a Ray actor handle
         import ray
 
@@ -250,7 +280,8 @@ def _generate_fn(worker, max_tokens: int) -> GenerateFn:
 
 def run_eval(model: str, suite: str, categories: list[str] | None, limit: int | None, out: str,
              max_tokens: int = 256, worker=None, max_model_len: int | None = None, label: str | None = None,
-             data: str | None = None) -> dict:
+             data: str | None = None, samples: int | None = None, temperature: float | None = None,
+             seed: int = 0) -> dict:
     """Evaluate `model` (a local model directory) on `suite`; write `out` (JSON); return the summary.
 
     worker: a RolloutWorker, its Ray actor handle or a RolloutGroup to generate with; by default
@@ -258,12 +289,23 @@ def run_eval(model: str, suite: str, categories: list[str] | None, limit: int | 
     context, to leave out prompts that do not fit; read from a worker or group, else pass the
     training config's rollout.max_model_len for an actor handle (default 4096). label: what the
     printed table and the summary call the model (default: `model`), e.g. a training run's policy.
-    data: a task file to ask instead of the suite's own (toolrl, acebench; see load_items)."""
+    data: a task file to ask instead of the suite's own (toolrl, acebench; see load_items).
+    samples: instead of one greedy answer, that many sampled completions per question, at `temperature`
+    (the in-process worker's; default the rollout default, 1.0) with seed `seed`; accuracy is then
+    mean@k (the mean over questions of the share of its completions that are right), with pass@k beside it."""
     path = Path(model)
     if not (path / "config.json").is_file():
         raise EvalError(f"--model {model}: not a model directory (no config.json)")
     if max_tokens < 1:
         raise EvalError(f"--max-tokens must be at least 1, got {max_tokens}")
+    if samples is not None and samples < 1:
+        raise EvalError(f"--samples must be at least 1, got {samples}")
+    if temperature is not None and samples is None:
+        raise EvalError(f"--temperature {temperature}: greedy decoding has no temperature; add --samples K")
+    if temperature is not None and worker is not None:
+        raise EvalError("temperature: a given worker samples at its own rollout.temperature")
+    if temperature is not None and not 0.0 < temperature <= 2.0:
+        raise EvalError(f"--temperature must be in (0, 2], got {temperature}")
     items = load_items(suite, categories, limit, data)
     if not items:
         raise EvalError(f"{suite}: no questions selected")
@@ -272,7 +314,8 @@ def run_eval(model: str, suite: str, categories: list[str] | None, limit: int | 
         from toolexpander.config import RewardConfig, RolloutConfig
 
         max_model_len = _context_length(path)
-        rollout = RolloutConfig(max_tokens=max_tokens, max_model_len=max_model_len).model_dump()
+        rollout = RolloutConfig(max_tokens=max_tokens, max_model_len=max_model_len,
+                                **({} if temperature is None else {"temperature": temperature})).model_dump()
         worker = RolloutWorker(0, str(path), rollout, RewardConfig().model_dump())
     tokenizer = getattr(worker, "tokenizer", None)
     if tokenizer is None:
@@ -285,11 +328,18 @@ def run_eval(model: str, suite: str, categories: list[str] | None, limit: int | 
     def fits(task: Task) -> bool:
         return len(prompt_ids(tokenizer, task)) + max_tokens <= max_model_len
 
-    report = evaluate_with(_generate_fn(worker, max_tokens), items, suite, fits=fits)
+    report = evaluate_with(_generate_fn(worker, max_tokens, samples, seed), items, suite, fits=fits,
+                           samples=samples)
+    sampling = {}
+    if samples is not None:
+        cfg = getattr(worker, "cfg", None)
+        sampling = {"temperature": getattr(getattr(cfg, "rollout", cfg), "temperature", temperature), "seed": seed}
     summary = {"model": label or str(model), "limit": limit, "max_tokens": max_tokens,
-               **({"data": str(data)} if data is not None else {}), **report["summary"]}
+               **({"data": str(data)} if data is not None else {}), **sampling, **report["summary"]}
     print(f"\n{suite}{f' ({data})' if data is not None else ''} on {label or model}"
-          + (f" (first {limit} per category)" if limit else ""))
+          + (f" (first {limit} per category)" if limit else "")
+          + (f", {samples} samples per question at temperature {sampling['temperature']}: accuracy is mean@"
+             f"{samples}" if samples is not None else ""))
     print(format_table(summary))
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
