@@ -47,7 +47,8 @@ SMOKE_STEPS = 2
 BFCL_CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple"]
 PYTHON = [sys.executable, "-m", "toolexpander"]
 # What each stage is evaluated on, as the logs name it: RUN_DIR/eval/<stage>_<suite>.json.
-SUITES = {"toolrl": "ToolRL", "bfcl": "BFCL", "train": "training prompts"}
+SUITES = {"toolrl": "ToolRL", "bfcl": "BFCL", "train": "training prompts", "sampled": "ToolRL sampled"}
+SAMPLED_SEED = 0   # every model's sampled answers use the same seed: paired differences carry less noise
 # Evaluations of the base and SFT models, keyed by eval_key (git-ignored, like runs/).
 EVAL_CACHE = REPO / "runs" / "eval-cache"
 RUNS = REPO / "runs"   # where new run directories go (runs/learn-<stamp>)
@@ -114,11 +115,13 @@ class Pipeline:
         self.seeds = args.seeds or [args.seed]
         self.seed = self.seeds[0]   # the SFT warm start's seed, and the seed whose arms keep plain names
         self.toolrl_limit = self.cfg.eval.limit if args.smoke else None  # the whole ToolRL test set
+        self.eval_samples = getattr(args, "eval_samples", None)   # K sampled answers per ToolRL question (SFT and arms); None: off
         self.state = {"command": _shown([sys.executable, "-m", "bench.learning", *sys.argv[1:]]),
                       "config": config, "overrides": overrides, "seed": self.seed, "seeds": self.seeds,
                       "steps": self.steps,
                       "max_tokens": self.cfg.eval.max_tokens, "bfcl_limit": self.cfg.eval.limit,
                       "bfcl_categories": BFCL_CATEGORIES, "toolrl_limit": self.toolrl_limit,
+                      "eval_samples": self.eval_samples, "eval_temperature": self.cfg.rollout.temperature,
                       "settings": settings(self.cfg), "arms": [], "stages": [], "commit": _commit(),
                       "run_dir": _relative(run_dir), **run_machine()}
         self._save()
@@ -130,6 +133,11 @@ class Pipeline:
         as read before this Pipeline was made (making one writes a fresh one). Returns the finished arms."""
         self.state.update({k: done[k] for k in ("stages", "arms", "commit", "command", "seed", "steps")})
         self.state.update({k: done.get(k) for k in ("started", "machine")})   # None for runs before they were kept
+        if self.eval_samples is None:   # a run that sampled keeps sampling its new stages
+            self.eval_samples = self.state["eval_samples"] = done.get("eval_samples")
+        elif done.get("eval_samples") not in (None, self.eval_samples):
+            raise SystemExit(f"--eval-samples {self.eval_samples}: the run's stages were sampled with "
+                             f"{done['eval_samples']}; give that number or leave the option out")
         if done.get("forked_from"):
             self.state["forked_from"] = done["forked_from"]
         self.state["seeds"] = self.seeds   # the run's seeds, or more of them (main checks)
@@ -207,6 +215,10 @@ class Pipeline:
         cmds = {"toolrl": [*PYTHON, "eval", "--suite", "toolrl", *common, "--out", str(out["toolrl"]), *toolrl_limit],
                 "bfcl": [*PYTHON, "eval", "--suite", "bfcl", "--categories", *BFCL_CATEGORIES, "--limit",
                          str(self.cfg.eval.limit), *common, "--out", str(out["bfcl"])]}
+        if self.eval_samples and stage != "base":   # the base model never writes the format: nothing to sample
+            cmds["sampled"] = [*PYTHON, "eval", "--suite", "toolrl", *common, "--samples", str(self.eval_samples),
+                               "--temperature", str(self.cfg.rollout.temperature), "--seed", str(SAMPLED_SEED),
+                               "--out", str(out["sampled"]), *toolrl_limit]
         if report.split_stage(stage)[1] is None:   # the first seed's arms, base and SFT
             cmds["train"] = [*PYTHON, "eval", "--suite", "toolrl", "--data", str(self.train_prompts()), *common,
                              "--out", str(out["train"]), *toolrl_limit]
@@ -238,7 +250,8 @@ class Pipeline:
         self._record(name, t0, list(cmds.values()), "; ".join(notes))
         said = {"toolrl": lambda x: f"ToolRL correct {100 * x['overall']:.1f}%",
                 "bfcl": lambda x: f"BFCL non-live {100 * (x['overall'] or 0):.1f}%",
-                "train": lambda x: f"training prompts correct {100 * x['overall']:.1f}%"}
+                "train": lambda x: f"training prompts correct {100 * x['overall']:.1f}%",
+                "sampled": lambda x: f"ToolRL sampled mean@{x['samples']} {100 * x['overall']:.1f}%"}
         log(f"{name}: done in {time.perf_counter() - t0:.0f} s; " + ", ".join(said[suite](s[suite]) for suite in cmds))
 
     def sft_model(self, output_dir: Path | None) -> Path:
@@ -398,6 +411,10 @@ def main(argv: list[str] | None = None) -> None:
                     "--arms b,c --seeds 0 adds two arms with the first seed only)")
     ap.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for SFT and every arm, e.g. --set data.subset_mix=file (repeatable)")
+    ap.add_argument("--eval-samples", type=int, metavar="K", help="also ask every model but the base K sampled "
+                    "answers per ToolRL question at rollout.temperature (the same seed for each): mean@K, pass@K "
+                    "and paired per-question differences, which tell a small change from noise better than one "
+                    "greedy answer; with --resume, the finished stages that lack them are asked too")
     ap.add_argument("--report-only", type=Path, metavar="RUN_DIR", help="rewrite the report from a finished run")
     ap.add_argument("--compare", type=Path, metavar="RUN_DIR", help="an earlier run's directory: the report "
                     "sets its evaluations beside this run's, stage by stage, with the settings that differ")
@@ -415,6 +432,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--arms: choose from {','.join(report.ARMS)}, got {args.arms!r}")
     if args.seeds and "--seed" in (argv if argv is not None else sys.argv[1:]):
         ap.error("--seed and --seeds: give one of them")
+    if args.eval_samples is not None and args.eval_samples < 1:
+        ap.error(f"--eval-samples must be at least 1, got {args.eval_samples}")
     if args.set and (args.resume or args.report_only or args.fork):
         ap.error("--set applies to a new run (a resumed or forked one keeps the overrides in its learning.json)")
     if args.fork:

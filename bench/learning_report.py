@@ -349,9 +349,43 @@ def paired(reference: dict[str, bool], other: dict[str, bool]) -> dict:
             "gained": gained, "lost": lost, "p": sign_test_p(gained, lost)}
 
 
-def markdown_paired(comparisons: list[tuple[str, str, dict | None, dict | None]]) -> str:
-    """One row per (stage label, reference label, ToolRL paired(), BFCL paired()); a suite that one of
-    the two stages lacks is shown as "-". Empty when there is nothing to compare."""
+def paired_rates(reference: dict[str, float], other: dict[str, float]) -> dict:
+    """Two stages' sampled answers to the same questions ({question id: share of its K completions
+    right}), over the ids both have: how many questions went up, down or stayed, the mean per-question
+    difference (other - reference), its standard error sd / sqrt(n) (sample sd of the differences) and
+    the two-sided p of that mean under a normal approximation (a paired t-test at these n)."""
+    ids = [q for q in reference if q in other]
+    d = [other[q] - reference[q] for q in ids]
+    n = len(d)
+    mean = sum(d) / n if n else 0.0
+    se = (sum((x - mean) ** 2 for x in d) / (n - 1) / n) ** 0.5 if n > 1 else 0.0
+    p = math.erfc(abs(mean) / se / 2 ** 0.5) if se > 0 else (1.0 if mean == 0 else 0.0)
+    return {"questions": n, "up": sum(x > 0 for x in d), "down": sum(x < 0 for x in d),
+            "same": sum(x == 0 for x in d), "mean": mean, "se": se, "p": p}
+
+
+def paired_comparisons(rows: list[dict], answers: dict[str, dict[str, dict | None]], suites: tuple[str, ...],
+                       compare=paired) -> list[tuple[str, str, list[dict | None]]]:
+    """Every arm's run against the SFT model, then every other arm's run against (a) with the same seed
+    (the same first prompts): (stage label, reference label, [compare(reference's, stage's) per suite]).
+    answers: stage -> suite -> the stage's {question id: value} (paired's or paired_rates'), or None where it
+    was not evaluated (that suite's cell is None)."""
+    by_stage = {r["stage"]: r for r in rows}
+    plain = {r["seed"]: r["stage"] for r in rows if r["arm"] == "a"}
+
+    def pair(stage: str, ref: str) -> tuple[str, str, list[dict | None]]:
+        mine, theirs = answers.get(stage, {}), answers.get(ref, {})
+        return by_stage[stage]["label"], by_stage[ref]["label"], [
+            compare(theirs[x], mine[x]) if theirs.get(x) and mine.get(x) else None for x in suites]
+
+    arms = [r for r in rows if r["arm"] in ARMS]
+    out = [pair(r["stage"], "sft") for r in arms if "sft" in by_stage]
+    return out + [pair(r["stage"], plain[r["seed"]]) for r in arms if r["arm"] != "a" and r["seed"] in plain]
+
+
+def markdown_paired(comparisons: list[tuple[str, str, list[dict | None]]]) -> str:
+    """paired_comparisons over ("toolrl", "bfcl") with paired(): a suite that one of the two stages lacks
+    is shown as "-"; a row with neither is left out. Empty when there is nothing to compare."""
     def cells(p: dict | None) -> list:
         if p is None:
             return ["-"] * 5
@@ -360,26 +394,23 @@ def markdown_paired(comparisons: list[tuple[str, str, dict | None, dict | None]]
     return _table_or_empty(
         ["stage", "against", "ToolRL right in both", "gained", "lost", "net, points", "sign test p",
          "BFCL right in both", "gained", "lost", "net, points", "sign test p"],
-        [[name, against, *cells(t), *cells(b)] for name, against, t, b in comparisons if t or b])
+        [[name, against, *cells(t), *cells(b)] for name, against, (t, b) in comparisons if t or b])
 
 
-def paired_comparisons(rows: list[dict], answers: dict[str, dict[str, dict[str, bool] | None]]
-                       ) -> list[tuple[str, str, dict | None, dict | None]]:
-    """What markdown_paired shows: every arm's run against the SFT model, and every other arm's run against
-    (a) with the same seed (the same first prompts). answers: stage -> suite ("toolrl", "bfcl") -> the
-    stage's {question id: right}, or None where it was not evaluated."""
-    by_stage = {r["stage"]: r for r in rows}
-    plain = {r["seed"]: r["stage"] for r in rows if r["arm"] == "a"}
-
-    def pair(stage: str, ref: str) -> tuple[str, str, dict | None, dict | None]:
-        got = [answers.get(ref, {}).get(suite) and answers.get(stage, {}).get(suite) and
-               paired(answers[ref][suite], answers[stage][suite]) for suite in ("toolrl", "bfcl")]
-        return by_stage[stage]["label"], by_stage[ref]["label"], got[0] or None, got[1] or None
-
-    arms = [r for r in rows if r["arm"] in ARMS]
-    out = [pair(r["stage"], "sft") for r in arms if "sft" in by_stage]
-    out += [pair(r["stage"], plain[r["seed"]]) for r in arms if r["arm"] != "a" and r["seed"] in plain]
-    return out
+def markdown_sampled(summaries: dict[str, dict], comparisons: list[tuple[str, str, list[dict | None]]]) -> str:
+    """summaries: stage label -> its sampled ToolRL summary (mean@K in `overall`, `pass_at_k`, `samples`);
+    comparisons: paired_comparisons over ("sampled",) with paired_rates(). Two tables; empty without summaries."""
+    if not summaries:
+        return ""
+    rates = _table_or_empty(
+        ["stage", "samples per question", "mean@K %", "pass@K %", "format, mean of the completions %"],
+        [[name, s["samples"], _pct(s["overall"]), _pct((s.get("pass_at_k") or {}).get("overall")),
+          _pct((s.get("means") or {}).get("format"))] for name, s in summaries.items()])
+    body = [[name, against, f"{p['up']} / {p['down']} / {p['same']}", f"{100 * p['mean']:+.1f}",
+             f"{100 * p['se']:.1f}", f"{p['p']:.2f}"] for name, against, (p,) in comparisons if p]
+    diffs = _table_or_empty(["stage", "against", "questions up / down / same", "difference, points",
+                             "standard error, points", "p (paired, two-sided)"], body)
+    return rates + ("\n\n" + diffs if body else "")
 
 
 def revisit_summary(visits: dict[str, list[float]], sft_right: dict[str, bool] | None = None,
@@ -584,6 +615,15 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
            "flip. Greedy answers, so every change is a changed model, not sampling; a p above 0.05 means the "
            "changes do not show a direction. Each arm against the SFT model it started from, and each other arm "
            "against (a) with the same seed.", "", info["paired"], ""] if info.get("paired") else []),
+        *(["## Sampled answers", "",
+           f"Each model but the base asked every ToolRL question {info.get('eval_samples')} times, sampled at the "
+           f"training temperature ({info.get('eval_temperature')}) with the same seed for every model: mean@K is "
+           "the share of a question's completions that are right, averaged over the questions; pass@K the share "
+           "of questions with at least one right. One greedy answer per question moves only when the most likely "
+           "answer changes; these rates also move when a right answer becomes more or less likely, so a small "
+           "change of the policy shows here first. Below, each arm against SFT and each other arm against (a) "
+           "with the same seed, question by question: the mean of the per-question differences, its standard "
+           "error and the two-sided p (normal approximation).", "", info["sampled"], ""] if info.get("sampled") else []),
         *(["## Training budget", "",
            "What each arm trained on: optimizer updates applied (`learner/applied`, summed), groups in its "
            "learner batches (`learner/groups`, summed: the informative groups), the share of generated groups "

@@ -274,7 +274,16 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
                 if s is not None and report.split_stage(stage)[1] is None}   # the first seed's arms
     answers = {r["stage"]: {suite: greedy_right(run_dir, r["stage"], suite) for suite in ("toolrl", "bfcl")}
                for r in rows}
-    state["paired"] = report.markdown_paired(report.paired_comparisons(rows, answers))
+    state["paired"] = report.markdown_paired(report.paired_comparisons(rows, answers, ("toolrl", "bfcl")))
+    sampled = {r["stage"]: load_eval(run_dir, r["stage"], "sampled") for r in rows}
+    rates = {stage: {"sampled": {e["id"]: float(e["valid"]) for e in result["entries"]} if result else None}
+             for stage, result in sampled.items()}
+    first = next((x["summary"] for x in sampled.values() if x), None)
+    if first is not None:   # as the evaluations ran (a run that was resumed with --eval-samples)
+        state["eval_samples"], state["eval_temperature"] = first["samples"], first.get("temperature")
+    state["sampled"] = report.markdown_sampled(
+        {r["label"]: sampled[r["stage"]]["summary"] for r in rows if sampled[r["stage"]]},
+        report.paired_comparisons(rows, rates, ("sampled",), report.paired_rates))
     state["mix"], state["test_mix"] = training_mix(run_dir, state["arms"]), eval_mix(run_dir)
     from toolexpander.config import load_config, parse_overrides
 

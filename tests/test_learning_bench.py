@@ -1,6 +1,7 @@
 """bench/learning_report.py: the table, the goals and the plots of the learning benchmark, with exact
 numbers on hand-made eval summaries and metrics rows (no Ray, no model)."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -384,7 +385,8 @@ def test_a_cached_evaluation_is_reused_and_said_so(tmp_path, monkeypatch, tiny_m
         for cmd, log in jobs:
             suite = Path(log).stem.rsplit("_", 1)[1]
             out = Path(cmd[cmd.index("--out") + 1])
-            out.write_text(json.dumps({"summary": {"overall": 0.5, "seconds": seconds[suite]}, "entries": []}))
+            extra = {"samples": int(cmd[cmd.index("--samples") + 1])} if "--samples" in cmd else {}
+            out.write_text(json.dumps({"summary": {"overall": 0.5, "seconds": seconds[suite], **extra}, "entries": []}))
 
     monkeypatch.setattr(learning, "run_logged", run_logged)
     # A first evaluation misses the cache: the three subprocesses run and their outputs are stored.
@@ -427,6 +429,18 @@ def test_a_cached_evaluation_is_reused_and_said_so(tmp_path, monkeypatch, tiny_m
     n = len(calls)
     p2.evaluate("a-s1", model, only_missing=True)
     assert len(calls) == n
+    # --eval-samples K: every stage but the base also answers the ToolRL questions K times, sampled at the
+    # training temperature with one fixed seed; a resumed run's finished stage gets only that.
+    seconds["sampled"] = 11.0
+    p4 = learning.Pipeline(argparse.Namespace(**vars(args), eval_samples=4), learning.SMOKE_CONFIG, [], run2)
+    p4.evaluate("a-s1", model, only_missing=True)
+    assert calls[-1] == ("eval (a-s1)", ["eval_a-s1_sampled.log"])
+    sampled_cmd = p4.state["stages"][-1]["commands"][0]
+    assert (f"--samples 4 --temperature {p4.cfg.rollout.temperature} --seed 0 --out {run2 / 'eval' / 'a-s1_sampled.json'}"
+            in sampled_cmd) and "--suite toolrl" in sampled_cmd
+    p4.evaluate("base", model)
+    assert calls[-1] == ("eval base", ["eval_base_bfcl.log", "eval_base_toolrl.log", "eval_base_train.log"])
+    assert p4.state["eval_samples"] == 4
 
 
 def test_arm_prompts_reads_each_arms_start_event(tmp_path):
@@ -624,15 +638,15 @@ def test_paired_comparisons_count_gained_and_lost_questions_against_sft_and_same
                "d": {"toolrl": right(0), "bfcl": right(0, 1)},
                "a-s1": {"toolrl": right(1, 2), "bfcl": right()},
                "d-s1": {"toolrl": None, "bfcl": None}}
-    got = report.paired_comparisons(rows, answers)
-    assert [(name, against) for name, against, _, _ in got] == [
+    got = report.paired_comparisons(rows, answers, ("toolrl", "bfcl"))
+    assert [(name, against) for name, against, _ in got] == [
         ("(a) plain GRPO, seed 0", "SFT"), ("(d) full method (both papers), seed 0", "SFT"),
         ("(a) plain GRPO, seed 1", "SFT"), ("(d) full method (both papers), seed 1", "SFT"),
         ("(d) full method (both papers), seed 0", "(a) plain GRPO, seed 0"),
         ("(d) full method (both papers), seed 1", "(a) plain GRPO, seed 1")]
-    assert got[0][2] == {"questions": 6, "both_right": 2, "gained": 3, "lost": 1, "p": pytest.approx(0.625)}
-    assert got[0][3] is None and got[3][2:] == (None, None)
-    assert got[4][2] == {"questions": 6, "both_right": 1, "gained": 0, "lost": 4, "p": pytest.approx(0.125)}
+    assert got[0][2][0] == {"questions": 6, "both_right": 2, "gained": 3, "lost": 1, "p": pytest.approx(0.625)}
+    assert got[0][2][1] is None and got[3][2] == [None, None]
+    assert got[4][2][0] == {"questions": 6, "both_right": 1, "gained": 0, "lost": 4, "p": pytest.approx(0.125)}
     text = report.markdown_paired(got)
     assert "| (a) plain GRPO, seed 0 | SFT | 2 | 3 | 1 | +33.3 | 0.62 | - | - | - | - | - |" in text
     assert "| (d) full method (both papers), seed 0 | SFT | 1 | 0 | 2 | -33.3 | 0.50 | 1 | 1 | 0 | +16.7 | 1.00 |" in text
@@ -640,6 +654,27 @@ def test_paired_comparisons_count_gained_and_lost_questions_against_sft_and_same
     doc = report.document({**DOC_INFO, "paired": text}, report.table_rows(STAGES), [])
     assert "## Question by question" in doc and text in doc
     assert "## Question by question" not in report.document(DOC_INFO, report.table_rows(STAGES), [])
+
+
+def test_sampled_answers_compare_per_question_rates_with_a_paired_standard_error():
+    p = report.paired_rates({"q1": 0.5, "q2": 0.25, "q3": 0.0, "q4": 1.0}, {"q1": 0.75, "q2": 0.75, "q3": 0.0, "q5": 1.0})
+    # differences 0.25, 0.5, 0: mean 0.25, sample sd 0.25, se 0.25 / sqrt(3)
+    assert p == pytest.approx({"questions": 3, "up": 2, "down": 0, "same": 1, "mean": 0.25,
+                               "se": 0.25 / 3 ** 0.5, "p": math.erfc(3 ** 0.5 / 2 ** 0.5)})
+    assert report.paired_rates({"q": 0.5}, {"q": 0.5})["p"] == 1.0
+    rows = report.table_rows(SEEDED, first_seed=0)
+    rates = {"sft": {"sampled": {"q1": 0.5, "q2": 0.25, "q3": 0.0}},
+             "a": {"sampled": {"q1": 0.75, "q2": 0.75, "q3": 0.0}}, "d": {"sampled": None}}
+    comparisons = report.paired_comparisons(rows, rates, ("sampled",), report.paired_rates)
+    summaries = {"SFT": {"samples": 8, "overall": 0.25, "pass_at_k": {"overall": 0.5}, "means": {"format": 0.9}},
+                 "(a) plain GRPO, seed 0": {"samples": 8, "overall": 0.5, "pass_at_k": {"overall": 0.75}}}
+    text = report.markdown_sampled(summaries, comparisons)
+    assert "| SFT | 8 | 25.0 | 50.0 | 90.0 |" in text and "| (a) plain GRPO, seed 0 | 8 | 50.0 | 75.0 | - |" in text
+    assert "| (a) plain GRPO, seed 0 | SFT | 2 / 0 / 1 | +25.0 | 14.4 | 0.08 |" in text
+    assert text.count(" | SFT | ") == 1 and report.markdown_sampled({}, comparisons) == ""
+    doc = report.document({**DOC_INFO, "sampled": text, "eval_samples": 8, "eval_temperature": 0.7},
+                          report.table_rows(STAGES), [])
+    assert "## Sampled answers" in doc and "training temperature (0.7)" in doc and text in doc
 
 
 def test_no_call_answers_counts_call_questions_opened_with_the_no_call_thought():
