@@ -413,6 +413,46 @@ def markdown_sampled(summaries: dict[str, dict], comparisons: list[tuple[str, st
     return rates + ("\n\n" + diffs if body else "")
 
 
+CALL_SUBTASKS = ("single", "parallel")   # sub-tasks whose every prompt wants a call (no_call, multi_turn: mostly a reply)
+NO_CALL_OPENING = "<think>No"            # how the SFT format opens an answer that calls nothing
+
+
+def no_call_push(groups: list[tuple[str, list[tuple[str, float]]]]) -> dict[str, list]:
+    """The first-token signal the learner got for the no-call thought: over an arm's trained groups
+    ((subtask, [(completion text, total reward)]), its learner batches), the completions that open with
+    NO_CALL_OPENING and the sum of their GRPO advantages, (R - group mean) / (population std + 1e-6) as
+    learner.grpo.group_advantages computes them; {"reply": [completions, advantage sum], "call": [...]},
+    "call" for the single and parallel sub-tasks. Every completion's first token carries its advantage
+    once, so the sums are what pushed that token up (reply groups, where "No" is mostly right) and down
+    (call groups, where it is wrong)."""
+    out: dict[str, list] = {"reply": [0, 0.0], "call": [0, 0.0]}
+    for subtask, completions in groups:
+        rewards = [r for _, r in completions]
+        mean = sum(rewards) / len(rewards)
+        std = (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5
+        cell = out["call" if subtask in CALL_SUBTASKS else "reply"]
+        for text, r in completions:
+            if text.lstrip().startswith(NO_CALL_OPENING):
+                cell[0] += 1
+                cell[1] += (r - mean) / (std + 1e-6)
+    return out
+
+
+def markdown_no_call_push(rows: list[dict], pushes: dict[str, dict | None]) -> str:
+    """One row per arm with trained groups (stage -> no_call_push(), None: no dumped batches): the pushes,
+    their net and the arm's share of the test's call questions answered 'No' at its end."""
+    body = []
+    for r in rows:
+        p = pushes.get(r["stage"])
+        if p is None:
+            continue
+        body.append([r["label"], p["reply"][0], f"{p['reply'][1]:+.1f}", p["call"][0], f"{p['call'][1]:+.1f}",
+                     f"{p['reply'][1] + p['call'][1]:+.1f}", _pct(r.get("toolrl_no_call"))])
+    return _table_or_empty(["stage", "opened 'No' in no_call / multi_turn groups", "their advantage sum",
+                            "opened 'No' in single / parallel groups", "their advantage sum", "net push",
+                            "ToolRL call questions answered 'No' at the end %"], body)
+
+
 def revisit_summary(visits: dict[str, list[float]], sft_right: dict[str, bool] | None = None,
                     arm_right: dict[str, bool] | None = None) -> dict:
     """Whether an arm taught the prompts it drew: over the prompts drawn at least twice without demos,
@@ -644,6 +684,14 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
            "are right. With uniform draws (arm (a)) a policy that learns nothing moves the means by noise only; "
            "in arms with hard-sample rounds a prompt whose completions all failed comes back with demos (left "
            "out here), so their rows hold mostly prompts solved at their first draw.", "", info["revisits"], ""] if info.get("revisits") else []),
+        *(["## The no-call opening", "",
+           "What the update did to the first words of the think block, the token that decides between a call and "
+           "a reply: in each arm's learner batches (every step), the completions that open with the no-call "
+           f"thought (`{NO_CALL_OPENING}`) and the sum of their advantages, in groups of prompts that mostly want a "
+           "reply (no_call, multi_turn) and in groups that want a call (single, parallel). A completion's first "
+           "token carries its advantage once, so a positive net push raises the no-call opening everywhere "
+           "unless the call groups push back, and they can push back only with completions that open wrongly, "
+           "which the SFT model seldom samples.", "", info["no_call_push"], ""] if info.get("no_call_push") else []),
         *(["## The training prompts by sub-task", "",
            "Each stage's greedy answers to the prompts the first seed's arms trained on, correct of asked per "
            "sub-task (the \"training prompts\" column above, split).", "", prompts, ""] if prompts else []),

@@ -97,15 +97,12 @@ def run_settings(run_dir: Path, state: dict) -> dict:
     return {key: found[key] for key in SETTINGS if key in found}
 
 
-CALL_CATEGORIES = ("single", "parallel")   # the ToolRL test questions that each need a call (71 of 80)
-
-
 def no_call_answers(entries: list[dict]) -> float | None:
     """The share of the ToolRL test's single and parallel questions whose greedy answer opens with the
     no-call thought ("<think>No tool call is needed ..."), from an eval JSON's entries (raw outputs): the
     drift toward no-call answers that the (d) arm showed, which `format` and `correct` do not isolate."""
-    calls = [e for e in entries if e.get("category") in CALL_CATEGORIES]
-    return sum(str(e.get("raw", "")).lstrip().startswith("<think>No") for e in calls) / len(calls) if calls else None
+    calls = [e for e in entries if e.get("category") in report.CALL_SUBTASKS]   # 71 of the 80 ToolRL questions
+    return sum(str(e.get("raw", "")).lstrip().startswith(report.NO_CALL_OPENING) for e in calls) / len(calls) if calls else None
 
 
 def stage_rows(run_dir: Path, state: dict) -> tuple[list[dict], dict]:
@@ -141,6 +138,23 @@ def group_outcomes(run_dir: Path, stage: str) -> dict | None:
             cell = out["demos" if g["demos"] else "bare"].setdefault(g["subtask"], [0, 0])
             cell[0] += g["solved"]
             cell[1] += 1
+    return out
+
+
+def trained_completions(run_dir: Path, stage: str) -> list[tuple[str, list[tuple[str, float]]]] | None:
+    """Every group in an arm's dumped learner batches, step by step: (subtask, [(text, total reward)]);
+    None for an arm without them."""
+    import pyarrow.parquet as pq
+
+    files = sorted((run_dir / arm_dir(stage) / "rollouts").glob("step_*.parquet"))
+    if not files:
+        return None
+    out = []
+    for path in files:
+        groups: dict[int, tuple[str, list]] = {}
+        for r in pq.read_table(path, columns=["group_id", "subtask", "text", "reward_total"]).to_pylist():
+            groups.setdefault(r["group_id"], (r["subtask"], []))[1].append((r["text"], r["reward_total"]))
+        out += [groups[g] for g in sorted(groups)]
     return out
 
 
@@ -284,6 +298,9 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     state["sampled"] = report.markdown_sampled(
         {r["label"]: sampled[r["stage"]]["summary"] for r in rows if sampled[r["stage"]]},
         report.paired_comparisons(rows, rates, ("sampled",), report.paired_rates))
+    completions = {r["stage"]: trained_completions(run_dir, r["stage"]) for r in arms}
+    state["no_call_push"] = report.markdown_no_call_push(
+        arms, {stage: None if c is None else report.no_call_push(c) for stage, c in completions.items()})
     state["mix"], state["test_mix"] = training_mix(run_dir, state["arms"]), eval_mix(run_dir)
     from toolexpander.config import load_config, parse_overrides
 

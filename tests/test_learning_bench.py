@@ -677,6 +677,25 @@ def test_sampled_answers_compare_per_question_rates_with_a_paired_standard_error
     assert "## Sampled answers" in doc and "training temperature (0.7)" in doc and text in doc
 
 
+def test_no_call_push_sums_the_advantages_of_completions_opening_with_the_no_call_thought():
+    groups = [("multi_turn", [("<think>No tool call", 1.0), ("<think>The call", 0.0)]),   # A = +1 / -1
+              ("single", [(" <think>No tool", 0.0), ("<think>The", 3.0), ("<think>The", 3.0)]),
+              ("no_call", [("<think>No", 2.0), ("<think>No", 2.0)]),                        # no spread: A = 0
+              ("parallel", [("<think>The", 1.0), ("<think>The", 0.0)])]
+    push = report.no_call_push(groups)
+    # single: mean 2, population std sqrt(2): the "No" completion's advantage is -2 / sqrt(2)
+    assert push["reply"] == [3, pytest.approx(1.0 / (1.0 + 1e-6))]
+    assert push["call"] == [1, pytest.approx(-2.0 / (2.0 ** 0.5 + 1e-6))]
+    rows = report.table_rows(STAGES)
+    text = report.markdown_no_call_push(rows, {"a": push, "d": None})
+    assert "| (a) plain GRPO | 3 | +1.0 | 1 | -1.4 | -0.4 | - |" in text and "(d)" not in text
+    assert "| (d) full method (both papers) |" in report.markdown_no_call_push(rows, {"d": push})
+    assert "| 45.0 |" in report.markdown_no_call_push(rows, {"d": push})   # d's test 'No' share
+    assert report.markdown_no_call_push(rows, {"a": None}) == ""
+    doc = report.document({**DOC_INFO, "no_call_push": text}, rows, [])
+    assert "## The no-call opening" in doc and text in doc
+
+
 def test_no_call_answers_counts_call_questions_opened_with_the_no_call_thought():
     from bench.learning_run import no_call_answers
 
@@ -843,6 +862,26 @@ def test_groups_with_and_without_demos_are_counted_from_the_dumped_batches(tmp_p
     assert text.splitlines()[2:] == ["| (d) | 1 | 100.0 | single 1/1 | 2 | 50.0 | parallel 1/2 |",
                                      "| (b) | 3 | 0.0 | single 0/3 | 0 | - | - |"]
     assert report.markdown_groups({"(a)": None}) == ""
+
+
+def test_trained_completions_keep_each_steps_groups_with_text_and_total_reward(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench import learning_run as run
+
+    rollouts = tmp_path / run.arm_dir("d") / "rollouts"
+    rollouts.mkdir(parents=True)
+    for k, rows in enumerate([[(1, "single", "<think>No", 0.5), (0, "no_call", "x", 1.0), (1, "single", "y", 2.0)],
+                              [(0, "parallel", "z", 0.0)]]):
+        pq.write_table(pa.table({"group_id": [r[0] for r in rows], "subtask": [r[1] for r in rows],
+                                 "text": [r[2] for r in rows], "reward_total": pa.array([r[3] for r in rows],
+                                                                                        pa.float32())}),
+                       rollouts / f"step_{k:06d}.parquet")
+    assert run.trained_completions(tmp_path, "d") == [("no_call", [("x", 1.0)]),
+                                                      ("single", [("<think>No", 0.5), ("y", 2.0)]),
+                                                      ("parallel", [("z", 0.0)])]
+    assert run.trained_completions(tmp_path, "a") is None
 
 
 def test_prompts_drawn_again_follow_each_prompts_correct_rate_from_every_generated_group(tmp_path):
