@@ -28,7 +28,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -52,6 +54,7 @@ SAMPLED_SEED = 0   # every model's sampled answers use the same seed: paired dif
 # Evaluations of the base and SFT models, keyed by eval_key (git-ignored, like runs/).
 EVAL_CACHE = REPO / "runs" / "eval-cache"
 RUNS = REPO / "runs"   # where new run directories go (runs/learn-<stamp>)
+EVAL_STAGES_AT_ONCE = 2   # a resumed run's missing evaluations: stages evaluated side by side
 
 
 class StageFailed(SystemExit):
@@ -110,6 +113,7 @@ class Pipeline:
         from toolexpander.config import load_config, parse_overrides
 
         self.config, self.overrides, self.run_dir = config, overrides, run_dir
+        self._lock = threading.Lock()
         self.cfg = load_config(REPO / config, parse_overrides(overrides))
         self.steps = args.steps or (SMOKE_STEPS if args.smoke else self.cfg.train.steps)
         self.seeds = args.seeds or [args.seed]
@@ -158,25 +162,33 @@ class Pipeline:
         evaluation): base, SFT (only while the warm start on disk is the run's own: its sft config is
         the one the run copied) and the finished arms, each from its HF export."""
         base = REPO / self.cfg.model.path
-        if base.is_dir():
-            self.evaluate("base", base, cache=True, only_missing=True)
+        todo = [("base", base, True)] if base.is_dir() else []
         theirs, ours = sft_model / "sft" / "config.json", self.run_dir / "sft" / "config.json"
         if theirs.is_file() and ours.is_file() and theirs.read_bytes() == ours.read_bytes():
-            self.evaluate("sft", sft_model, cache=True, only_missing=True)
+            todo.append(("sft", sft_model, True))
         else:
             log(f"resume: {_relative(sft_model)} is no longer this run's warm start (its sft config differs): "
                 "its missing evaluations are left out")
-        for stage in stages:
-            self.evaluate(stage, self.run_dir / arm_dir(stage) / "hf", only_missing=True)
+        todo += [(stage, self.run_dir / arm_dir(stage) / "hf", False) for stage in stages]
+        # Stages side by side (each eval engine uses one core and ~3 GB); the first failure cancels the rest.
+        with ThreadPoolExecutor(max_workers=max(1, min(EVAL_STAGES_AT_ONCE, os.cpu_count() or 1))) as pool:
+            futures = [pool.submit(self.evaluate, stage, model, cache=cache, only_missing=True)
+                       for stage, model, cache in todo]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in futures if f.done() and f.exception() is not None), None)
+            if failed is not None:
+                pool.shutdown(wait=True, cancel_futures=True)   # the stage already running finishes
+                raise failed.exception()
 
     def _save(self) -> None:
         (self.run_dir / "learning.json").write_text(json.dumps(self.state, indent=2) + "\n")
 
     def _record(self, stage: str, start: float, commands: list[list[str]], note: str = "") -> None:
         seconds = time.perf_counter() - start
-        self.state["stages"].append({"stage": stage, "seconds": round(seconds, 1), "note": note,
-                                     "commands": [_shown(c) for c in commands]})
-        self._save()
+        with self._lock:   # evaluate_finished records from several threads
+            self.state["stages"].append({"stage": stage, "seconds": round(seconds, 1), "note": note,
+                                         "commands": [_shown(c) for c in commands]})
+            self._save()
 
     def prepare(self) -> Path:
         from toolexpander.models import ensure_model

@@ -1,7 +1,9 @@
 """bench/learning_report.py: the table, the goals and the plots of the learning benchmark, with exact
 numbers on hand-made eval summaries and metrics rows (no Ray, no model)."""
 
+import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -483,7 +485,7 @@ def test_resume_trains_only_the_arms_without_evaluations(tmp_path, monkeypatch, 
     monkeypatch.setattr(learning, "_commit", lambda: "`def`")
     learning.main(["--resume", str(run), "--arms", "a,b,c", "--out", str(tmp_path)])
     assert calls == [("train", "b", 5, 3), ("eval", "b"), ("train", "c", 5, 3), ("eval", "c")]
-    assert missing == ["base", "a"]   # not the SFT: the warm start on disk is not this run's (no sft/config.json)
+    assert sorted(missing) == ["a", "base"]   # not the SFT: the warm start on disk is not this run's (no sft/config.json)
     assert (run / "arm_b.failed-0").is_dir() and not (run / "arm_b").exists()
     kept = json.loads((run / "learning.json").read_text())
     assert [s["stage"] for s in kept["stages"]] == ["eval base", "train (a)", "eval (a)"]
@@ -494,6 +496,39 @@ def test_resume_trains_only_the_arms_without_evaluations(tmp_path, monkeypatch, 
     (run / "eval" / "b_toolrl.json").write_text(json.dumps({"summary": {"overall": 0.1, "seconds": 1}}))
     learning.main(["--resume", str(run), "--arms", "a,b", "--out", str(tmp_path)])
     assert len(json.loads((run / "learning.json").read_text())["resumed"]) == 2
+
+
+def test_a_resumed_runs_missing_evaluations_run_two_stages_at_a_time(tmp_path, monkeypatch, tiny_model):
+    import argparse
+    import threading
+    import time
+
+    from bench import learning
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    p = learning.Pipeline(argparse.Namespace(steps=1, smoke=False, seed=0, seeds=None), learning.SMOKE_CONFIG,
+                          [], run_dir)
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def evaluate(stage, model, cache=False, only_missing=False):
+        if stage == "d":   # fails at once, while its partner still runs
+            raise learning.StageFailed("eval (d)", 1, tmp_path / "d.log")
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.3)
+        p._record(f"eval {stage}", time.perf_counter(), [["x", stage]])
+        with lock:
+            active[0] -= 1
+
+    monkeypatch.setattr(p, "evaluate", evaluate)
+    with pytest.raises(learning.StageFailed):
+        p.evaluate_finished(["a", "b", "d", "c", "e", "e-s1", "e-s2"], tmp_path / "no-sft")
+    assert peak[0] == min(2, os.cpu_count() or 1)
+    stages = [s["stage"] for s in json.loads((run_dir / "learning.json").read_text())["stages"]]
+    assert {"eval base", "eval a", "eval b"} <= set(stages)   # every stage records into the one learning.json
+    assert "eval e-s1" not in stages and "eval e-s2" not in stages   # not started after the failure
 
 
 def test_a_second_seed_resumes_after_the_first_seeds_arms(tmp_path, monkeypatch):
