@@ -398,14 +398,16 @@ def markdown_paired(comparisons: list[tuple[str, str, list[dict | None]]]) -> st
 
 
 def markdown_sampled(summaries: dict[str, dict], comparisons: list[tuple[str, str, list[dict | None]]]) -> str:
-    """summaries: stage label -> its sampled ToolRL summary (mean@K in `overall`, `pass_at_k`, `samples`);
+    """summaries: stage label -> its sampled ToolRL summary (mean@K in `overall`, `pass_at_k`, `samples`;
+    `no_call_opening`: the share of the call questions' completions that open with NO_CALL_OPENING);
     comparisons: paired_comparisons over ("sampled",) with paired_rates(). Two tables; empty without summaries."""
     if not summaries:
         return ""
     rates = _table_or_empty(
-        ["stage", "samples per question", "mean@K %", "pass@K %", "format, mean of the completions %"],
+        ["stage", "samples per question", "mean@K %", "pass@K %", "format, mean of the completions %",
+         "call questions' completions opening 'No' %"],
         [[name, s["samples"], _pct(s["overall"]), _pct((s.get("pass_at_k") or {}).get("overall")),
-          _pct((s.get("means") or {}).get("format"))] for name, s in summaries.items()])
+          _pct((s.get("means") or {}).get("format")), _pct(s.get("no_call_opening"))] for name, s in summaries.items()])
     body = [[name, against, f"{p['up']} / {p['down']} / {p['same']}", f"{100 * p['mean']:+.1f}",
              f"{100 * p['se']:.1f}", f"{p['p']:.2f}"] for name, against, (p,) in comparisons if p]
     diffs = _table_or_empty(["stage", "against", "questions up / down / same", "difference, points",

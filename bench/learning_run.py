@@ -296,7 +296,11 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     if first is not None:   # as the evaluations ran (a run that was resumed with --eval-samples)
         state["eval_samples"], state["eval_temperature"] = first["samples"], first.get("temperature")
     state["sampled"] = report.markdown_sampled(
-        {r["label"]: sampled[r["stage"]]["summary"] for r in rows if sampled[r["stage"]]},
+        {r["label"]: {**sampled[r["stage"]]["summary"],
+                      "no_call_opening": no_call_answers([{"category": e["category"], "raw": c["raw"]}
+                                                          for e in sampled[r["stage"]]["entries"]
+                                                          for c in e.get("completions", [])])}
+         for r in rows if sampled[r["stage"]]},
         report.paired_comparisons(rows, rates, ("sampled",), report.paired_rates))
     completions = {r["stage"]: trained_completions(run_dir, r["stage"]) for r in arms}
     state["no_call_push"] = report.markdown_no_call_push(

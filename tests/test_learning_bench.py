@@ -701,10 +701,12 @@ def test_sampled_answers_compare_per_question_rates_with_a_paired_standard_error
     rates = {"sft": {"sampled": {"q1": 0.5, "q2": 0.25, "q3": 0.0}},
              "a": {"sampled": {"q1": 0.75, "q2": 0.75, "q3": 0.0}}, "d": {"sampled": None}}
     comparisons = report.paired_comparisons(rows, rates, ("sampled",), report.paired_rates)
-    summaries = {"SFT": {"samples": 8, "overall": 0.25, "pass_at_k": {"overall": 0.5}, "means": {"format": 0.9}},
+    summaries = {"SFT": {"samples": 8, "overall": 0.25, "pass_at_k": {"overall": 0.5}, "means": {"format": 0.9},
+                         "no_call_opening": 0.125},
                  "(a) plain GRPO, seed 0": {"samples": 8, "overall": 0.5, "pass_at_k": {"overall": 0.75}}}
     text = report.markdown_sampled(summaries, comparisons)
-    assert "| SFT | 8 | 25.0 | 50.0 | 90.0 |" in text and "| (a) plain GRPO, seed 0 | 8 | 50.0 | 75.0 | - |" in text
+    assert "| SFT | 8 | 25.0 | 50.0 | 90.0 | 12.5 |" in text
+    assert "| (a) plain GRPO, seed 0 | 8 | 50.0 | 75.0 | - | - |" in text
     assert "| (a) plain GRPO, seed 0 | SFT | 2 / 0 / 1 | +25.0 | 14.4 | 0.08 |" in text
     assert text.count(" | SFT | ") == 1 and report.markdown_sampled({}, comparisons) == ""
     doc = report.document({**DOC_INFO, "sampled": text, "eval_samples": 8, "eval_temperature": 0.7},
