@@ -383,6 +383,34 @@ def paired_comparisons(rows: list[dict], answers: dict[str, dict[str, dict | Non
     return out + [pair(r["stage"], plain[r["seed"]]) for r in arms if r["arm"] != "a" and r["seed"] in plain]
 
 
+def seed_mean_comparisons(rows: list[dict], answers: dict[str, dict[str, dict | None]], suite: str,
+                          compare=paired_rates) -> list[tuple[str, str, list[dict | None]]]:
+    """For an arm run with several seeds: each question's value averaged over its seeds, against SFT's, and
+    (every other arm) against (a)'s averaged over the same seeds; the rows paired_comparisons gives
+    seed by seed, pooled. Questions are the paired units, so the standard error is over questions for
+    these trained models, not over what another seed would have trained."""
+    runs: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["arm"] in ARMS and (answers.get(r["stage"]) or {}).get(suite):
+            runs.setdefault(r["arm"], []).append(r)
+
+    def mean_over(rs: list[dict]) -> dict[str, float]:
+        maps = [answers[r["stage"]][suite] for r in rs]
+        return {q: sum(float(m[q]) for m in maps) / len(maps) for q in maps[0] if all(q in m for m in maps)}
+
+    def name(arm: str, rs: list[dict]) -> str:
+        return f"{STAGE_LABELS[arm]}, mean of seeds {', '.join(str(r['seed']) for r in rs)}"
+
+    sft = (answers.get("sft") or {}).get(suite)
+    out = [(name(arm, rs), "SFT", [compare(sft, mean_over(rs))]) for arm, rs in runs.items() if len(rs) > 1 and sft]
+    for arm, rs in runs.items():
+        seeds = {r["seed"] for r in rs} & {r["seed"] for r in runs.get("a", [])}
+        if arm != "a" and len(seeds) > 1:
+            mine, plain = [r for r in rs if r["seed"] in seeds], [r for r in runs["a"] if r["seed"] in seeds]
+            out.append((name(arm, mine), name("a", plain), [compare(mean_over(plain), mean_over(mine))]))
+    return out
+
+
 def markdown_paired(comparisons: list[tuple[str, str, list[dict | None]]]) -> str:
     """paired_comparisons over ("toolrl", "bfcl") with paired(): a suite that one of the two stages lacks
     is shown as "-"; a row with neither is left out. Empty when there is nothing to compare."""
@@ -665,7 +693,9 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
            "answer changes; these rates also move when a right answer becomes more or less likely, so a small "
            "change of the policy shows here first. Below, each arm against SFT and each other arm against (a) "
            "with the same seed, question by question: the mean of the per-question differences, its standard "
-           "error and the two-sided p (normal approximation).", "", info["sampled"], ""] if info.get("sampled") else []),
+           "error and the two-sided p (normal approximation); an arm with several seeds also as the mean of its "
+           "seeds per question (the standard error is then over questions for these trained models, not over "
+           "what other seeds would train).", "", info["sampled"], ""] if info.get("sampled") else []),
         *(["## Training budget", "",
            "What each arm trained on: optimizer updates applied (`learner/applied`, summed), groups in its "
            "learner batches (`learner/groups`, summed: the informative groups), the share of generated groups "

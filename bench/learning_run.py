@@ -301,7 +301,8 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
                                                           for e in sampled[r["stage"]]["entries"]
                                                           for c in e.get("completions", [])])}
          for r in rows if sampled[r["stage"]]},
-        report.paired_comparisons(rows, rates, ("sampled",), report.paired_rates))
+        report.paired_comparisons(rows, rates, ("sampled",), report.paired_rates)
+        + report.seed_mean_comparisons(rows, rates, "sampled"))
     completions = {r["stage"]: trained_completions(run_dir, r["stage"]) for r in arms}
     state["no_call_push"] = report.markdown_no_call_push(
         arms, {stage: None if c is None else report.no_call_push(c) for stage, c in completions.items()})

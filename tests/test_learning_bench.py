@@ -709,6 +709,17 @@ def test_sampled_answers_compare_per_question_rates_with_a_paired_standard_error
     assert "| (a) plain GRPO, seed 0 | 8 | 50.0 | 75.0 | - | - |" in text
     assert "| (a) plain GRPO, seed 0 | SFT | 2 / 0 / 1 | +25.0 | 14.4 | 0.08 |" in text
     assert text.count(" | SFT | ") == 1 and report.markdown_sampled({}, comparisons) == ""
+    rates.update({"a-s1": {"sampled": {"q1": 0.25, "q2": 0.75, "q3": 0.5}},
+                  "d": {"sampled": {"q1": 1.0, "q2": 0.0, "q3": 0.0}}, "d-s1": {"sampled": {"q1": 0.0, "q2": 0.0}}})
+    pooled = report.seed_mean_comparisons(rows, rates, "sampled")
+    # (a) over seeds 0 and 1: q1 0.5, q2 0.75, q3 0.25 against SFT's 0.5, 0.25, 0: differences 0, 0.5, 0.25
+    assert [(name, against) for name, against, _ in pooled] == [
+        ("(a) plain GRPO, mean of seeds 0, 1", "SFT"), ("(d) full method (both papers), mean of seeds 0, 1", "SFT"),
+        ("(d) full method (both papers), mean of seeds 0, 1", "(a) plain GRPO, mean of seeds 0, 1")]
+    assert pooled[0][2][0] == pytest.approx(report.paired_rates({"q1": 0.5, "q2": 0.25, "q3": 0.0},
+                                                                {"q1": 0.5, "q2": 0.75, "q3": 0.25}))
+    assert pooled[2][2][0]["questions"] == 2          # (d) seed 1 lacks q3: only the questions every seed has
+    assert report.seed_mean_comparisons(report.table_rows(STAGES), {"a": rates["a"]}, "sampled") == []
     doc = report.document({**DOC_INFO, "sampled": text, "eval_samples": 8, "eval_temperature": 0.7},
                           report.table_rows(STAGES), [])
     assert "## Sampled answers" in doc and "training temperature (0.7)" in doc and text in doc
