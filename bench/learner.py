@@ -77,12 +77,12 @@ def rollout_table(prompts: list[list[int]], n: int, completion_len: int, seed: i
     return pa.Table.from_pydict(rows, schema=ROLLOUT_SCHEMA)
 
 
-def learner_cfg(share: bool) -> dict:
+def learner_cfg(share: bool, head_fp32: bool = True) -> dict:
     from toolexpander.config import LearnerConfig
 
     # is_cap None: the batch's behaviour logprobs are made up (-1), so no behaviour correction
     return LearnerConfig(lr=2e-6, ppo_epochs=1, mini_batches=1, zero_stage=0, share_prompt=share,
-                         is_cap=None).model_dump()
+                         is_cap=None, lm_head_fp32=head_fp32).model_dump()
 
 
 class TorchStep:
@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
                          "cpus_per_rank 1, and robust on a loaded machine, where 2 OpenMP threads stall)")
     ap.add_argument("--modes", nargs="+", default=["shared", "plain"], choices=["shared", "plain"])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    ap.add_argument("--bf16-heads", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                    help="bfloat16 rows: the LM head in float32 (learner.lm_head_fp32, the default) and/or under "
+                         "autocast like the rest (bf16 matmul)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--model", type=Path, default=MODEL, help="model directory (default SmolLM2-135M)")
     args = ap.parse_args(argv)
@@ -196,30 +199,31 @@ def main(argv: list[str] | None = None) -> None:
     effective = G * n * (P + C)
 
     rows = []
-    for dtype in args.dtypes:
+    for dtype, head in [(d, h) for d in args.dtypes for h in (args.bf16_heads if d == "bfloat16" else ["fp32"])]:
         baseline = None
         for mode in args.modes:
             share = mode == "shared"
-            cfg = learner_cfg(share)
+            cfg = learner_cfg(share, head_fp32=head == "fp32")
             computed = G * (P + n * C) if share else effective
             learner = Learner(0, 1, "127.0.0.1", 0, str(args.model), cfg, dtype, 0, pad_id)
             torch.set_num_threads(args.threads)   # the Learner picks its own count (learner.torch_threads)
             baseline = baseline or TorchStep(cfg, pad_id, dtype, args.model, args.device)
             fn = completion_logprobs_shared if share else completion_logprobs_plain
-            runs = alternating({f"{dtype} {mode} Learner.step": lambda t: learner.step(t, 0),
-                                f"{dtype} {mode} torch step": lambda t: baseline.step(t, fn)}, tbl, warm, steps)
+            name = f"{dtype} (head {head}) {mode}"
+            runs = alternating({f"{name} Learner.step": lambda t: learner.step(t, 0),
+                                f"{name} torch step": lambda t: baseline.step(t, fn)}, tbl, warm, steps)
             del learner
             gc.collect()
             if on_gpu:
                 torch.cuda.empty_cache()
-            ds_s = statistics.median(s for s, _ in runs[f"{dtype} {mode} Learner.step"])
-            parts = [p for _, p in runs[f"{dtype} {mode} torch step"]]
+            ds_s = statistics.median(s for s, _ in runs[f"{name} Learner.step"])
+            parts = [p for _, p in runs[f"{name} torch step"]]
             textbook = statistics.median(p["train_s"] for p in parts)
             same = statistics.median(p["train_s"] + p["old_fwd_s"] for p in parts)
             for what, s in (("DeepSpeed Learner.step", ds_s), ("torch fwd+bwd+AdamW", textbook),
                             ("torch same work (+ old-logprob fwd)", same)):
-                rows.append({"dtype": dtype, "mode": mode, "what": what, "seconds": s, "computed": computed,
-                             "tok_s": computed / s, "eff_tok_s": effective / s,
+                rows.append({"dtype": dtype, "head": head, "mode": mode, "what": what, "seconds": s,
+                             "computed": computed, "tok_s": computed / s, "eff_tok_s": effective / s,
                              "vs_textbook": s / textbook - 1})
         del baseline
         gc.collect()
@@ -239,10 +243,10 @@ def main(argv: list[str] | None = None) -> None:
     where = f"on {gpu_name()}" if on_gpu else f"torch threads {args.threads}"
     ds_rows = [r for r in rows if r["what"].startswith("DeepSpeed")]
     text = "\n".join([
-        f"learner step: {args.model.name} ({params / 1e6:.1f}M params; float32 weights, bfloat16 = autocast "
-        f"with a float32 LM head), {G} groups x n={n}, prompt {P} + completion {C} tokens, {where}, median of "
-        f"{steps} step(s) after a same-size warm-up step",
-        table(rows, [("dtype", "dtype", ""), ("mode", "share_prompt", ""), ("what", "what", ""),
+        f"learner step: {args.model.name} ({params / 1e6:.1f}M params; float32 weights, bfloat16 = autocast; "
+        f"LM head: float32 (learner.lm_head_fp32) or bf16 under autocast), {G} groups x n={n}, prompt {P} + "
+        f"completion {C} tokens, {where}, median of {steps} step(s) after a same-size warm-up step",
+        table(rows, [("dtype", "dtype", ""), ("head", "LM head", ""), ("mode", "share_prompt", ""), ("what", "what", ""),
                      ("seconds", "s/step", ".2f"), ("speedup", "x fp32 Learner", ".2f"),
                      ("vs_textbook", "vs fwd+bwd+AdamW", "+.1%"), ("computed", "computed tok", "d"),
                      ("tok_s", "computed tok/s", ".1f"), ("eff_tok_s", "effective tok/s", ".1f"),
@@ -251,16 +255,15 @@ def main(argv: list[str] | None = None) -> None:
           f"before/after {gf_before[d]:.1f}/{gf_after[d]:.1f}) / (6 x params) = {bound[d]:.1f} tok/s"
           for d in args.dtypes],
         f"effective tokens = n x (prompt + completion) = {effective}",
-        *[f"{r['dtype']} {r['mode']}: overhead vs fwd+bwd+AdamW {r['vs_textbook']:+.1%} (goal <= {GOAL_OVERHEAD:.0%}), "
+        *[f"{r['dtype']} (head {r['head']}) {r['mode']}: overhead vs fwd+bwd+AdamW {r['vs_textbook']:+.1%} (goal <= {GOAL_OVERHEAD:.0%}), "
           f"computed tok/s {r['of_bound']:.1%} of bound (goal >= {GOAL_BOUND:.0%})" for r in ds_rows],
         f"peak RSS {rss_gb:.1f} GB{gpu_peak}; wall {time.perf_counter() - t_start:.0f} s",
     ])
     goals = []
     for r in ds_rows:
-        goals += [goal(f"learner ({r['dtype']}, {r['mode']}): overhead vs torch fwd+bwd+AdamW", r["vs_textbook"],
-                       GOAL_OVERHEAD, False),
-                  goal(f"learner ({r['dtype']}, {r['mode']}): computed tok/s of 6N bound", r["of_bound"],
-                       GOAL_BOUND, True)]
+        which = f"{r['dtype']}{'' if r['head'] == 'fp32' else ', bf16 head'}, {r['mode']}"
+        goals += [goal(f"learner ({which}): overhead vs torch fwd+bwd+AdamW", r["vs_textbook"], GOAL_OVERHEAD, False),
+                  goal(f"learner ({which}): computed tok/s of 6N bound", r["of_bound"], GOAL_BOUND, True)]
     name = "learner_cuda" if on_gpu else "learner"
     path = write(name, {"args": {**vars(args), "model": str(args.model)}, "steps": steps, "parameters": params,
                         "gflops": gf, "bound_tokens_per_s": bound, "rows": rows, "peak_rss_gb": rss_gb,

@@ -251,7 +251,12 @@ class LearnerConfig(Section):
                                 "152k); a larger group is scored in chunks, each recomputed in the backward pass")
     lm_head_fp32: bool = Field(True, description="with model.dtype bfloat16, compute the LM head (the "
                                "logits) in float32 outside autocast: it lowers the k3 KL to a bf16 engine's "
-                               "logprobs by about a quarter at no measurable cost (bench/mismatch.py)")
+                               "logprobs by about a quarter (1.38e-3 vs 1.91e-3, bench/mismatch.py) and costs "
+                               "learner time on a CPU, where a float32 matmul is several times slower than a "
+                               "bf16 one (Learner.step 27.4 s vs 22.3 s with a bf16 head, 2 groups x n=10 x "
+                               "(600 + 100) tokens, one thread, 2026-12-05 AMD EPYC; `python -m bench.learner "
+                               "--bf16-heads fp32 bf16`). false: the faster head, the importance weights "
+                               "correcting the larger mismatch")
     attn_implementation: Literal["auto", "eager", "sdpa"] = Field(
         "auto", description="the learner's attention kernels; auto: sdpa on GPU; on CPU, eager for a group "
         "whose prompt + longest completion fits in eager_max_tokens, sdpa beyond. Measured on SmolLM2-135M, "
