@@ -169,6 +169,12 @@ def test_cache_key_follows_what_changes_the_weights(tmp_path):
              ({"sft": {"lr": 1e-4}}, {"sft": {"seed": 1}}, {"sft": {"rows": 7}}, {"model": {"path": "models/x"}},
               {"data": {"max_prompt_tokens": 256}}, {"learner": {"world_size": 2}}, {"sft": {"max_prompt_tokens": 1024}})]
     assert len({cache_key(c) for c in other} | {cache_key(base)}) == len(other) + 1
+    # The LM head's precision matters only under bf16 autocast; its default leaves the key as it was.
+    bf16 = cfg_for(tmp_path, model={"dtype": "bfloat16"})[0]
+    assert cache_key(cfg_for(tmp_path, learner={"lm_head_fp32": False})[0]) == cache_key(base)
+    assert cache_key(cfg_for(tmp_path, model={"dtype": "bfloat16"}, learner={"lm_head_fp32": True})[0]) == cache_key(bf16)
+    assert cache_key(cfg_for(tmp_path, model={"dtype": "bfloat16"}, learner={"lm_head_fp32": False})[0]) not in (
+        cache_key(bf16), cache_key(base))
 
 
 def test_cache_key_reads_the_model_and_data_by_content_not_by_path(tmp_path, tiny_model):

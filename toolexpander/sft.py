@@ -145,6 +145,10 @@ def cache_key(cfg: Config, model_path: Path | None = None) -> str:
         "sft": cfg.sft.model_dump(mode="json", exclude={"output_dir", "max_prompt_tokens"}),
         "learner": cfg.learner.model_dump(mode="json", include={"world_size", "zero_stage", "grad_clip"}),
     }
+    if cfg.model.dtype != "float32" and not cfg.learner.lm_head_fp32:
+        # a bf16 LM head trains other weights; only its non-default value is hashed, so that the caches
+        # made before it was (always with the float32 head) stay valid
+        relevant["learner"]["lm_head_fp32"] = False
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
