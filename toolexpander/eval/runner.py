@@ -320,9 +320,10 @@ def run_eval(model: str, suite: str, categories: list[str] | None, limit: int | 
     tokenizer = getattr(worker, "tokenizer", None)
     if tokenizer is None:
         tokenizer = _tokenizer(str(path.resolve()))
-    if max_model_len is None:  # a RolloutWorker holds its RolloutConfig, a RolloutGroup the whole Config
-        cfg = getattr(worker, "cfg", None)
-        max_model_len = getattr(getattr(cfg, "rollout", cfg), "max_model_len", 4096)
+    cfg = getattr(worker, "cfg", None)   # a RolloutWorker holds its RolloutConfig, a RolloutGroup the whole Config
+    rollout_cfg = getattr(cfg, "rollout", cfg)   # None for an actor handle
+    if max_model_len is None:
+        max_model_len = getattr(rollout_cfg, "max_model_len", 4096)
     from toolexpander.prompt import prompt_ids
 
     def fits(task: Task) -> bool:
@@ -330,10 +331,8 @@ def run_eval(model: str, suite: str, categories: list[str] | None, limit: int | 
 
     report = evaluate_with(_generate_fn(worker, max_tokens, samples, seed), items, suite, fits=fits,
                            samples=samples)
-    sampling = {}
-    if samples is not None:
-        cfg = getattr(worker, "cfg", None)
-        sampling = {"temperature": getattr(getattr(cfg, "rollout", cfg), "temperature", temperature), "seed": seed}
+    sampling = {} if samples is None else {"temperature": getattr(rollout_cfg, "temperature", temperature),
+                                           "seed": seed}
     summary = {"model": label or str(model), "limit": limit, "max_tokens": max_tokens,
                **({"data": str(data)} if data is not None else {}), **sampling, **report["summary"]}
     print(f"\n{suite}{f' ({data})' if data is not None else ''} on {label or model}"
