@@ -49,11 +49,15 @@ def load_summary(run_dir: Path, stage: str, suite: str) -> dict | None:
     return result["summary"] if result is not None else None
 
 
-def greedy_right(run_dir: Path, stage: str, suite: str = "train") -> dict[str, bool] | None:
-    """{question id: answered right} from a stage's greedy answers to a suite (eval/<stage>_<suite>.json;
-    by default the training prompts); None where the stage was not asked them."""
-    result = load_eval(run_dir, stage, suite)
+def answered_right(result: dict | None) -> dict[str, bool] | None:
+    """{question id: answered right} from an eval JSON (load_eval's result) of greedy answers; None for none."""
     return None if result is None else {e["id"]: e.get("error_type") is None for e in result["entries"]}
+
+
+def greedy_right(run_dir: Path, stage: str) -> dict[str, bool] | None:
+    """answered_right of a stage's greedy answers to the training prompts (eval/<stage>_train.json); None
+    where the stage was not asked them."""
+    return answered_right(load_eval(run_dir, stage, "train"))
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -109,12 +113,14 @@ def stage_rows(run_dir: Path, state: dict) -> tuple[list[dict], dict]:
     stages = {}
     for stage in ("base", "sft", *state["arms"]):
         metrics = run_dir / arm_dir(stage) / "metrics.jsonl"
-        result = load_eval(run_dir, stage, "toolrl")   # one read: the summary, and the entries for the columns
+        # one read of each file: the summaries, and the entries for the columns and the per-question answers
+        result, bfcl = load_eval(run_dir, stage, "toolrl"), load_eval(run_dir, stage, "bfcl")
         entries = result.get("entries", []) if result else []
         toolrl = result and {**result["summary"], "no_call_answers": no_call_answers(entries),
                              "failures": report.failure_counts(entries)}
-        stages[stage] = {"toolrl": toolrl, "bfcl": load_summary(run_dir, stage, "bfcl"),
+        stages[stage] = {"toolrl": toolrl, "bfcl": bfcl and bfcl["summary"],
                          "train": load_summary(run_dir, stage, "train"),
+                         "answers": {"toolrl": answered_right(result), "bfcl": answered_right(bfcl)},
                          "metrics": read_metrics(metrics) if report.split_stage(stage)[0] in report.ARMS else None}
     seeds = state.get("seeds") or [state.get("seed")]
     return report.table_rows(stages, seeds[0] if len(seeds) > 1 else None), stages
@@ -286,8 +292,7 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     state["revisits"] = report.markdown_revisits({r["label"]: summaries[r["stage"]] for r in arms})
     revisits = {stage: s for stage, s in summaries.items()
                 if s is not None and report.split_stage(stage)[1] is None}   # the first seed's arms
-    answers = {r["stage"]: {suite: greedy_right(run_dir, r["stage"], suite) for suite in ("toolrl", "bfcl")}
-               for r in rows}
+    answers = {stage: s["answers"] for stage, s in stages.items()}
     state["paired"] = report.markdown_paired(report.paired_comparisons(rows, answers, ("toolrl", "bfcl")))
     sampled = {r["stage"]: load_eval(run_dir, r["stage"], "sampled") for r in rows}
     rates = {stage: {"sampled": {e["id"]: float(e["valid"]) for e in result["entries"]} if result else None}

@@ -764,10 +764,10 @@ def test_stage_rows_take_summary_and_no_call_column_from_the_same_eval_json(tmp_
     from bench.learning_run import stage_rows
 
     (tmp_path / "eval").mkdir()
-    entries = [{"category": "single", "raw": "<think>No tool call is needed here"},
-               {"category": "parallel", "raw": "<think>The request needs f"},
-               {"category": "parallel", "raw": "<think>No"},
-               {"category": "single", "raw": "<think>f"}]
+    entries = [{"id": "q0", "category": "single", "raw": "<think>No tool call is needed here", "error_type": "reward:format"},
+               {"id": "q1", "category": "parallel", "raw": "<think>The request needs f", "error_type": None},
+               {"id": "q2", "category": "parallel", "raw": "<think>No", "error_type": "reward:tool_name"},
+               {"id": "q3", "category": "single", "raw": "<think>f", "error_type": None}]
     for stage, suites in STAGES.items():
         for suite in ("toolrl", "bfcl"):
             body = {"summary": suites[suite], "entries": entries[:1] if stage == "base" else entries}
@@ -777,6 +777,10 @@ def test_stage_rows_take_summary_and_no_call_column_from_the_same_eval_json(tmp_
     assert [r["toolrl_no_call"] for r in rows] == [1.0, 0.5, 0.5]
     assert [r["toolrl_correct"] for r in rows] == [0.0, 0.1, 0.125]
     assert stages["a"]["metrics"] == [] and stages["sft"]["metrics"] is None   # no metrics.jsonl for a; sft is no arm
+    # the same reads give each question's greedy answer, for the question-by-question table
+    assert stages["a"]["answers"]["toolrl"] == {"q0": False, "q1": True, "q2": False, "q3": True}
+    assert stages["base"]["answers"] == {"toolrl": {"q0": False}, "bfcl": {"q0": False}}
+    assert stages["sft"]["bfcl"] == STAGES["sft"]["bfcl"]
 
 
 def test_failures_count_each_question_once_under_its_first_short_dimension(tmp_path):
@@ -801,7 +805,7 @@ def test_failures_count_each_question_once_under_its_first_short_dimension(tmp_p
     (tmp_path / "eval").mkdir()
     for stage, suites in STAGES.items():
         for suite in ("toolrl", "bfcl"):
-            body = {"summary": suites[suite], "entries": entries}
+            body = {"summary": suites[suite], "entries": [{"id": f"q{i}", **e} for i, e in enumerate(entries)]}
             (tmp_path / "eval" / f"{stage}_{suite}.json").write_text(json.dumps(body))
     rows, _ = stage_rows(tmp_path, {"arms": ["a"], "seeds": [0]})
     table = report.markdown_failures(rows).splitlines()
