@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from bench.learning_report import ARMS, _num, _pct, seed_means
+from bench.learning_report import ARMS, _num, _pct, seed_means, split_stage
 
 # Goal targets (fractions); goals() says how each is measured from the table rows.
 GOAL_TOOLRL = 0.20        # (d) ToolRL-test correct
@@ -23,12 +23,14 @@ def _status(value: float | None, target: float, unit: str, higher_is_better: boo
     return f"missed by {100 * gap:.1f} points" if unit == "points" else f"missed by {gap:.2f}x"
 
 
-def goals(rows: list[dict], ceiling: str | None = None, revisits: dict[str, dict] | None = None) -> list[dict]:
+def goals(rows: list[dict], ceiling: str | None = None, revisits: dict[str, dict] | None = None,
+          mix: dict[str, dict] | None = None) -> list[dict]:
     """Each goal with its measured value, "met" / "missed by X" / "not run", and for a missed one `why`:
     the measurements that explain it (goal_reasons). An arm run with several seeds is measured by its
     mean over them (seed_means). ceiling: the ToolRL questions no answer reaches at the evaluation's
     token budget, as the protocol states it ("11 of the 80 (...)"); revisits: {arm: revisit_summary()}
-    of the arms' first seed, where the run kept every generated group."""
+    of the arms' first seed, where the run kept every generated group; mix: learning_report.all_fail_mix()
+    of every arm and seed."""
     by = {r["stage"]: r for r in seed_means(rows)}
     get = lambda stage, key: by.get(stage, {}).get(key)  # noqa: E731
     d_correct, sft_correct = get("d", "toolrl_correct"), get("sft", "toolrl_correct")
@@ -60,7 +62,7 @@ def goals(rows: list[dict], ceiling: str | None = None, revisits: dict[str, dict
         for g in items[:4]:
             if g["measured"] != "-":
                 g["measured"] += f", mean of {d_seeds} seeds"
-    reasons = goal_reasons(by, ceiling, revisits or {})
+    reasons = goal_reasons(by, ceiling, revisits or {}, mix or {})
     for i, g in enumerate(items):
         g["why"] = reasons[i] if i < len(reasons) and g["status"].startswith("missed") else "-"
     return items
@@ -75,12 +77,14 @@ def _train_count(row: dict | None) -> tuple[int, int] | None:
     return None
 
 
-def goal_reasons(by: dict[str, dict], ceiling: str | None, revisits: dict[str, dict] | None = None) -> list[str]:
+def goal_reasons(by: dict[str, dict], ceiling: str | None, revisits: dict[str, dict] | None = None,
+                 mix: dict[str, dict] | None = None) -> list[str]:
     """Why each of the four goals could be missed, from the run's own measurements, in goals()' order:
     the warm start's rate and the questions out of the token budget's reach; every arm's gain over the
     SFT model against the noise of the test, and whether the arms raised even the prompts they trained
     on (more than two binomial standard errors); how many of (d)'s groups were hard-sample rounds and
-    how many of those the demos solved. "-" where the run lacks the measurement."""
+    how many of those the demos solved, and how much of (d)'s all-fail share its sub-task mix alone explains
+    (mix: learning_report.all_fail_mix()). "-" where the run lacks the measurement."""
     sft = by.get("sft", {})
     p, n = sft.get("toolrl_correct"), sft.get("toolrl_n")
     arms = [k for k in ARMS if k in by and by[k].get("toolrl_correct") is not None]
@@ -118,7 +122,40 @@ def goal_reasons(by: dict[str, dict], ceiling: str | None, revisits: dict[str, d
                      f" and {_pct(solved)}% of those groups had a correct completion (`sampler/demo_solved_share`, "
                      "mean over the steps with any)")
                   + ": each round that fails again is one more all-fail group")
+    mixed = mix_reason(mix or {})
+    if mixed:
+        fourth = mixed if fourth == "-" else f"{fourth}; {mixed}"
     return [first, second, "-", fourth]
+
+
+def mix_reason(mix: dict[str, dict]) -> str | None:
+    """(d)'s all-fail share against (a)'s, pooled over every group each generated (mean over the seeds both
+    ran), and (d)'s own per-sub-task all-fail rates weighted by (a)'s sub-task mix (same seed): how much of
+    the gap the mix alone makes, and the sub-task whose share of the groups grew most. None without a seed
+    both arms ran."""
+    # (d)'s seeds that have plain GRPO's same-seed arm beside them, and those (a) arms
+    pairs = [(m, mix["a" + stage[1:]]) for stage, m in mix.items()
+             if split_stage(stage)[0] == "d" and m["at_a_mix"] is not None]
+    if not pairs:
+        return None
+    d, a = [m for m, _ in pairs], [m for _, m in pairs]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    d_pooled, a_pooled, d_at = (mean([m["pooled"] for m in d]), mean([m["pooled"] for m in a]),
+                                mean([m["at_a_mix"] for m in d]))
+
+    def share(ms: list[dict], subtask: str) -> float:
+        return mean([m["fails"].get(subtask, (0, 0))[1] / m["groups"] for m in ms])
+
+    subtasks = {s for m in d + a for s in m["fails"]}
+    grown = max(sorted(subtasks), key=lambda s: share(d, s) - share(a, s))
+    fail = mean([m["fails"][grown][0] / m["fails"][grown][1] for m in d if m["fails"].get(grown, (0, 0))[1]] or [0.0])
+    ratio = f"{d_at / a_pooled:.2f}x" if a_pooled > 0 else "-"
+    return (f"pooled over every group generated, (d) all-failed {_pct(d_pooled)}% of its groups and (a) "
+            f"{_pct(a_pooled)}% (mean of the same {len(d)} seed{'s' if len(d) > 1 else ''}); with (a)'s sub-task "
+            f"mix, (d)'s own per-sub-task rates give {_pct(d_at)}% ({ratio} (a)), so {100 * (d_pooled - d_at):+.1f} of the "
+            f"{100 * (d_pooled - a_pooled):+.1f} points come from the mix alone: {grown} made up "
+            f"{_pct(share(d, grown))}% of (d)'s groups ((a): {_pct(share(a, grown))}%), and {_pct(fail)}% of "
+            f"those all-failed (\"All-fail groups by sub-task\")")
 
 
 def _sharpened(arm: str, r: dict) -> str:

@@ -296,6 +296,72 @@ def markdown_groups(outcomes: dict[str, dict | None]) -> str:
                             "groups with demos", "solved %", "by sub-task, solved/groups"], body)
 
 
+def all_fail_by_subtask(outcome: dict) -> dict[str, list[int]]:
+    """{subtask: [all-fail groups, groups]} from a group_outcomes() dict, groups with and without demos
+    together (each hard-sample round of a prompt is one more group, as sampler/all_fail_share counts)."""
+    out: dict[str, list[int]] = {}
+    for cells in (outcome["bare"], outcome["demos"]):
+        for subtask, (solved, groups) in cells.items():
+            cell = out.setdefault(subtask, [0, 0])
+            cell[0] += groups - solved
+            cell[1] += groups
+    return out
+
+
+def all_fail_at_mix(fails: dict[str, list[int]], reference: dict[str, list[int]]) -> float | None:
+    """The all-fail share an arm would have had with the reference arm's sub-task mix: the sum over
+    sub-tasks of the reference's share of groups times the arm's all-fail rate in that sub-task, over the
+    sub-tasks both generated groups of (the reference's shares renormalised over them). None when none."""
+    common = [s for s, (_, n) in reference.items() if n and fails.get(s, (0, 0))[1]]
+    total = sum(reference[s][1] for s in common)
+    if not total:
+        return None
+    return sum(reference[s][1] / total * fails[s][0] / fails[s][1] for s in common)
+
+
+def all_fail_mix(rows: list[dict], outcomes: dict[str, dict | None]) -> dict[str, dict]:
+    """Where each arm's all-fail groups come from: stage -> {"fails": all_fail_by_subtask(), "groups",
+    "pooled": the all-fail share pooled over its groups, "at_a_mix": all_fail_at_mix() against plain GRPO
+    (arm (a), same seed; None without it)}. rows: the arms' table rows; outcomes: stage ->
+    group_outcomes(..., "generated") (None: the arm kept no generated groups, left out)."""
+    fails = {stage: all_fail_by_subtask(o) for stage, o in outcomes.items() if o is not None}
+    out = {}
+    for r in rows:
+        f = fails.get(r["stage"])
+        if f is None:
+            continue
+        seed = split_stage(r["stage"])[1]
+        reference = fails.get("a" if seed is None else f"a{SEED_MARK}{seed}")
+        groups = sum(n for _, n in f.values())
+        out[r["stage"]] = {"fails": f, "groups": groups,
+                           "pooled": sum(k for k, _ in f.values()) / groups if groups else None,
+                           "at_a_mix": None if reference is None else all_fail_at_mix(f, reference)}
+    return out
+
+
+def markdown_all_fail_mix(rows: list[dict], mix: dict[str, dict], outcomes: dict[str, dict | None]) -> str:
+    """One row per arm of all_fail_mix(): per sub-task its share of the arm's groups and their all-fail
+    share, the pooled share, the share at (a)'s mix and the difference (the part the mix alone explains),
+    and the groups with demos (outcomes' "demos") and how many of them failed. Empty without any."""
+    subtasks = sorted({s for m in mix.values() for s in m["fails"]})
+    body = []
+    for r in rows:
+        m = mix.get(r["stage"])
+        if m is None:
+            continue
+        f, groups, pooled, at_mix = m["fails"], m["groups"], m["pooled"], m["at_a_mix"]
+        cells = [f"{100 * f[s][1] / groups:.0f} / {100 * f[s][0] / f[s][1]:.0f}" if f.get(s, (0, 0))[1] else "-"
+                 for s in subtasks]
+        demos = outcomes[r["stage"]]["demos"]
+        demo_groups, demo_fail = sum(c[1] for c in demos.values()), sum(c[1] - c[0] for c in demos.values())
+        body.append([r["label"], groups, *cells, _pct(pooled), _pct(at_mix),
+                     "-" if pooled is None or at_mix is None else f"{100 * (pooled - at_mix):+.1f}",
+                     f"{demo_groups}: {demo_fail}" if demo_groups else "-"])
+    return _table_or_empty(["stage", "groups generated", *(f"{s}: % of groups / all-fail %" for s in subtasks),
+                            "all-fail %", "at (a)'s sub-task mix %", "from the mix, points",
+                            "groups with demos: all-fail"], body)
+
+
 def _each(m: dict, key: str, fmt) -> str:
     """An arm's mean over its seeds followed by each seed's value: "8.8 (7.5 / 10.0)"."""
     values = [fmt(r.get(key)) for r in m["per_seed"]]
@@ -707,6 +773,16 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
            "scored the same is not among them), by whether the prompt carried hard-sample demonstrations; "
            "solved: at least one completion correct. Since 2026-12-04 a run logs `sampler/demo_solved_share` "
            "over every group it generates.", "", info["groups"], ""] if info.get("groups") else []),
+        *(["## All-fail groups by sub-task", "",
+           "Every group each arm generated (rollouts/generated_N.parquet: also those without reward spread, and "
+           "each hard-sample round of a prompt as one more group, as `sampler/all_fail_share` counts them), by "
+           "sub-task: its share of the arm's groups and the share of those with no correct completion. \"All-fail "
+           "%\" pools the groups (the results table's \"all-fail share, run\" averages each step's share instead); "
+           "\"at (a)'s sub-task mix\" weights the arm's own all-fail rate per sub-task by plain GRPO's (arm (a), "
+           "same seed) share of groups, so \"from the mix\" is the part of the arm's all-fail share that comes "
+           "only from drawing the sub-tasks in other proportions (the curriculum's tilt toward the sub-tasks "
+           "least mastered, and hard-sample rounds of prompts that failed).", "", info["all_fail_mix"], ""]
+          if info.get("all_fail_mix") else []),
         *(["## Prompts drawn again", "",
            "Did an arm teach the prompts it trained on? Each prompt drawn at least twice without demonstrations "
            "(rollouts/generated_N.parquet: every group generated, also those without reward spread): the share "

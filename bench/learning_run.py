@@ -126,15 +126,16 @@ def stage_rows(run_dir: Path, state: dict) -> tuple[list[dict], dict]:
     return report.table_rows(stages, seeds[0] if len(seeds) > 1 else None), stages
 
 
-def group_outcomes(run_dir: Path, stage: str) -> dict | None:
-    """The groups an arm trained on, from its dumped learner batches (every step): {"bare" |
-    "demos": {subtask: [solved, groups]}}, "demos" for the groups whose prompt carried demonstrations,
-    solved = at least one correct completion. None for an arm without a rollouts directory."""
+def group_outcomes(run_dir: Path, stage: str, dumps: str = "step") -> dict | None:
+    """The groups an arm trained on, from its dumped learner batches (every step, dumps "step"), or every
+    group it generated (dumps "generated": also those without reward spread, which the learner batches
+    leave out): {"bare" | "demos": {subtask: [solved, groups]}}, "demos" for the groups whose prompt
+    carried demonstrations, solved = at least one correct completion. None for an arm without such dumps."""
     import pyarrow.parquet as pq
 
     from toolexpander.metrics import group_results
 
-    files = sorted((run_dir / arm_dir(stage) / "rollouts").glob("step_*.parquet"))
+    files = sorted((run_dir / arm_dir(stage) / "rollouts").glob(f"{dumps}_*.parquet"))
     if not files:
         return None
     out: dict = {"bare": {}, "demos": {}}
@@ -284,6 +285,9 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     state["prompts"] = arm_prompts(run_dir, state["arms"])
     state["groups"] = report.markdown_groups({r["label"]: group_outcomes(run_dir, r["stage"])
                                               for r in rows if r["arm"] in report.ARMS})
+    generated = {r["stage"]: group_outcomes(run_dir, r["stage"], "generated") for r in rows if r["arm"] in report.ARMS}
+    mix = report.all_fail_mix([r for r in rows if r["arm"] in report.ARMS], generated)
+    state["all_fail_mix"] = report.markdown_all_fail_mix(rows, mix, generated)
     sft_right, arms = greedy_right(run_dir, "sft"), [r for r in rows if r["arm"] in report.ARMS]
     visits = {r["stage"]: prompt_visits(run_dir, r["stage"]) for r in arms}
     right = {r["stage"]: greedy_right(run_dir, r["stage"]) for r in arms}
@@ -318,7 +322,7 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     state["ceiling"] = answer_ceiling(model, state["max_tokens"], state.get("toolrl_limit")) if model.is_dir() else None
     info = {**state, "date": m["date"], "cpu": m["cpu"], "cores": m["nproc"], "loadavg": m["loadavg_1m"],
             "isa": m["isa"]}
-    info["goals"] = learning_goals.markdown_goals(learning_goals.goals(rows, state["ceiling"], revisits))
+    info["goals"] = learning_goals.markdown_goals(learning_goals.goals(rows, state["ceiling"], revisits, mix))
     text = report.document(info, rows, [str(p.relative_to(out)) for p in plots])
     (out / "LEARNING.md").write_text(text)
     return out / "LEARNING.md"

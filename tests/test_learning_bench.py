@@ -916,6 +916,52 @@ def test_groups_with_and_without_demos_are_counted_from_the_dumped_batches(tmp_p
     assert report.markdown_groups({"(a)": None}) == ""
 
 
+def test_all_fail_groups_split_by_sub_task_and_weighted_by_plain_grpos_mix(tmp_path):
+    from bench import learning_run as run
+
+    # (a): 2 single groups, both solved; 2 parallel groups, both all-fail -> mix 1/2, 1/2, pooled 2/4.
+    # (d): 1 single solved; 3 parallel all-fail (the last with demos) -> pooled 3/4; at (a)'s mix
+    # 1/2 * 0/1 + 1/2 * 3/3 = 1/2, so 25 of its 25 points over (a) come from the mix.
+    # (d) seed 1: 2 single, one all-fail; no (a) seed 1 beside it -> no mix-weighted share.
+    dumps = {"a": [[(0, "single", 0, 1.0), (1, "single", 0, 1.0), (2, "parallel", 0, 0.0)],
+                   [(0, "parallel", 0, 0.0), (0, "parallel", 0, 0.0)]],
+             "d": [[(0, "single", 0, 1.0), (0, "single", 0, 0.0), (1, "parallel", 0, 0.0)],
+                   [(0, "parallel", 0, 0.0), (1, "parallel", 2, 0.0), (1, "parallel", 2, 0.0)]],
+             "d-s1": [[(0, "single", 0, 0.0), (1, "single", 0, 1.0)]]}
+    for stage, steps in dumps.items():
+        (tmp_path / run.arm_dir(stage) / "rollouts").mkdir(parents=True)
+        write_dumps(tmp_path / run.arm_dir(stage) / "rollouts", "generated", "subtask", steps)
+        write_dumps(tmp_path / run.arm_dir(stage) / "rollouts", "step", "subtask", steps[:1])
+    outcomes = {stage: run.group_outcomes(tmp_path, stage, "generated") for stage in [*dumps, "b"]}
+    assert outcomes["d"] == {"bare": {"single": [1, 1], "parallel": [0, 2]}, "demos": {"parallel": [0, 1]}}
+    assert outcomes["b"] is None
+    assert run.group_outcomes(tmp_path, "d")["bare"] == {"single": [1, 1], "parallel": [0, 1]}   # step dumps
+    assert report.all_fail_by_subtask(outcomes["d"]) == {"single": [0, 1], "parallel": [3, 3]}
+    assert report.all_fail_at_mix({"single": [1, 4]}, {"parallel": [2, 2]}) is None   # no sub-task in common
+    assert report.all_fail_at_mix({"single": [1, 4], "parallel": [1, 1]},
+                                  {"single": [0, 3], "parallel": [1, 1], "no_call": [0, 6]}) == 3 / 4 * 1 / 4 + 1 / 4
+    rows = [{"stage": s, "label": f"({s})"} for s in ("a", "d", "d-s1", "b")]
+    mix = report.all_fail_mix(rows, outcomes)
+    assert mix["a"]["pooled"] == 0.5 and mix["a"]["at_a_mix"] == 0.5
+    assert mix["d"] == {"fails": {"single": [0, 1], "parallel": [3, 3]}, "groups": 4, "pooled": 0.75,
+                        "at_a_mix": 0.5}
+    assert mix["d-s1"]["pooled"] == 0.5 and mix["d-s1"]["at_a_mix"] is None and "b" not in mix
+    assert report.markdown_all_fail_mix(rows, mix, outcomes).splitlines() == [
+        "| stage | groups generated | parallel: % of groups / all-fail % | single: % of groups / all-fail % "
+        "| all-fail % | at (a)'s sub-task mix % | from the mix, points | groups with demos: all-fail |",
+        "|---|---|---|---|---|---|---|---|",
+        "| (a) | 4 | 50 / 100 | 50 / 0 | 50.0 | 50.0 | +0.0 | - |",
+        "| (d) | 4 | 75 / 100 | 25 / 0 | 75.0 | 50.0 | +25.0 | 1: 1 |",
+        "| (d-s1) | 2 | - | 100 / 50 | 50.0 | - | - | - |"]
+    assert report.markdown_all_fail_mix(rows, {}, outcomes) == ""
+    assert goals_.mix_reason(mix) == (
+        "pooled over every group generated, (d) all-failed 75.0% of its groups and (a) 50.0% (mean of the same "
+        "1 seed); with (a)'s sub-task mix, (d)'s own per-sub-task rates give 50.0% (1.00x (a)), so +25.0 of the "
+        "+25.0 points come from the mix alone: parallel made up 75.0% of (d)'s groups ((a): 50.0%), and "
+        "100.0% of those all-failed (\"All-fail groups by sub-task\")")
+    assert goals_.mix_reason({"d-s1": mix["d-s1"]}) is None
+
+
 def test_trained_completions_keep_each_steps_groups_with_text_and_total_reward(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
