@@ -134,7 +134,7 @@ def mix_reason(mix: dict[str, dict]) -> str | None:
     the gap the mix alone makes, and the sub-task whose share of the groups grew most. None without a seed
     both arms ran."""
     # (d)'s seeds that have plain GRPO's same-seed arm beside them, and those (a) arms
-    pairs = [(m, mix["a" + stage[1:]]) for stage, m in mix.items()
+    pairs = [(m, m["reference"]) for stage, m in mix.items()
              if split_stage(stage)[0] == "d" and m["at_a_mix"] is not None]
     if not pairs:
         return None
@@ -155,7 +155,8 @@ def mix_reason(mix: dict[str, dict]) -> str | None:
             f"mix, (d)'s own per-sub-task rates give {_pct(d_at)}% ({ratio} (a)), so {100 * (d_pooled - d_at):+.1f} of the "
             f"{100 * (d_pooled - a_pooled):+.1f} points come from the mix alone: {grown} made up "
             f"{_pct(share(d, grown))}% of (d)'s groups ((a): {_pct(share(a, grown))}%), and {_pct(fail)}% of "
-            f"those all-failed (\"All-fail groups by sub-task\")")
+            f"those all-failed (\"All-fail groups by sub-task\""
+            + ("; (a) from the compared run" if any(m["borrowed"] for m in a) else "") + ")")
 
 
 def _sharpened(arm: str, r: dict) -> str:

@@ -319,23 +319,30 @@ def all_fail_at_mix(fails: dict[str, list[int]], reference: dict[str, list[int]]
     return sum(reference[s][1] / total * fails[s][0] / fails[s][1] for s in common)
 
 
-def all_fail_mix(rows: list[dict], outcomes: dict[str, dict | None]) -> dict[str, dict]:
+def all_fail_mix(rows: list[dict], outcomes: dict[str, dict | None],
+                 borrowed: dict[int, dict] | None = None) -> dict[str, dict]:
     """Where each arm's all-fail groups come from: stage -> {"fails": all_fail_by_subtask(), "groups",
-    "pooled": the all-fail share pooled over its groups, "at_a_mix": all_fail_at_mix() against plain GRPO
-    (arm (a), same seed; None without it)}. rows: the arms' table rows; outcomes: stage ->
-    group_outcomes(..., "generated") (None: the arm kept no generated groups, left out)."""
-    fails = {stage: all_fail_by_subtask(o) for stage, o in outcomes.items() if o is not None}
+    "pooled": the all-fail share pooled over its groups, "reference": plain GRPO's (arm (a) with the same
+    seed) {"fails", "groups", "pooled", "borrowed"} or None, "at_a_mix": all_fail_at_mix() against it or
+    None}. rows: the arms' table rows (with their `seed`); outcomes: stage -> group_outcomes(...,
+    "generated") (None: the arm kept no generated groups, left out); borrowed: {seed: group_outcomes()} of
+    another run's (a) arms from the same warm start, used where this run has no (a) with that seed."""
+    def summary(outcome: dict, is_borrowed: bool = False) -> dict:
+        f = all_fail_by_subtask(outcome)
+        groups = sum(n for _, n in f.values())
+        return {"fails": f, "groups": groups, "pooled": sum(k for k, _ in f.values()) / groups if groups else None,
+                "borrowed": is_borrowed}
+
+    own = {r["stage"]: summary(outcomes[r["stage"]]) for r in rows if outcomes.get(r["stage"]) is not None}
+    references = {seed: summary(o, True) for seed, o in (borrowed or {}).items() if o is not None}
+    references.update({r["seed"]: own[r["stage"]] for r in rows if r["arm"] == "a" and r["stage"] in own})
     out = {}
     for r in rows:
-        f = fails.get(r["stage"])
-        if f is None:
+        if r["stage"] not in own:
             continue
-        seed = split_stage(r["stage"])[1]
-        reference = fails.get("a" if seed is None else f"a{SEED_MARK}{seed}")
-        groups = sum(n for _, n in f.values())
-        out[r["stage"]] = {"fails": f, "groups": groups,
-                           "pooled": sum(k for k, _ in f.values()) / groups if groups else None,
-                           "at_a_mix": None if reference is None else all_fail_at_mix(f, reference)}
+        m, reference = own[r["stage"]], references.get(r["seed"])
+        out[r["stage"]] = {**m, "reference": reference,
+                           "at_a_mix": None if reference is None else all_fail_at_mix(m["fails"], reference["fails"])}
     return out
 
 
@@ -354,7 +361,8 @@ def markdown_all_fail_mix(rows: list[dict], mix: dict[str, dict], outcomes: dict
                  for s in subtasks]
         demos = outcomes[r["stage"]]["demos"]
         demo_groups, demo_fail = sum(c[1] for c in demos.values()), sum(c[1] - c[0] for c in demos.values())
-        body.append([r["label"], groups, *cells, _pct(pooled), _pct(at_mix),
+        mark = " (compared run's (a))" if at_mix is not None and m["reference"]["borrowed"] else ""
+        body.append([r["label"], groups, *cells, _pct(pooled), _pct(at_mix) + mark,
                      "-" if pooled is None or at_mix is None else f"{100 * (pooled - at_mix):+.1f}",
                      f"{demo_groups}: {demo_fail}" if demo_groups else "-"])
     return _table_or_empty(["stage", "groups generated", *(f"{s}: % of groups / all-fail %" for s in subtasks),
@@ -779,7 +787,7 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
            "sub-task: its share of the arm's groups and the share of those with no correct completion. \"All-fail "
            "%\" pools the groups (the results table's \"all-fail share, run\" averages each step's share instead); "
            "\"at (a)'s sub-task mix\" weights the arm's own all-fail rate per sub-task by plain GRPO's (arm (a), "
-           "same seed) share of groups, so \"from the mix\" is the part of the arm's all-fail share that comes "
+           "same seed; where this run has none and `--compare` names a run from the same SFT model, that run's (a), marked) share of groups, so \"from the mix\" is the part of the arm's all-fail share that comes "
            "only from drawing the sub-tasks in other proportions (the curriculum's tilt toward the sub-tasks "
            "least mastered, and hard-sample rounds of prompts that failed).", "", info["all_fail_mix"], ""]
           if info.get("all_fail_mix") else []),

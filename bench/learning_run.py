@@ -54,6 +54,14 @@ def answered_right(result: dict | None) -> dict[str, bool] | None:
     return None if result is None else {e["id"]: e.get("error_type") is None for e in result["entries"]}
 
 
+def same_warm_start(run_dir: Path, other: Path) -> bool:
+    """Whether two runs trained their arms from the same SFT model, as far as their evaluations can tell:
+    the SFT model's greedy ToolRL answers are the same text, question by question."""
+    mine, theirs = load_eval(run_dir, "sft", "toolrl"), load_eval(other, "sft", "toolrl")
+    return bool(mine and theirs) and ([(e["id"], e["raw"]) for e in mine["entries"]]
+                                      == [(e["id"], e["raw"]) for e in theirs["entries"]])
+
+
 def greedy_right(run_dir: Path, stage: str) -> dict[str, bool] | None:
     """answered_right of a stage's greedy answers to the training prompts (eval/<stage>_train.json); None
     where the stage was not asked them."""
@@ -274,11 +282,15 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     state["settings"] = mine = run_settings(run_dir, state)
     state["run_dir"] = _relative(run_dir)   # where it is now, seen from this checkout
     state["started"] = state.get("started") or started_from_name(run_dir)
+    borrowed = None
     if compare is not None:
         other = json.loads((compare / "learning.json").read_text())
         theirs = run_settings(compare, other)
         differences = {k: (mine.get(k, "-"), theirs.get(k, "-")) for k in SETTINGS if mine.get(k) != theirs.get(k)}
-        state["compare"] = report.markdown_compare(rows, stage_rows(compare, other)[0], other, differences)
+        other_rows = stage_rows(compare, other)[0]
+        state["compare"] = report.markdown_compare(rows, other_rows, other, differences)
+        if same_warm_start(run_dir, compare):   # its (a) arms are plain GRPO from this run's SFT model
+            borrowed = {r["seed"]: group_outcomes(compare, r["stage"], "generated") for r in other_rows if r["arm"] == "a"}
     metrics = {arm: s["metrics"] for arm, s in stages.items() if s["metrics"]}
     plots = learning_plots.write_plots(rows, metrics, out / "learning")
     m = machine()
@@ -286,7 +298,7 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     state["groups"] = report.markdown_groups({r["label"]: group_outcomes(run_dir, r["stage"])
                                               for r in rows if r["arm"] in report.ARMS})
     generated = {r["stage"]: group_outcomes(run_dir, r["stage"], "generated") for r in rows if r["arm"] in report.ARMS}
-    mix = report.all_fail_mix([r for r in rows if r["arm"] in report.ARMS], generated)
+    mix = report.all_fail_mix([r for r in rows if r["arm"] in report.ARMS], generated, borrowed)
     state["all_fail_mix"] = report.markdown_all_fail_mix(rows, mix, generated)
     sft_right, arms = greedy_right(run_dir, "sft"), [r for r in rows if r["arm"] in report.ARMS]
     visits = {r["stage"]: prompt_visits(run_dir, r["stage"]) for r in arms}

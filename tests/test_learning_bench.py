@@ -940,12 +940,21 @@ def test_all_fail_groups_split_by_sub_task_and_weighted_by_plain_grpos_mix(tmp_p
     assert report.all_fail_at_mix({"single": [1, 4]}, {"parallel": [2, 2]}) is None   # no sub-task in common
     assert report.all_fail_at_mix({"single": [1, 4], "parallel": [1, 1]},
                                   {"single": [0, 3], "parallel": [1, 1], "no_call": [0, 6]}) == 3 / 4 * 1 / 4 + 1 / 4
-    rows = [{"stage": s, "label": f"({s})"} for s in ("a", "d", "d-s1", "b")]
+    rows = [{"stage": s, "arm": s[0], "seed": 1 if s.endswith("s1") else 0, "label": f"({s})"}
+            for s in ("a", "d", "d-s1", "b")]
     mix = report.all_fail_mix(rows, outcomes)
     assert mix["a"]["pooled"] == 0.5 and mix["a"]["at_a_mix"] == 0.5
+    a = {"fails": {"single": [0, 2], "parallel": [2, 2]}, "groups": 4, "pooled": 0.5, "borrowed": False}
     assert mix["d"] == {"fails": {"single": [0, 1], "parallel": [3, 3]}, "groups": 4, "pooled": 0.75,
-                        "at_a_mix": 0.5}
+                        "borrowed": False, "reference": a, "at_a_mix": 0.5}
     assert mix["d-s1"]["pooled"] == 0.5 and mix["d-s1"]["at_a_mix"] is None and "b" not in mix
+    # another run's (a) with seed 1 (same warm start) stands in where this run has none; this run's own
+    # (a) seed 0 wins over a borrowed one
+    borrowed = report.all_fail_mix(rows, outcomes, {1: outcomes["d"], 0: outcomes["d-s1"]})
+    assert borrowed["d-s1"]["at_a_mix"] == 1 / 2 and borrowed["d-s1"]["reference"]["borrowed"] is True
+    assert borrowed["d"] == mix["d"]
+    assert report.markdown_all_fail_mix(rows, borrowed, outcomes).splitlines()[-1] == (
+        "| (d-s1) | 2 | - | 100 / 50 | 50.0 | 50.0 (compared run's (a)) | +0.0 | - |")
     assert report.markdown_all_fail_mix(rows, mix, outcomes).splitlines() == [
         "| stage | groups generated | parallel: % of groups / all-fail % | single: % of groups / all-fail % "
         "| all-fail % | at (a)'s sub-task mix % | from the mix, points | groups with demos: all-fail |",
@@ -960,6 +969,20 @@ def test_all_fail_groups_split_by_sub_task_and_weighted_by_plain_grpos_mix(tmp_p
         "+25.0 points come from the mix alone: parallel made up 75.0% of (d)'s groups ((a): 50.0%), and "
         "100.0% of those all-failed (\"All-fail groups by sub-task\")")
     assert goals_.mix_reason({"d-s1": mix["d-s1"]}) is None
+
+
+def test_same_warm_start_compares_the_sft_models_greedy_answers(tmp_path):
+    from bench import learning_run as run
+
+    def write(name: str, raws: list[str]) -> Path:
+        (tmp_path / name / "eval").mkdir(parents=True)
+        entries = [{"id": f"q{i}", "raw": raw} for i, raw in enumerate(raws)]
+        (tmp_path / name / "eval" / "sft_toolrl.json").write_text(json.dumps({"summary": {}, "entries": entries}))
+        return tmp_path / name
+
+    one, same, other = write("one", ["x", "y"]), write("same", ["x", "y"]), write("other", ["x", "z"])
+    assert run.same_warm_start(one, same) and not run.same_warm_start(one, other)
+    assert not run.same_warm_start(one, tmp_path / "none")   # no SFT evaluation: nothing to tell by
 
 
 def test_trained_completions_keep_each_steps_groups_with_text_and_total_reward(tmp_path):
