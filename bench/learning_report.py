@@ -510,11 +510,48 @@ def markdown_sampled(summaries: dict[str, dict], comparisons: list[tuple[str, st
          "call questions' completions opening 'No' %"],
         [[name, s["samples"], _pct(s["overall"]), _pct((s.get("pass_at_k") or {}).get("overall")),
           _pct((s.get("means") or {}).get("format")), _pct(s.get("no_call_opening"))] for name, s in summaries.items()])
+    diffs = markdown_paired_rates(comparisons)
+    return rates + ("\n\n" + diffs if diffs else "")
+
+
+def markdown_paired_rates(comparisons: list[tuple[str, str, list[dict | None]]]) -> str:
+    """Comparisons over one suite with paired_rates(): questions up / down / same, the mean difference, its
+    standard error and p; a comparison without a value is left out; empty when none has one."""
     body = [[name, against, f"{p['up']} / {p['down']} / {p['same']}", f"{100 * p['mean']:+.1f}",
              f"{100 * p['se']:.1f}", f"{p['p']:.2f}"] for name, against, (p,) in comparisons if p]
-    diffs = _table_or_empty(["stage", "against", "questions up / down / same", "difference, points",
-                             "standard error, points", "p (paired, two-sided)"], body)
-    return rates + ("\n\n" + diffs if body else "")
+    return _table_or_empty(["stage", "against", "questions up / down / same", "difference, points",
+                            "standard error, points", "p (paired, two-sided)"], body)
+
+
+def cross_run_comparisons(rows: list[dict], other: list[dict], mine: dict[str, dict[str, float] | None],
+                          theirs: dict[str, dict[str, float] | None]) -> list[tuple[str, str, list[dict | None]]]:
+    """This run's arms against an earlier run's from the same SFT model, on per-question rates (stage ->
+    {question id: rate} or None, `mine` for this run's stages, `theirs` for the earlier run's): each arm
+    against the earlier run's same stage and the earlier run's (a) with the same seed, then, for an arm
+    with several seeds, its per-question mean over them against the same two over the same seeds."""
+    earlier = {r["stage"]: r for r in other if theirs.get(r["stage"])}
+    plain = {r["seed"]: r["stage"] for r in other if r["arm"] == "a" and r["stage"] in earlier}
+    arms = [r for r in rows if r["arm"] in ARMS and mine.get(r["stage"])]
+    out = []
+    for r in arms:
+        for ref in dict.fromkeys(x for x in (r["stage"], plain.get(r["seed"])) if x in earlier):
+            out.append((r["label"], f"earlier run's {earlier[ref]['label']}",
+                        [paired_rates(theirs[ref], mine[r["stage"]])]))
+
+    def mean_over(rates: list[dict[str, float]]) -> dict[str, float]:
+        return {q: sum(m[q] for m in rates) / len(rates) for q in rates[0] if all(q in m for m in rates)}
+
+    for arm in dict.fromkeys(r["arm"] for r in arms):
+        rs = [r for r in arms if r["arm"] == arm]
+        seeds = [r["seed"] for r in rs]
+        this = mean_over([mine[r["stage"]] for r in rs])
+        names = f"{STAGE_LABELS[arm]}, mean of seeds {', '.join(map(str, seeds))}"
+        for ref_arm in dict.fromkeys((arm, "a")):
+            refs = [x for x in other if x["arm"] == ref_arm and x["seed"] in seeds and x["stage"] in earlier]
+            if len(rs) > 1 and len(refs) == len(rs):
+                out.append((names, f"earlier run's {STAGE_LABELS[ref_arm]}, same seeds",
+                            [paired_rates(mean_over([theirs[x["stage"]] for x in refs]), this)]))
+    return out
 
 
 CALL_SUBTASKS = ("single", "parallel")   # sub-tasks whose every prompt wants a call (no_call, multi_turn: mostly a reply)

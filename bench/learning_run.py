@@ -54,6 +54,15 @@ def answered_right(result: dict | None) -> dict[str, bool] | None:
     return None if result is None else {e["id"]: e.get("error_type") is None for e in result["entries"]}
 
 
+def rates_of(result: dict | None) -> dict[str, float] | None:
+    """{question id: share of its sampled completions right} from a sampled eval JSON; None for none."""
+    return {e["id"]: float(e["valid"]) for e in result["entries"]} if result else None
+
+
+def sampled_rates(run_dir: Path, stage: str) -> dict[str, float] | None:
+    return rates_of(load_eval(run_dir, stage, "sampled"))
+
+
 def same_warm_start(run_dir: Path, other: Path) -> bool:
     """Whether two runs trained their arms from the same SFT model, as far as their evaluations can tell:
     the SFT model's greedy ToolRL answers are the same text, question by question."""
@@ -291,6 +300,13 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
         state["compare"] = report.markdown_compare(rows, other_rows, other, differences)
         if same_warm_start(run_dir, compare):   # its (a) arms are plain GRPO from this run's SFT model
             borrowed = {r["seed"]: group_outcomes(compare, r["stage"], "generated") for r in other_rows if r["arm"] == "a"}
+            sampled = report.markdown_paired_rates(report.cross_run_comparisons(
+                rows, other_rows, {r["stage"]: sampled_rates(run_dir, r["stage"]) for r in rows},
+                {r["stage"]: sampled_rates(compare, r["stage"]) for r in other_rows}))
+            if sampled:
+                state["compare"] += ("\n\nBoth runs trained from the same SFT model (its greedy ToolRL answers are "
+                                     "the same text), so their sampled answers pair question by question "
+                                     "(mean@K, as \"Sampled answers\" explains):\n\n" + sampled)
     metrics = {arm: s["metrics"] for arm, s in stages.items() if s["metrics"]}
     plots = learning_plots.write_plots(rows, metrics, out / "learning")
     m = machine()
@@ -311,8 +327,7 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     answers = {stage: s["answers"] for stage, s in stages.items()}
     state["paired"] = report.markdown_paired(report.paired_comparisons(rows, answers, ("toolrl", "bfcl")))
     sampled = {r["stage"]: load_eval(run_dir, r["stage"], "sampled") for r in rows}
-    rates = {stage: {"sampled": {e["id"]: float(e["valid"]) for e in result["entries"]} if result else None}
-             for stage, result in sampled.items()}
+    rates = {stage: {"sampled": rates_of(result)} for stage, result in sampled.items()}
     first = next((x["summary"] for x in sampled.values() if x), None)
     if first is not None:   # as the evaluations ran (a run that was resumed with --eval-samples)
         state["eval_samples"], state["eval_temperature"] = first["samples"], first.get("temperature")

@@ -985,6 +985,32 @@ def test_same_warm_start_compares_the_sft_models_greedy_answers(tmp_path):
     assert not run.same_warm_start(one, tmp_path / "none")   # no SFT evaluation: nothing to tell by
 
 
+def test_cross_run_comparisons_pair_each_arm_with_the_earlier_runs_same_stage_and_plain_grpo():
+    def row(stage: str) -> dict:
+        arm, seed = report.split_stage(stage)
+        return {"stage": stage, "arm": arm, "seed": 0 if seed is None else seed, "label": report.label(stage, 0)}
+
+    mine = {"d": {"q0": 0.5, "q1": 0.0}, "d-s1": {"q0": 1.0, "q1": 0.5}, "sft": {"q0": 0.0, "q1": 0.0}}
+    theirs = {"d": {"q0": 0.0, "q1": 0.0}, "a": {"q0": 0.5, "q1": 0.5}, "d-s1": {"q0": 1.0, "q1": 0.0},
+              "a-s1": {"q0": 0.5, "q1": 0.5}, "b": None}
+    out = report.cross_run_comparisons([row(s) for s in ("sft", "d", "d-s1")],
+                                       [row(s) for s in ("sft", "a", "d", "b", "a-s1", "d-s1")], mine, theirs)
+    got = [(name, against, p["up"], p["down"], p["same"], p["mean"]) for name, against, (p,) in out]
+    d, a = report.STAGE_LABELS["d"], report.STAGE_LABELS["a"]
+    assert got == [
+        (f"{d}, seed 0", f"earlier run's {d}, seed 0", 1, 0, 1, 0.25),
+        (f"{d}, seed 0", f"earlier run's {a}, seed 0", 0, 1, 1, -0.25),
+        (f"{d}, seed 1", f"earlier run's {d}, seed 1", 1, 0, 1, 0.25),
+        (f"{d}, seed 1", f"earlier run's {a}, seed 1", 1, 0, 1, 0.25),
+        # means over seeds 0, 1: this run's (d) {q0: .75, q1: .25}; the earlier (d) {.5, 0}, (a) {.5, .5}
+        (f"{d}, mean of seeds 0, 1", f"earlier run's {d}, same seeds", 2, 0, 0, 0.25),
+        (f"{d}, mean of seeds 0, 1", f"earlier run's {a}, same seeds", 1, 1, 0, 0.0)]
+    assert out[4][2][0]["se"] == 0.0 and out[4][2][0]["p"] == 0.0
+    assert report.markdown_paired_rates(out[:1]).splitlines()[2] == (
+        f"| {d}, seed 0 | earlier run's {d}, seed 0 | 1 / 0 / 1 | +25.0 | 25.0 | 0.32 |")
+    assert report.cross_run_comparisons([row("d")], [row("a")], {"d": None}, theirs) == []
+
+
 def test_trained_completions_keep_each_steps_groups_with_text_and_total_reward(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
