@@ -19,8 +19,8 @@ from bench.common import REPO, machine
 # Shown in LEARNING.md's protocol line; the whole resolved config is in every run directory.
 SETTINGS = ("model.dtype", "data.subset", "data.subset_mix", "data.max_answer_tokens", "sft.rows", "sft.epochs",
             "sft.lr", "sft.max_prompt_tokens", "rollout.n", "rollout.temperature", "rollout.max_tokens",
-            "sampler.batch_prompts", "sampler.max_draw_rounds", "sampler.curriculum_base", "sampler.demo_pool",
-            "sampler.demo_format",
+            "sampler.batch_prompts", "sampler.max_draw_rounds", "sampler.curriculum_base", "sampler.tau",
+            "sampler.demo_pool", "sampler.demo_format",
             "learner.lr", "learner.warmup_steps", "learner.lr_gamma", "learner.mini_batches", "learner.kl_coef")
 # The settings whose default is not what a run made before the field existed did: that behaviour.
 BEFORE_FIELD = {"sampler.demo_pool": "prompts"}
