@@ -299,7 +299,8 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
         other_rows = stage_rows(compare, other)[0]
         state["compare"] = report.markdown_compare(rows, other_rows, other, differences)
         if same_warm_start(run_dir, compare):   # its (a) arms are plain GRPO from this run's SFT model
-            borrowed = {r["seed"]: group_outcomes(compare, r["stage"], "generated") for r in other_rows if r["arm"] == "a"}
+            borrowed = {r["seed"]: group_outcomes(compare, r["stage"], "generated")
+                        for r in other_rows if r["arm"] == "a"}
             sampled = report.markdown_paired_rates(report.cross_run_comparisons(
                 rows, other_rows, {r["stage"]: sampled_rates(run_dir, r["stage"]) for r in rows},
                 {r["stage"]: sampled_rates(compare, r["stage"]) for r in other_rows}))
