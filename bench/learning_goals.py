@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from bench.learning_report import ARMS, _num, _pct, seed_means, split_stage
+from bench.learning_report import ARMS, _mean, _num, _pct, seed_means, split_stage
 
 # Goal targets (fractions); goals() says how each is measured from the table rows.
 GOAL_TOOLRL = 0.20        # (d) ToolRL-test correct
@@ -139,16 +139,16 @@ def mix_reason(mix: dict[str, dict]) -> str | None:
     if not pairs:
         return None
     d, a = [m for m, _ in pairs], [m for _, m in pairs]
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    d_pooled, a_pooled, d_at = (mean([m["pooled"] for m in d]), mean([m["pooled"] for m in a]),
-                                mean([m["at_a_mix"] for m in d]))
+    d_pooled, a_pooled, d_at = (_mean([m["pooled"] for m in d]), _mean([m["pooled"] for m in a]),
+                                _mean([m["at_a_mix"] for m in d]))
 
     def share(ms: list[dict], subtask: str) -> float:
-        return mean([m["fails"].get(subtask, (0, 0))[1] / m["groups"] for m in ms])
+        return _mean([m["fails"].get(subtask, (0, 0))[1] / m["groups"] for m in ms])
 
     subtasks = {s for m in d + a for s in m["fails"]}
     grown = max(sorted(subtasks), key=lambda s: share(d, s) - share(a, s))
-    fail = mean([m["fails"][grown][0] / m["fails"][grown][1] for m in d if m["fails"].get(grown, (0, 0))[1]] or [0.0])
+    fail = _mean([m["fails"][grown][0] / m["fails"][grown][1] for m in d if m["fails"].get(grown, (0, 0))[1]]
+                 or [0.0])
     ratio = f"{d_at / a_pooled:.2f}x" if a_pooled > 0 else "-"
     return (f"pooled over every group generated, (d) all-failed {_pct(d_pooled)}% of its groups and (a) "
             f"{_pct(a_pooled)}% (mean of the same {len(d)} seed{'s' if len(d) > 1 else ''}); with (a)'s sub-task "

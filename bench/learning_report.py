@@ -457,6 +457,12 @@ def paired_comparisons(rows: list[dict], answers: dict[str, dict[str, dict | Non
     return out + [pair(r["stage"], plain[r["seed"]]) for r in arms if r["arm"] != "a" and r["seed"] in plain]
 
 
+def question_means(maps: list[dict[str, float]]) -> dict[str, float]:
+    """Each question's value (right as 0/1, or a rate) averaged over several stages' {question id: value},
+    over the questions every map has."""
+    return {q: sum(float(m[q]) for m in maps) / len(maps) for q in maps[0] if all(q in m for m in maps)}
+
+
 def seed_mean_comparisons(rows: list[dict], answers: dict[str, dict[str, dict | None]], suite: str,
                           compare=paired_rates) -> list[tuple[str, str, list[dict | None]]]:
     """For an arm run with several seeds: each question's value averaged over its seeds, against SFT's, and
@@ -469,8 +475,7 @@ def seed_mean_comparisons(rows: list[dict], answers: dict[str, dict[str, dict | 
             runs.setdefault(r["arm"], []).append(r)
 
     def mean_over(rs: list[dict]) -> dict[str, float]:
-        maps = [answers[r["stage"]][suite] for r in rs]
-        return {q: sum(float(m[q]) for m in maps) / len(maps) for q in maps[0] if all(q in m for m in maps)}
+        return question_means([answers[r["stage"]][suite] for r in rs])
 
     def name(arm: str, rs: list[dict]) -> str:
         return f"{STAGE_LABELS[arm]}, mean of seeds {', '.join(str(r['seed']) for r in rs)}"
@@ -538,19 +543,16 @@ def cross_run_comparisons(rows: list[dict], other: list[dict], mine: dict[str, d
             out.append((r["label"], f"earlier run's {earlier[ref]['label']}",
                         [paired_rates(theirs[ref], mine[r["stage"]])]))
 
-    def mean_over(rates: list[dict[str, float]]) -> dict[str, float]:
-        return {q: sum(m[q] for m in rates) / len(rates) for q in rates[0] if all(q in m for m in rates)}
-
     for arm in dict.fromkeys(r["arm"] for r in arms):
         rs = [r for r in arms if r["arm"] == arm]
         seeds = [r["seed"] for r in rs]
-        this = mean_over([mine[r["stage"]] for r in rs])
+        this = question_means([mine[r["stage"]] for r in rs])
         names = f"{STAGE_LABELS[arm]}, mean of seeds {', '.join(map(str, seeds))}"
         for ref_arm in dict.fromkeys((arm, "a")):
             refs = [x for x in other if x["arm"] == ref_arm and x["seed"] in seeds and x["stage"] in earlier]
             if len(rs) > 1 and len(refs) == len(rs):
                 out.append((names, f"earlier run's {STAGE_LABELS[ref_arm]}, same seeds",
-                            [paired_rates(mean_over([theirs[x["stage"]] for x in refs]), this)]))
+                            [paired_rates(question_means([theirs[x["stage"]] for x in refs]), this)]))
     return out
 
 
@@ -824,7 +826,8 @@ def document(info: dict, rows: list[dict], plots: list[str]) -> str:
            "sub-task: its share of the arm's groups and the share of those with no correct completion. \"All-fail "
            "%\" pools the groups (the results table's \"all-fail share, run\" averages each step's share instead); "
            "\"at (a)'s sub-task mix\" weights the arm's own all-fail rate per sub-task by plain GRPO's (arm (a), "
-           "same seed; where this run has none and `--compare` names a run from the same SFT model, that run's (a), marked) share of groups, so \"from the mix\" is the part of the arm's all-fail share that comes "
+           "same seed; where this run has none and `--compare` names a run from the same SFT model, that run's "
+           "(a), marked) share of groups, so \"from the mix\" is the part of the arm's all-fail share that comes "
            "only from drawing the sub-tasks in other proportions (the curriculum's tilt toward the sub-tasks "
            "least mastered, and hard-sample rounds of prompts that failed).", "", info["all_fail_mix"], ""]
           if info.get("all_fail_mix") else []),

@@ -59,10 +59,6 @@ def rates_of(result: dict | None) -> dict[str, float] | None:
     return {e["id"]: float(e["valid"]) for e in result["entries"]} if result else None
 
 
-def sampled_rates(run_dir: Path, stage: str) -> dict[str, float] | None:
-    return rates_of(load_eval(run_dir, stage, "sampled"))
-
-
 def same_warm_start(run_dir: Path, other: Path) -> bool:
     """Whether two runs trained their arms from the same SFT model, as far as their evaluations can tell:
     the SFT model's greedy ToolRL answers are the same text, question by question."""
@@ -291,6 +287,9 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     state["settings"] = mine = run_settings(run_dir, state)
     state["run_dir"] = _relative(run_dir)   # where it is now, seen from this checkout
     state["started"] = state.get("started") or started_from_name(run_dir)
+    arms = [r for r in rows if r["arm"] in report.ARMS]
+    sampled = {r["stage"]: load_eval(run_dir, r["stage"], "sampled") for r in rows}   # one read: rates and summaries
+    rates = {stage: rates_of(result) for stage, result in sampled.items()}
     borrowed = None
     if compare is not None:
         other = json.loads((compare / "learning.json").read_text())
@@ -301,23 +300,22 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
         if same_warm_start(run_dir, compare):   # its (a) arms are plain GRPO from this run's SFT model
             borrowed = {r["seed"]: group_outcomes(compare, r["stage"], "generated")
                         for r in other_rows if r["arm"] == "a"}
-            sampled = report.markdown_paired_rates(report.cross_run_comparisons(
-                rows, other_rows, {r["stage"]: sampled_rates(run_dir, r["stage"]) for r in rows},
-                {r["stage"]: sampled_rates(compare, r["stage"]) for r in other_rows}))
-            if sampled:
+            paired = report.markdown_paired_rates(report.cross_run_comparisons(
+                rows, other_rows, rates, {r["stage"]: rates_of(load_eval(compare, r["stage"], "sampled"))
+                                          for r in other_rows}))
+            if paired:
                 state["compare"] += ("\n\nBoth runs trained from the same SFT model (its greedy ToolRL answers are "
                                      "the same text), so their sampled answers pair question by question "
-                                     "(mean@K, as \"Sampled answers\" explains):\n\n" + sampled)
+                                     "(mean@K, as \"Sampled answers\" explains):\n\n" + paired)
     metrics = {arm: s["metrics"] for arm, s in stages.items() if s["metrics"]}
     plots = learning_plots.write_plots(rows, metrics, out / "learning")
     m = machine()
     state["prompts"] = arm_prompts(run_dir, state["arms"])
-    state["groups"] = report.markdown_groups({r["label"]: group_outcomes(run_dir, r["stage"])
-                                              for r in rows if r["arm"] in report.ARMS})
-    generated = {r["stage"]: group_outcomes(run_dir, r["stage"], "generated") for r in rows if r["arm"] in report.ARMS}
-    mix = report.all_fail_mix([r for r in rows if r["arm"] in report.ARMS], generated, borrowed)
+    state["groups"] = report.markdown_groups({r["label"]: group_outcomes(run_dir, r["stage"]) for r in arms})
+    generated = {r["stage"]: group_outcomes(run_dir, r["stage"], "generated") for r in arms}
+    mix = report.all_fail_mix(arms, generated, borrowed)
     state["all_fail_mix"] = report.markdown_all_fail_mix(rows, mix, generated)
-    sft_right, arms = greedy_right(run_dir, "sft"), [r for r in rows if r["arm"] in report.ARMS]
+    sft_right = greedy_right(run_dir, "sft")
     visits = {r["stage"]: prompt_visits(run_dir, r["stage"]) for r in arms}
     right = {r["stage"]: greedy_right(run_dir, r["stage"]) for r in arms}
     summaries = {stage: None if v is None else report.revisit_summary(v, sft_right, right[stage])
@@ -327,8 +325,7 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
                 if s is not None and report.split_stage(stage)[1] is None}   # the first seed's arms
     answers = {stage: s["answers"] for stage, s in stages.items()}
     state["paired"] = report.markdown_paired(report.paired_comparisons(rows, answers, ("toolrl", "bfcl")))
-    sampled = {r["stage"]: load_eval(run_dir, r["stage"], "sampled") for r in rows}
-    rates = {stage: {"sampled": rates_of(result)} for stage, result in sampled.items()}
+    by_suite = {stage: {"sampled": r} for stage, r in rates.items()}
     first = next((x["summary"] for x in sampled.values() if x), None)
     if first is not None:   # as the evaluations ran (a run that was resumed with --eval-samples)
         state["eval_samples"], state["eval_temperature"] = first["samples"], first.get("temperature")
@@ -338,8 +335,8 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
                                                           for e in sampled[r["stage"]]["entries"]
                                                           for c in e.get("completions", [])])}
          for r in rows if sampled[r["stage"]]},
-        report.paired_comparisons(rows, rates, ("sampled",), report.paired_rates)
-        + report.seed_mean_comparisons(rows, rates, "sampled"))
+        report.paired_comparisons(rows, by_suite, ("sampled",), report.paired_rates)
+        + report.seed_mean_comparisons(rows, by_suite, "sampled"))
     completions = {r["stage"]: trained_completions(run_dir, r["stage"]) for r in arms}
     state["no_call_push"] = report.markdown_no_call_push(
         arms, {stage: None if c is None else report.no_call_push(c) for stage, c in completions.items()})
