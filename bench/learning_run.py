@@ -347,7 +347,9 @@ def write_report(run_dir: Path, out: Path, compare: Path | None = None) -> Path:
     state["ceiling"] = answer_ceiling(model, state["max_tokens"], state.get("toolrl_limit")) if model.is_dir() else None
     info = {**state, "date": m["date"], "cpu": m["cpu"], "cores": m["nproc"], "loadavg": m["loadavg_1m"],
             "isa": m["isa"]}
-    info["goals"] = learning_goals.markdown_goals(learning_goals.goals(rows, state["ceiling"], revisits, mix))
+    info["goals"] = learning_goals.markdown_goals(
+        learning_goals.goals(rows, state["ceiling"], revisits, mix)
+        + [learning_goals.wall_time_goal(state["stages"], state.get("resumed"), state.get("forked_from"))])
     text = report.document(info, rows, [str(p.relative_to(out)) for p in plots])
     (out / "LEARNING.md").write_text(text)
     return out / "LEARNING.md"

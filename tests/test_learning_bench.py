@@ -138,6 +138,20 @@ def test_goals_report_met_and_missed_with_the_gap():
     assert goals[0]["name"].endswith("(base 0.0%)")
 
 
+def test_wall_time_goal_sums_the_stages_and_names_what_a_fresh_run_would_not_reuse():
+    fresh = [{"stage": "eval base", "seconds": 300.0, "note": "generation: ToolRL 290 s"},
+             {"stage": "sft", "seconds": 1500.0, "note": "-> models/x; 25 steps"},
+             {"stage": "train (a)", "seconds": 3600.0, "note": ""}]
+    g = goals_.wall_time_goal(fresh)
+    assert (g["measured"], g["status"], g["why"]) == ("90.0 minutes", "met", "-")   # 5400 s = 90 min exactly
+    cached = [{**fresh[0], "note": "cache hit: toolrl from runs/eval-cache/x.json"}, fresh[1],
+              {**fresh[2], "seconds": 3606.0}]
+    g = goals_.wall_time_goal(cached, resumed=[{"command": "--resume", "commit": "x"}])
+    assert g["measured"] == "90.1 minutes (not one fresh run: cache hits: eval base; resumed)"
+    assert g["status"] == "missed by 0.1 minutes" and "Wall time" in g["why"]
+    assert goals_.wall_time_goal(fresh, forked={"run_dir": "r"})["measured"] == "90.0 minutes (not one fresh run: forked)"
+
+
 def test_goals_missed_by_points_and_not_run():
     stages = {"base": STAGES["base"], "sft": {"toolrl": toolrl(12, 80, 0.5), "bfcl": bfcl(ZERO)},
               "d": {"toolrl": toolrl(14, 80, 0.5), "bfcl": bfcl(ZERO), "metrics": metrics([0.0], [0.0])}}
