@@ -84,7 +84,8 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP) $(SMOLLM2)
 	$(BIN)/python -m bench.run_all
 
-# The learning benchmark (base, SFT and four GRPO arms of SmolLM2-135M, evaluated; its budget: 90 minutes on 2 cores): bench/LEARNING.md.
+# The learning benchmark (base, SFT and four GRPO arms of SmolLM2-135M, evaluated; its budget: 90 minutes
+# on 2 cores): bench/LEARNING.md.
 learn: $(STAMP) $(DS_OP) $(SMOLLM2)
 	$(BIN)/python -m bench.learning
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-# The GRPO arms (a-d by default, e on request), all from the SFT model with the same seed and steps; only these switches differ.
+# The GRPO arms (a-d by default, e on request), all from the SFT model with the same seed and steps; only
+# these switches differ.
 ARMS: dict[str, tuple[str, list[str]]] = {
     "a": ("plain GRPO", ["--sampler.hard_rounds", "false", "--sampler.priority", "uniform",
                          "--sampler.curriculum", "false", "--reward.exemplar_bonus", "0"]),

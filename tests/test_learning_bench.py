@@ -149,7 +149,8 @@ def test_wall_time_goal_sums_the_stages_and_names_what_a_fresh_run_would_not_reu
     g = goals_.wall_time_goal(cached, resumed=[{"command": "--resume", "commit": "x"}])
     assert g["measured"] == "90.1 minutes (not one fresh run: cache hits: eval base; resumed)"
     assert g["status"] == "missed by 0.1 minutes" and "Wall time" in g["why"]
-    assert goals_.wall_time_goal(fresh, forked={"run_dir": "r"})["measured"] == "90.0 minutes (not one fresh run: forked)"
+    forked = goals_.wall_time_goal(fresh, forked={"run_dir": "r"})
+    assert forked["measured"] == "90.0 minutes (not one fresh run: forked)"
 
 
 def test_goals_missed_by_points_and_not_run():
