@@ -167,8 +167,7 @@ class Pipeline:
         the one the run copied) and the finished arms, each from its HF export."""
         base = REPO / self.cfg.model.path
         todo = [("base", base, True)] if base.is_dir() else []
-        theirs, ours = sft_model / "sft" / "config.json", self.run_dir / "sft" / "config.json"
-        if theirs.is_file() and ours.is_file() and theirs.read_bytes() == ours.read_bytes():
+        if self.owns_warm_start(sft_model):
             todo.append(("sft", sft_model, True))
         else:
             log(f"resume: {_relative(sft_model)} is no longer this run's warm start (its sft config differs): "
@@ -183,6 +182,24 @@ class Pipeline:
             if failed is not None:
                 pool.shutdown(wait=True, cancel_futures=True)   # the stage already running finishes
                 raise failed.exception()
+
+    def owns_warm_start(self, sft_model: Path) -> bool:
+        """Whether the warm start on disk is this run's: its sft config is the one the run copied. Another
+        run's `toolexpander sft` with other settings or another seed retrains into the same directory."""
+        theirs, ours = sft_model / "sft" / "config.json", self.run_dir / "sft" / "config.json"
+        return theirs.is_file() and ours.is_file() and theirs.read_bytes() == ours.read_bytes()
+
+    def warm_start_for(self, stages: list[str]) -> Path:
+        """The warm start a resumed run trains `stages` (the arms still to train) from: the one on disk
+        when it is this run's; otherwise `toolexpander sft` again with this run's settings and seed (a
+        cache hit when only other sections differ), recorded as the stage "sft again". Until 2026-12-06 a
+        resume trained its arms from whatever warm start another run had left in the directory."""
+        model = self.sft_model(None)
+        if not stages or self.owns_warm_start(model):
+            return model
+        log(f"resume: {_relative(model)} is not this run's warm start (another run's `toolexpander sft` "
+            f"wrote it): training it again with this run's sft settings and seed before {', '.join(stages)}")
+        return self.sft(None, stage="sft again")
 
     def _save(self) -> None:
         (self.run_dir / "learning.json").write_text(json.dumps(self.state, indent=2) + "\n")
@@ -280,7 +297,7 @@ class Pipeline:
         model = sft_output_dir(load_config(REPO / self.config, pairs))
         return model if model.is_absolute() else REPO / model
 
-    def sft(self, output_dir: Path | None) -> Path:
+    def sft(self, output_dir: Path | None, stage: str = "sft") -> Path:
         """`toolexpander sft` (a cache hit when this warm start exists); its metrics copied to RUN_DIR/sft/."""
         extra = ["--sft.seed", str(self.seed)] + (["--output-dir", str(output_dir)] if output_dir else [])
         cmd = [*PYTHON, "sft", "--config", self.config, *self.overrides, *extra]
@@ -298,8 +315,8 @@ class Pipeline:
         note = (f"cache hit: trained earlier into {_relative(model)}" if cached else f"-> {_relative(model)}")
         if loss:
             note += f"; {len(steps)} steps, loss {loss[0]:.3f} (first) -> {loss[-1]:.3f} (last)"
-        self._record("sft", t0, [cmd], note)
-        log(f"sft: done in {time.perf_counter() - t0:.0f} s ({note})")
+        self._record(stage, t0, [cmd], note)
+        log(f"{stage}: done in {time.perf_counter() - t0:.0f} s ({note})")
         return model
 
     def train(self, arm: str, sft_model: Path, seed: int) -> tuple[str, Path]:
@@ -484,7 +501,8 @@ def main(argv: list[str] | None = None) -> None:
         p.state["plan"] = arms
         p._save()
         log(f"resume: finished earlier: {', '.join(finished) or 'none'}; every other arm from its start")
-        sft_model = p.sft_model(None)
+        todo = [report.stage_id(a, seed, p.seed) for seed in train_seeds for a in arms]
+        sft_model = p.warm_start_for([stage for stage in todo if stage not in finished])
         p.evaluate_finished(finished, sft_model)
         p.arms(arms, sft_model, finished, train_seeds)
         path = write_report(run_dir, out or REPO / "bench", compare)

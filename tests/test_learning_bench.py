@@ -496,10 +496,12 @@ def test_resume_trains_only_the_arms_without_evaluations(tmp_path, monkeypatch, 
     missing = []   # the finished stages' evaluations completed (only_missing): base, and (a)
     monkeypatch.setattr(learning.Pipeline, "evaluate", lambda self, arm, model, cache=False, only_missing=False: (
         missing if only_missing else calls).append(arm if only_missing else ("eval", arm)))
+    monkeypatch.setattr(learning.Pipeline, "sft", lambda self, out, stage="sft": calls.append((stage,)) or tmp_path)
     monkeypatch.setattr(learning, "write_report", lambda run_dir, out, compare=None: out / "LEARNING.md")
     monkeypatch.setattr(learning, "_commit", lambda: "`def`")
     learning.main(["--resume", str(run), "--arms", "a,b,c", "--out", str(tmp_path)])
-    assert calls == [("train", "b", 5, 3), ("eval", "b"), ("train", "c", 5, 3), ("eval", "c")]
+    # The warm start on disk is not this run's (no sft/config.json): trained again before the arms.
+    assert calls == [("sft again",), ("train", "b", 5, 3), ("eval", "b"), ("train", "c", 5, 3), ("eval", "c")]
     assert sorted(missing) == ["a", "base"]   # not the SFT: the warm start on disk is not this run's (no sft/config.json)
     assert (run / "arm_b.failed-0").is_dir() and not (run / "arm_b").exists()
     kept = json.loads((run / "learning.json").read_text())
@@ -565,6 +567,7 @@ def test_a_second_seed_resumes_after_the_first_seeds_arms(tmp_path, monkeypatch)
         ("train", arm, seed)) or (report.stage_id(arm, seed, self.seed), sft))
     monkeypatch.setattr(learning.Pipeline, "evaluate", lambda self, stage, model, cache=False, only_missing=False:
                         None if only_missing else calls.append(("eval", stage)))
+    monkeypatch.setattr(learning.Pipeline, "warm_start_for", lambda self, stages: tmp_path)   # its own test below
     monkeypatch.setattr(learning, "write_report", lambda run_dir, out, compare=None: out / "LEARNING.md")
     learning.main(["--resume", str(run), "--arms", "a,d", "--out", str(tmp_path)])
     assert calls == [("train", "d", 1), ("eval", "d-s1")]
@@ -593,6 +596,27 @@ def test_a_second_seed_resumes_after_the_first_seeds_arms(tmp_path, monkeypatch)
     assert json.loads((run / "learning.json").read_text())["seeds"] == [0, 1, 2, 3]
     with pytest.raises(SystemExit):
         learning.main(["--resume", str(run), "--seeds", "2,4,1"])
+
+
+def test_a_resume_trains_its_arms_from_its_own_warm_start(tmp_path, monkeypatch):
+    import argparse
+
+    from bench import learning
+
+    run_dir, model = tmp_path / "run", tmp_path / "warm"
+    run_dir.mkdir()
+    p = learning.Pipeline(argparse.Namespace(steps=1, smoke=False, seed=0, seeds=None), learning.SMOKE_CONFIG,
+                          ["--sft.output_dir", str(model)], run_dir)
+    sft_calls = []
+    monkeypatch.setattr(learning.Pipeline, "sft", lambda self, out, stage="sft": sft_calls.append(stage) or model)
+    for d in (run_dir / "sft", model / "sft"):
+        d.mkdir(parents=True)
+        (d / "config.json").write_text('{"sft": {"rows": 200}}')
+    assert p.warm_start_for(["b"]) == model and sft_calls == []      # the run's own: used as it is
+    (model / "sft" / "config.json").write_text('{"sft": {"rows": 400}}')   # another run's SFT since
+    assert not p.owns_warm_start(model)
+    assert p.warm_start_for([]) == model and sft_calls == []         # nothing to train: nothing retrained
+    assert p.warm_start_for(["b", "d-s1"]) == model and sft_calls == ["sft again"]
 
 
 def test_seeds_and_set_arguments_are_checked():
@@ -1138,9 +1162,11 @@ def test_fork_copies_the_kept_stages_and_trains_the_named_arms_anew(tmp_path, mo
     monkeypatch.setattr(learning.Pipeline, "evaluate", lambda self, arm, model, cache=False, only_missing=False: (
         None if only_missing else calls.append(("eval", arm))))
     monkeypatch.setattr(learning, "write_report", lambda run_dir, out, compare=None: out / "LEARNING.md")
+    monkeypatch.setattr(learning.Pipeline, "sft", lambda self, out, stage="sft": calls.append((stage,)) or tmp_path)
     monkeypatch.setattr(learning, "_commit", lambda: "`new`")
     learning.main(["--fork", str(src), "--arms", "d", "--out", str(tmp_path)])
-    assert calls == [("train", "d"), ("eval", "d")]
+    # src kept no sft/config.json, so the warm start on disk is not provably its: trained again first.
+    assert calls == [("sft again",), ("train", "d"), ("eval", "d")]
     (run,) = (tmp_path / "runs").iterdir()
     assert sorted(p.name for p in (run / "eval").iterdir()) == sorted(
         f"{s}_{x}.json" for s in ("base", "sft", "a") for x in ("toolrl", "bfcl", "train"))
