@@ -298,20 +298,22 @@ class Pipeline:
         return model if model.is_absolute() else REPO / model
 
     def sft(self, output_dir: Path | None, stage: str = "sft") -> Path:
-        """`toolexpander sft` (a cache hit when this warm start exists); its metrics copied to RUN_DIR/sft/."""
+        """`toolexpander sft` (a cache hit when this warm start exists); its metrics copied to RUN_DIR/sft/
+        (RUN_DIR/sft_again/ and logs/sft_again.log for a resume's "sft again", beside the run's first)."""
         extra = ["--sft.seed", str(self.seed)] + (["--output-dir", str(output_dir)] if output_dir else [])
         cmd = [*PYTHON, "sft", "--config", self.config, *self.overrides, *extra]
-        log_path = self.run_dir / "logs" / "sft.log"
+        name = stage.replace(" ", "_")
+        log_path = self.run_dir / "logs" / f"{name}.log"
         t0 = time.perf_counter()
-        log(f"sft: {_shown(cmd[2:])} (log: {_relative(log_path)})")
-        run_logged("sft", [(cmd, log_path)])
+        log(f"{stage}: {_shown(cmd[2:])} (log: {_relative(log_path)})")
+        run_logged(stage, [(cmd, log_path)])
         model = self.sft_model(output_dir)
         cached = any(line.startswith("cached: ") for line in log_path.read_text().splitlines())
-        (self.run_dir / "sft").mkdir(exist_ok=True)
-        for name in ("metrics.jsonl", "config.json", "events.jsonl"):
-            if (model / "sft" / name).is_file():
-                shutil.copy(model / "sft" / name, self.run_dir / "sft" / name)
-        steps, loss = report.series(read_metrics(self.run_dir / "sft" / "metrics.jsonl"), "sft/loss")
+        (self.run_dir / name).mkdir(exist_ok=True)
+        for file in ("metrics.jsonl", "config.json", "events.jsonl"):
+            if (model / "sft" / file).is_file():
+                shutil.copy(model / "sft" / file, self.run_dir / name / file)
+        steps, loss = report.series(read_metrics(self.run_dir / name / "metrics.jsonl"), "sft/loss")
         note = (f"cache hit: trained earlier into {_relative(model)}" if cached else f"-> {_relative(model)}")
         if loss:
             note += f"; {len(steps)} steps, loss {loss[0]:.3f} (first) -> {loss[-1]:.3f} (last)"

@@ -619,6 +619,28 @@ def test_a_resume_trains_its_arms_from_its_own_warm_start(tmp_path, monkeypatch)
     assert p.warm_start_for(["b", "d-s1"]) == model and sft_calls == ["sft again"]
 
 
+def test_sft_again_leaves_the_runs_first_warm_start_records(tmp_path, tiny_model):
+    """A real `toolexpander sft` on the tiny model (SMOKE_OVERRIDES: 8 rows), as a resume's "sft again"."""
+    import argparse
+
+    from bench import learning
+
+    run_dir = tmp_path / "run"
+    for d in ("logs", "sft"):
+        (run_dir / d).mkdir(parents=True)
+    (run_dir / "logs" / "sft.log").write_text("first")
+    (run_dir / "sft" / "metrics.jsonl").write_text("{}\n")
+    p = learning.Pipeline(argparse.Namespace(steps=1, smoke=True, seed=0, seeds=None), learning.SMOKE_CONFIG,
+                          learning.SMOKE_OVERRIDES, run_dir)
+    model = p.sft(tmp_path / "warm", stage="sft again")
+    assert (model / "config.json").is_file()                        # an HF export, trained here
+    assert (run_dir / "logs" / "sft.log").read_text() == "first"    # the run's first SFT: its log and metrics
+    assert (run_dir / "sft" / "metrics.jsonl").read_text() == "{}\n"
+    assert (run_dir / "logs" / "sft_again.log").is_file() and (run_dir / "sft_again" / "metrics.jsonl").is_file()
+    (stage,) = json.loads((run_dir / "learning.json").read_text())["stages"]
+    assert stage["stage"] == "sft again" and stage["note"].startswith("-> ") and "2 steps, loss" in stage["note"]
+
+
 def test_seeds_and_set_arguments_are_checked():
     from bench import learning
 
