@@ -184,10 +184,16 @@ class Pipeline:
                 raise failed.exception()
 
     def owns_warm_start(self, sft_model: Path) -> bool:
-        """Whether the warm start on disk is this run's: its sft config is the one the run copied. Another
-        run's `toolexpander sft` with other settings or another seed retrains into the same directory."""
-        theirs, ours = sft_model / "sft" / "config.json", self.run_dir / "sft" / "config.json"
-        return theirs.is_file() and ours.is_file() and theirs.read_bytes() == ours.read_bytes()
+        """Whether the warm start on disk is this run's: `toolexpander sft`'s own cache test (the key hashes
+        the sft section, the starting model's and the data's bytes) with this run's config and SFT seed.
+        Another run's `toolexpander sft` with other settings or another seed retrains into the same
+        directory; a run that differs only in other sections (sampler, train) shares the warm start."""
+        from toolexpander.config import load_config, parse_overrides
+        from toolexpander.sft import cache_key, is_cached
+
+        cfg = load_config(REPO / self.config, parse_overrides([*self.overrides, "--sft.seed", str(self.seed)]))
+        data = cfg.data.model_copy(update={"train_path": str(REPO / cfg.data.train_path)})  # sft's cwd is REPO
+        return is_cached(sft_model, cache_key(cfg.model_copy(update={"data": data}), REPO / cfg.model.path))
 
     def warm_start_for(self, stages: list[str]) -> Path:
         """The warm start a resumed run trains `stages` (the arms still to train) from: the one on disk

@@ -155,8 +155,8 @@ def mix_reason(mix: dict[str, dict]) -> str | None:
             f"{_pct(a_pooled)}% (mean of the same {len(d)} seed{'s' if len(d) > 1 else ''}); with (a)'s sub-task "
             f"mix, (d)'s own per-sub-task rates give {_pct(d_at)}% ({ratio} (a)), so "
             f"{100 * (d_pooled - d_at):+.1f} of the {100 * (d_pooled - a_pooled):+.1f} points come from the mix "
-            f"alone: {grown} made up {_pct(share(d, grown))}% of (d)'s groups ((a): {_pct(share(a, grown))}%), and {_pct(fail)}% of "
-            f"those all-failed (\"All-fail groups by sub-task\""
+            f"alone: {grown} made up {_pct(share(d, grown))}% of (d)'s groups ((a): {_pct(share(a, grown))}%), "
+            f"and {_pct(fail)}% of those all-failed (\"All-fail groups by sub-task\""
             + ("; (a) from the compared run" if any(m["borrowed"] for m in a) else "") + ")")
 
 

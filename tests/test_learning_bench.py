@@ -484,7 +484,8 @@ def test_resume_trains_only_the_arms_without_evaluations(tmp_path, monkeypatch, 
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
     stages = [{"stage": s, "seconds": 1.0, "note": "", "commands": []} for s in ("eval base", "train (a)", "eval (a)")]
-    state = {"command": "x", "config": learning.SMOKE_CONFIG, "overrides": [], "seed": 3, "steps": 5,
+    state = {"command": "x", "config": learning.SMOKE_CONFIG, "seed": 3, "steps": 5,
+             "overrides": ["--sft.output_dir", str(tmp_path / "no-sft")],   # no warm start there
              "arms": ["a"], "stages": stages, "commit": "`abc`", "started": "t0", "machine": {"cpu": "c", "cores": 2}}
     (run / "learning.json").write_text(json.dumps(state))
     for suite in ("toolrl", "bfcl"):
@@ -500,9 +501,9 @@ def test_resume_trains_only_the_arms_without_evaluations(tmp_path, monkeypatch, 
     monkeypatch.setattr(learning, "write_report", lambda run_dir, out, compare=None: out / "LEARNING.md")
     monkeypatch.setattr(learning, "_commit", lambda: "`def`")
     learning.main(["--resume", str(run), "--arms", "a,b,c", "--out", str(tmp_path)])
-    # The warm start on disk is not this run's (no sft/config.json): trained again before the arms.
+    # No warm start of this run's on disk (none in sft.output_dir): trained again before the arms.
     assert calls == [("sft again",), ("train", "b", 5, 3), ("eval", "b"), ("train", "c", 5, 3), ("eval", "c")]
-    assert sorted(missing) == ["a", "base"]   # not the SFT: the warm start on disk is not this run's (no sft/config.json)
+    assert sorted(missing) == ["a", "base"]   # not the SFT: the warm start on disk is not this run's
     assert (run / "arm_b.failed-0").is_dir() and not (run / "arm_b").exists()
     kept = json.loads((run / "learning.json").read_text())
     assert [s["stage"] for s in kept["stages"]] == ["eval base", "train (a)", "eval (a)"]
@@ -599,9 +600,13 @@ def test_a_second_seed_resumes_after_the_first_seeds_arms(tmp_path, monkeypatch)
 
 
 def test_a_resume_trains_its_arms_from_its_own_warm_start(tmp_path, monkeypatch):
+    """The warm start on disk is the run's when `toolexpander sft`'s own cache key says so."""
     import argparse
 
     from bench import learning
+    from bench.learning import REPO
+    from toolexpander import sft
+    from toolexpander.config import load_config, parse_overrides
 
     run_dir, model = tmp_path / "run", tmp_path / "warm"
     run_dir.mkdir()
@@ -609,14 +614,30 @@ def test_a_resume_trains_its_arms_from_its_own_warm_start(tmp_path, monkeypatch)
                           ["--sft.output_dir", str(model)], run_dir)
     sft_calls = []
     monkeypatch.setattr(learning.Pipeline, "sft", lambda self, out, stage="sft": sft_calls.append(stage) or model)
-    for d in (run_dir / "sft", model / "sft"):
-        d.mkdir(parents=True)
-        (d / "config.json").write_text('{"sft": {"rows": 200}}')
+    cfg = load_config(REPO / learning.SMOKE_CONFIG, parse_overrides(["--sft.seed", "0"]))
+    key = sft.cache_key(cfg.model_copy(update={"data": cfg.data.model_copy(
+        update={"train_path": str(REPO / cfg.data.train_path)})}), REPO / cfg.model.path)
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / sft.MARKER).write_text(json.dumps({"hash": key, "complete": True}))
     assert p.warm_start_for(["b"]) == model and sft_calls == []      # the run's own: used as it is
-    (model / "sft" / "config.json").write_text('{"sft": {"rows": 400}}')   # another run's SFT since
+
+    def pipeline(name, overrides, seed=0):
+        (tmp_path / name).mkdir()
+        return learning.Pipeline(argparse.Namespace(steps=1, smoke=False, seed=seed, seeds=None),
+                                 learning.SMOKE_CONFIG, ["--sft.output_dir", str(model), *overrides], tmp_path / name)
+
+    # A run that differs in other sections only (sampler, train) shares the warm start: no "sft again".
+    assert pipeline("other", ["--sampler.tau", "2.0", "--train.steps", "7"]).owns_warm_start(model)
+    assert not pipeline("rows", ["--sft.rows", "3"]).owns_warm_start(model)     # another run's sft settings
+    assert not pipeline("lr", ["--sft.lr", "0.00123"]).owns_warm_start(model)
+    assert not pipeline("seed1", [], seed=1).owns_warm_start(model)             # another SFT seed
+    (model / sft.MARKER).write_text(json.dumps({"hash": "another run's", "complete": True}))
     assert not p.owns_warm_start(model)
     assert p.warm_start_for([]) == model and sft_calls == []         # nothing to train: nothing retrained
     assert p.warm_start_for(["b", "d-s1"]) == model and sft_calls == ["sft again"]
+    (model / sft.MARKER).write_text(json.dumps({"hash": key, "complete": False}))   # killed mid-way
+    assert not p.owns_warm_start(model)
 
 
 def test_sft_again_leaves_the_runs_first_warm_start_records(tmp_path, tiny_model):
@@ -1163,7 +1184,8 @@ def test_fork_copies_the_kept_stages_and_trains_the_named_arms_anew(tmp_path, mo
     stages = [{"stage": s, "seconds": 1.0, "note": "", "commands": []}
               for s in ("prepare base model", "eval base", "sft", "eval sft", "train (a)", "eval (a)", "train (d)",
                         "eval (d)")]
-    state = {"command": "first", "config": learning.SMOKE_CONFIG, "overrides": [], "seed": 0, "seeds": [0],
+    state = {"command": "first", "config": learning.SMOKE_CONFIG, "seed": 0, "seeds": [0],
+             "overrides": ["--sft.output_dir", str(tmp_path / "no-sft")],   # no warm start there
              "steps": 5, "arms": ["a", "d"], "stages": stages, "commit": "`abc`", "started": "t0",
              "resumed": [{"command": "again", "commit": "`abd`"}]}
     (src / "learning.json").write_text(json.dumps(state))
@@ -1187,7 +1209,7 @@ def test_fork_copies_the_kept_stages_and_trains_the_named_arms_anew(tmp_path, mo
     monkeypatch.setattr(learning.Pipeline, "sft", lambda self, out, stage="sft": calls.append((stage,)) or tmp_path)
     monkeypatch.setattr(learning, "_commit", lambda: "`new`")
     learning.main(["--fork", str(src), "--arms", "d", "--out", str(tmp_path)])
-    # src kept no sft/config.json, so the warm start on disk is not provably its: trained again first.
+    # No warm start with src's cache key in its sft.output_dir: trained again first.
     assert calls == [("sft again",), ("train", "d"), ("eval", "d")]
     (run,) = (tmp_path / "runs").iterdir()
     assert sorted(p.name for p in (run / "eval").iterdir()) == sorted(
