@@ -152,6 +152,47 @@ def test_weight_push_changes_output_and_restores_exactly(group, train_tasks, tin
     assert set(table.column("policy_version").to_pylist()) == {2}
 
 
+def test_a_pushed_tied_embedding_reaches_the_lm_head(group, train_tasks, tiny_model, tmp_path):
+    """The tiny model ties its LM head to the embedding, as SmolLM2 and small Qwen2.5 do. After a push
+    that changes only the embedding, the engine's logprobs are those of a transformers forward of the
+    pushed weights (fp32: < 1e-3), head included. vLLM's own reload_weights on CPU left the head's
+    packed GEMM weights as they were at start-up (gap ~0.1 here); see vllm_ext.CpuRepackingLoader."""
+    import ray
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    original = load_file(str(tiny_model / "model.safetensors"))
+    (embedding,) = [k for k in original if "embed_tokens" in k]
+    assert not any("lm_head" in k for k in original)   # tied: the head has no tensor of its own
+    gen = torch.Generator().manual_seed(1)
+    pushed = dict(original)
+    pushed[embedding] = original[embedding] + 0.5 * torch.randn(original[embedding].shape, generator=gen)
+    try:
+        group.push(3, ray.put([(k, v.numpy()) for k, v in pushed.items()]))
+        table, _, _ = group.generate(requests_for(train_tasks, k=2, start=200), step_seed=5)
+        hf = tmp_path / "pushed"
+        hf.mkdir()
+        for f in tiny_model.iterdir():
+            if f.is_file() and f.name != "model.safetensors":
+                (hf / f.name).write_bytes(f.read_bytes())
+        save_file(pushed, str(hf / "model.safetensors"), metadata={"format": "pt"})
+        models = {name: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+                  for name, path in (("pushed", hf), ("original", tiny_model))}
+        gaps = {name: 0.0 for name in models}
+        for row in table.to_pylist()[::5]:   # both workers
+            assert row["policy_version"] == 3
+            ids = torch.tensor([row["prompt_ids"] + row["completion_ids"]])
+            stored = torch.tensor(row["logprobs"])
+            for name, model in models.items():
+                with torch.no_grad():
+                    logits = model(ids).logits[0, :-1].float()
+                ours = torch.log_softmax(logits / T, -1).gather(-1, ids[0, 1:, None])[-len(stored):, 0]
+                gaps[name] = max(gaps[name], float((ours - stored).abs().max()))
+        assert gaps["pushed"] < 1e-3 and gaps["original"] > 1e-2, gaps
+    finally:
+        group.push(4, ray.put([(k, v.numpy()) for k, v in original.items()]))   # the module's later tests
+
+
 def test_dead_worker_is_reported_and_restarted(group, train_tasks):
     """Kills worker 0 of the module's group (its tests that need both workers healthy run before)."""
     import os

@@ -25,11 +25,12 @@ RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
 
 class BenignReloadWarnings(logging.Filter):
-    """Drops vLLM's "<Layer>: Failed to load weights" on a weight push for the layers that need no
-    pushed weight: RotaryEmbedding (its cos/sin cache is computed, never trained) and, when the
-    embeddings are tied, ParallelLMHead (it is embed_tokens' weight, which is pushed). vLLM keeps
-    their tensors, and the push tests show the engine then scores exactly like the learner's
-    weights. Every other layer's warning still shows."""
+    """Drops vLLM's "<Layer>: Failed to load weights" on a weight push through vLLM's reload_weights (GPU
+    engines; CPU engines load with vllm_ext.CpuRepackingLoader) for the layers that need no pushed
+    weight: RotaryEmbedding (its cos/sin cache is computed, never trained) and, when the embeddings are
+    tied, ParallelLMHead (it is embed_tokens' weight, which is pushed; on GPU the head computes with that
+    parameter itself, while on CPU its packed copy went stale: see CpuRepackingLoader). Every other
+    layer's warning still shows."""
 
     def __init__(self, tied_embeddings: bool):
         super().__init__()
@@ -186,8 +187,8 @@ class RolloutWorker:
             warnings.simplefilter("ignore", UserWarning)
             tensors = [(name, from_wire(w, self.dtype) if not isinstance(w, torch.Tensor) else w)
                        for name, w in named_tensors]
-        # reload_weights, not load_weights: on CPU, oneDNN repacks weights at load time.
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(tensors)})
+        # the extension's loader, not vLLM's load_weights: on CPU every layer's GEMM weights are packed again
+        self.llm.collective_rpc("load_pushed_weights", args=(tensors,))
         self.llm.reset_prefix_cache()  # cached KV was computed by the old weights
         self.version = version
         return time.perf_counter() - start
