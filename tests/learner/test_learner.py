@@ -5,6 +5,7 @@ import pyarrow as pa
 import pytest
 import ray
 import torch
+from safetensors.torch import load_file
 
 from toolexpander.actors.group import LearnerGroup
 from toolexpander.config import Config
@@ -147,9 +148,21 @@ def test_two_ranks_take_the_update_of_one(ray_local, tiny_model, stage, max_toke
     assert b["learner/loss"] == pytest.approx(a["learner/loss"], rel=1e-4, abs=1e-7)
     assert b["learner/entropy"] == pytest.approx(a["learner/entropy"], rel=1e-5)
     assert b["rollout/logprob_gap"] == pytest.approx(a["rollout/logprob_gap"], rel=1e-5)
+    # Adam's first step is lr * g / (|g| + eps): lr * sign(g) wherever |g| >> eps, so the same gradient
+    # gives the same update there. Where |g| is within eps of 0 (a step below lr / 2: mostly embedding rows
+    # of tokens the batch lacks, g = 0) the ranks' fp32 summation order can decide it (2026-12-06, a Xeon
+    # with AMX: one v_proj element moved 0.29 lr on one rank, 0.38 lr on two), so those are held to lr only.
     lr = a["learner/lr"]
-    worst = max(float(np.abs(weights_a[k] - weights_b[k]).max()) for k in weights_a)
-    assert worst < 0.05 * lr  # Adam's first step is about lr * sign(g): same gradient, same update
+    start = {k: v.float().numpy() for k, v in load_file(str(tiny_model / "model.safetensors")).items()}
+    assert weights_a.keys() == start.keys()
+    worst, near_zero, total = 0.0, 0, 0
+    for k in weights_a:
+        diff = np.abs(weights_a[k] - weights_b[k])
+        full_step = np.abs(weights_a[k] - start[k]) >= 0.5 * lr
+        worst = max(worst, float(diff[full_step].max(initial=0.0)))
+        assert float(diff.max()) < lr, k
+        near_zero, total = near_zero + int((~full_step).sum()), total + diff.size
+    assert worst < 0.05 * lr, (worst, near_zero, total)
 
 
 def test_lr_decays_once_per_training_step(ray_local, tiny_model):
