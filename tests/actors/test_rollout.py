@@ -152,45 +152,86 @@ def test_weight_push_changes_output_and_restores_exactly(group, train_tasks, tin
     assert set(table.column("policy_version").to_pylist()) == {2}
 
 
+def _model_dir(path, source, tensors: dict, **config) -> None:
+    """A model directory at `path`: `source`'s files, `tensors` as its weights, `config` over its config."""
+    import json
+
+    from safetensors.torch import save_file
+
+    path.mkdir()
+    for f in source.iterdir():
+        if f.is_file() and f.name != "model.safetensors":
+            (path / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((source / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, **config}))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "model.safetensors"),
+              metadata={"format": "pt"})
+
+
+def _push_and_score(group, train_tasks, version, pushed: dict, started, tmp_path) -> dict:
+    """Push `pushed` into `group`, sample, and return the largest |stored logprob - transformers' log
+    softmax(logits / T)| over the rows, for the pushed weights and for `started` (the model the engines
+    started with)."""
+    import ray
+    from transformers import AutoModelForCausalLM
+
+    group.push(version, ray.put([(k, v.numpy()) for k, v in pushed.items()]))
+    table, _, _ = group.generate(requests_for(train_tasks, k=2, start=200), step_seed=5)
+    _model_dir(tmp_path / "pushed", started, pushed)
+    models = {name: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+              for name, path in (("pushed", tmp_path / "pushed"), ("started", started))}
+    gaps = {name: 0.0 for name in models}
+    for row in table.to_pylist()[::5]:   # both groups (and both workers, when there are two)
+        assert row["policy_version"] == version
+        ids = torch.tensor([row["prompt_ids"] + row["completion_ids"]])
+        stored = torch.tensor(row["logprobs"])
+        for name, model in models.items():
+            with torch.no_grad():
+                logits = model(ids).logits[0, :-1].float()
+            ours = torch.log_softmax(logits / T, -1).gather(-1, ids[0, 1:, None])[-len(stored):, 0]
+            gaps[name] = max(gaps[name], float((ours - stored).abs().max()))
+    return gaps
+
+
 def test_a_pushed_tied_embedding_reaches_the_lm_head(group, train_tasks, tiny_model, tmp_path):
     """The tiny model ties its LM head to the embedding, as SmolLM2 and small Qwen2.5 do. After a push
     that changes only the embedding, the engine's logprobs are those of a transformers forward of the
     pushed weights (fp32: < 1e-3), head included. vLLM's own reload_weights on CPU left the head's
-    packed GEMM weights as they were at start-up (gap ~0.1 here); see vllm_ext.CpuRepackingLoader."""
+    packed GEMM weights as they were at start-up (a 48-nat gap here); see vllm_ext.CpuRepackingLoader."""
     import ray
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM
+    from safetensors.torch import load_file
 
     original = load_file(str(tiny_model / "model.safetensors"))
     (embedding,) = [k for k in original if "embed_tokens" in k]
     assert not any("lm_head" in k for k in original)   # tied: the head has no tensor of its own
     gen = torch.Generator().manual_seed(1)
-    pushed = dict(original)
-    pushed[embedding] = original[embedding] + 0.5 * torch.randn(original[embedding].shape, generator=gen)
+    pushed = {**original, embedding: original[embedding] + 0.5 * torch.randn(original[embedding].shape, generator=gen)}
     try:
-        group.push(3, ray.put([(k, v.numpy()) for k, v in pushed.items()]))
-        table, _, _ = group.generate(requests_for(train_tasks, k=2, start=200), step_seed=5)
-        hf = tmp_path / "pushed"
-        hf.mkdir()
-        for f in tiny_model.iterdir():
-            if f.is_file() and f.name != "model.safetensors":
-                (hf / f.name).write_bytes(f.read_bytes())
-        save_file(pushed, str(hf / "model.safetensors"), metadata={"format": "pt"})
-        models = {name: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-                  for name, path in (("pushed", hf), ("original", tiny_model))}
-        gaps = {name: 0.0 for name in models}
-        for row in table.to_pylist()[::5]:   # both workers
-            assert row["policy_version"] == 3
-            ids = torch.tensor([row["prompt_ids"] + row["completion_ids"]])
-            stored = torch.tensor(row["logprobs"])
-            for name, model in models.items():
-                with torch.no_grad():
-                    logits = model(ids).logits[0, :-1].float()
-                ours = torch.log_softmax(logits / T, -1).gather(-1, ids[0, 1:, None])[-len(stored):, 0]
-                gaps[name] = max(gaps[name], float((ours - stored).abs().max()))
-        assert gaps["pushed"] < 1e-3 and gaps["original"] > 1e-2, gaps
+        gaps = _push_and_score(group, train_tasks, 3, pushed, tiny_model, tmp_path)
+        assert gaps["pushed"] < 1e-3 and gaps["started"] > 1e-2, gaps
     finally:
         group.push(4, ray.put([(k, v.numpy()) for k, v in original.items()]))   # the module's later tests
+
+
+def test_a_pushed_untied_lm_head_is_loaded(ray_local, train_tasks, tiny_model, tmp_path):
+    """The same for a model whose LM head has a weight of its own (a copy of the tiny model, untied): a
+    push that changes only lm_head.weight reaches the engine's (packed) head."""
+    from safetensors.torch import load_file
+
+    original = load_file(str(tiny_model / "model.safetensors"))
+    (embedding,) = [k for k in original if "embed_tokens" in k]
+    gen = torch.Generator().manual_seed(2)
+    untied = {**original, "lm_head.weight": original[embedding].clone()}
+    _model_dir(tmp_path / "untied", tiny_model, untied, tie_word_embeddings=False)
+    pushed = {**untied, "lm_head.weight": untied["lm_head.weight"] + 0.5 * torch.randn(
+        untied["lm_head.weight"].shape, generator=gen)}
+    one = RolloutGroup(make_cfg(tmp_path / "untied", workers=1, temperature=T), str(tmp_path / "untied"))
+    try:
+        (tmp_path / "score").mkdir()
+        gaps = _push_and_score(one, train_tasks, 1, pushed, tmp_path / "untied", tmp_path / "score")
+        assert gaps["pushed"] < 1e-3 and gaps["started"] > 1e-2, gaps
+    finally:
+        one.shutdown()
 
 
 def test_dead_worker_is_reported_and_restarted(group, train_tasks):
