@@ -5,9 +5,13 @@ engine and for tensor-parallel GPU engines alike (via collective_rpc)."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from toolexpander.learner.sync import open_group, plan_buckets, receive
+
+log = logging.getLogger(__name__)
 
 
 class CpuRepackingLoader:
@@ -50,9 +54,9 @@ class CpuRepackingLoader:
             if not isinstance(method, QuantizeMethodBase):
                 continue
             if type(method) is UnquantizedEmbeddingMethod:
-                # An input embedding computes with F.embedding on its .weight; packing it again (as
-                # vLLM's start-up does) would cost a tenth of a push for nothing. Without a known
-                # lm_head, every embedding is processed.
+                # An input embedding computes with F.embedding on its .weight: packing it again for a
+                # GEMM (as vLLM's start-up does) would be work for nothing. Without a known lm_head,
+                # every embedding is processed.
                 if head is None or layer is head:
                     self.embeddings.append(layer)
             elif type(method) is UnquantizedLinearMethod:
@@ -93,7 +97,9 @@ class WeightReceiver:
         if current_platform.is_cpu() and getattr(self, "_cpu_loader", None) is None:
             try:
                 self._cpu_loader = CpuRepackingLoader(self.model_runner.get_model())
-            except NotImplementedError:
+            except NotImplementedError as e:
+                log.warning("weight pushes load with vLLM's reload_weights (%s); on CPU a tied LM head then "
+                            "keeps its start-up weights", e)
                 self._cpu_loader = False
         if current_platform.is_cpu() and self._cpu_loader:
             self._cpu_loader.load(named)
