@@ -32,7 +32,7 @@ BENCHES = {
     "learner": (["--groups", "2", "--n", "4", "--prompt-len", "256", "--completion-len", "32", "--bf16-heads", "fp32",
                  "bf16"], []),
     "learner_memory": ([], ["--n", "16", "--completion-len", "1024"]),
-    "driver_scale": (["--workers", "16", "--steps", "3"], []),
+    "driver_scale": (["--workers", "16", "64", "--steps", "3"], []),   # the goal is at 64
     "overlap": (["--steps", "4"], []),
     "trl_compare": (["--steps", "4"], ["--steps", "6"]),
 }
