@@ -163,14 +163,14 @@ class Pipeline:
 
     def evaluate_finished(self, stages: list[str], sft_model: Path) -> None:
         """A resumed run's evaluations that its stages lack (a run from before the training-prompts
-        evaluation): base, SFT (only while the warm start on disk is the run's own: its sft config is
-        the one the run copied) and the finished arms, each from its HF export."""
+        evaluation): base, SFT (only while the warm start on disk is the run's own: owns_warm_start) and
+        the finished arms, each from its HF export."""
         base = REPO / self.cfg.model.path
         todo = [("base", base, True)] if base.is_dir() else []
         if self.owns_warm_start(sft_model):
             todo.append(("sft", sft_model, True))
         else:
-            log(f"resume: {_relative(sft_model)} is no longer this run's warm start (its sft config differs): "
+            log(f"resume: {_relative(sft_model)} is no longer this run's warm start (another sft config or seed): "
                 "its missing evaluations are left out")
         todo += [(stage, self.run_dir / arm_dir(stage) / "hf", False) for stage in stages]
         # Stages side by side (each eval engine uses one core and ~3 GB); the first failure cancels the rest.
@@ -188,10 +188,9 @@ class Pipeline:
         the sft section, the starting model's and the data's bytes) with this run's config and SFT seed.
         Another run's `toolexpander sft` with other settings or another seed retrains into the same
         directory; a run that differs only in other sections (sampler, train) shares the warm start."""
-        from toolexpander.config import load_config, parse_overrides
         from toolexpander.sft import cache_key, is_cached
 
-        cfg = load_config(REPO / self.config, parse_overrides([*self.overrides, "--sft.seed", str(self.seed)]))
+        cfg = self._sft_config(None)
         data = cfg.data.model_copy(update={"train_path": str(REPO / cfg.data.train_path)})  # sft's cwd is REPO
         return is_cached(sft_model, cache_key(cfg.model_copy(update={"data": data}), REPO / cfg.model.path))
 
@@ -293,14 +292,19 @@ class Pipeline:
                 "sampled": lambda x: f"ToolRL sampled mean@{x['samples']} {100 * x['overall']:.1f}%"}
         log(f"{name}: done in {time.perf_counter() - t0:.0f} s; " + ", ".join(said[suite](s[suite]) for suite in cmds))
 
-    def sft_model(self, output_dir: Path | None) -> Path:
-        """Where `toolexpander sft` writes (or found) this run's warm start."""
+    def _sft_config(self, output_dir: Path | None):
+        """The config this run's `toolexpander sft` runs with (Pipeline.sft's command line)."""
         from toolexpander.config import load_config, parse_overrides
-        from toolexpander.sft import output_dir as sft_output_dir
 
         pairs = parse_overrides([*self.overrides, "--sft.seed", str(self.seed)]
                                 + (["--sft.output_dir", str(output_dir)] if output_dir else []))
-        model = sft_output_dir(load_config(REPO / self.config, pairs))
+        return load_config(REPO / self.config, pairs)
+
+    def sft_model(self, output_dir: Path | None) -> Path:
+        """Where `toolexpander sft` writes (or found) this run's warm start."""
+        from toolexpander.sft import output_dir as sft_output_dir
+
+        model = sft_output_dir(self._sft_config(output_dir))
         return model if model.is_absolute() else REPO / model
 
     def sft(self, output_dir: Path | None, stage: str = "sft") -> Path:

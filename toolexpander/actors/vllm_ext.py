@@ -94,14 +94,15 @@ class WeightReceiver:
         (in place, with each layer's processing: on GPU the kernels read the parameters themselves)."""
         from vllm.platforms import current_platform
 
-        if current_platform.is_cpu() and getattr(self, "_cpu_loader", None) is None:
-            try:
-                self._cpu_loader = CpuRepackingLoader(self.model_runner.get_model())
-            except NotImplementedError as e:
-                log.warning("weight pushes load with vLLM's reload_weights (%s); on CPU a tied LM head then "
-                            "keeps its start-up weights", e)
-                self._cpu_loader = False
-        if current_platform.is_cpu() and self._cpu_loader:
+        if getattr(self, "_cpu_loader", None) is None:   # decided at the first push: a loader, or False
+            self._cpu_loader = False
+            if current_platform.is_cpu():
+                try:
+                    self._cpu_loader = CpuRepackingLoader(self.model_runner.get_model())
+                except NotImplementedError as e:
+                    log.warning("weight pushes load with vLLM's reload_weights (%s); on CPU a tied LM head "
+                                "then keeps its start-up weights", e)
+        if self._cpu_loader:
             self._cpu_loader.load(named)
         else:
             self.reload_weights(weights_iterator=iter(named))
