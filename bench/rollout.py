@@ -52,14 +52,15 @@ def machine_gflops() -> dict[str, float]:
             for d in ("float32", "bfloat16")}
 
 
-def make_cfg(args, workers: int):
+def make_cfg(args, workers: int, block_size: int | None = None):
+    """block_size None: the config's default (toolexpander's, not vLLM's)."""
     from toolexpander.config import Config
 
     return Config.model_validate({
         "model": {"path": str(MODEL), "prepare": None, "dtype": args.dtype},
         "rollout": {"num_workers": workers, "n": args.n, "max_tokens": args.max_tokens,
                     "temperature": args.temperature, "max_model_len": 2048, "cpu_kvcache_gb": 1,
-                    "cpus_per_worker": 1, "seed": 0, "enforce_eager": True}})
+                    "cpus_per_worker": 1, "seed": 0, "enforce_eager": True, "block_size": block_size}})
 
 
 def requests(chunk, first_group: int):
@@ -133,13 +134,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-prompt-tokens", type=int, default=768, help="as configs/local-smollm2.yaml")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--workers", type=int, default=cores(), help="(b): rollout workers, one per core")
+    ap.add_argument("--block-sizes", type=int, nargs="*", default=[128],
+                    help="(b): also run the phase with these KV-cache block sizes (rollout.block_size), side by "
+                         "side with the config's default, alternating per repetition; 128 is vLLM's CPU default")
     args = ap.parse_args(argv)
     reps = args.reps or (1 if args.prompts <= 4 else 3)
 
     from transformers import AutoTokenizer
 
     from toolexpander.actors.group import RolloutGroup
-    from toolexpander.actors.rollout import engine_env
+    from toolexpander.actors.rollout import engine_args, engine_env
 
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
     # Disjoint prompt sets: warm-up, (a) reps, (b) reps.
@@ -151,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
 
     loads = {"start": os.getloadavg()[0]}
-    with private_ray(num_cpus=max(args.workers, cores())):
+    variants = [None] + [b for b in args.block_sizes if b != engine_args(cfg1.rollout, False)["block_size"]]
+    with private_ray(num_cpus=max(args.workers, cores()) * len(variants)):
         # (a) worker in Ray vs bare vLLM in this process, alternating who goes first. At most two
         # engines live at a time (each holds ~3 GB on CPU).
         solo = RolloutGroup(cfg1, str(MODEL))
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         from vllm import LLM
 
         llm = LLM(model=str(MODEL), dtype=args.dtype, enforce_eager=True, max_model_len=2048, seed=0,
-                  gpu_memory_utilization=0.5, enable_prefix_caching=True, enable_chunked_prefill=False)
+                  gpu_memory_utilization=0.5, enable_prefix_caching=True, enable_chunked_prefill=False,
+                  **engine_args(cfg1.rollout, on_gpu=False))
         run_bare(llm, cfg1, warm, step_seed=0, nice=nice)
         ray_runs, bare_runs = [], []
         for k, chunk in enumerate(a_sets):
@@ -187,20 +193,29 @@ def main(argv: list[str] | None = None) -> None:
         os.sched_setaffinity(0, affinity)  # the engine pinned this thread to core 0
         loads["after_a"] = os.getloadavg()[0]
 
-        # (b) the whole rollout phase on one worker per core, between two bound measurements.
+        # (b) the whole rollout phase on one worker per core, between two bound measurements; one group
+        # per block size (the config's default first), the same prompts and seeds, alternating who goes
+        # first; a group's engines idle while the other generates.
         bound_before = machine_gflops()
-        group = RolloutGroup(make_cfg(args, workers=args.workers), str(MODEL))
-        pids = [i["pid"] for i in group.ready()]
-        run_group(group, warm, 0, pids)
-        b_runs = []
+        groups = [RolloutGroup(make_cfg(args, args.workers, b), str(MODEL)) for b in variants]
+        pids = [[i["pid"] for i in g.ready()] for g in groups]
+        for g, p in zip(groups, pids):
+            run_group(g, warm, 0, p)
+        b_runs = [[] for _ in variants]
         for k, chunk in enumerate(b_sets):
-            b_runs.append(run_group(group, chunk, 100 + k, pids))
-            log(f"(b) rep {k}: {b_runs[-1]['seconds']:.2f} s, {b_runs[-1]['completion_tokens']} tokens")
-        group.shutdown()
+            order = list(range(len(variants)))
+            for v in (order if k % 2 == 0 else order[::-1]):
+                b_runs[v].append(run_group(groups[v], chunk, 100 + k, pids[v]))
+                log(f"(b) rep {k}, block size {groups[v].cfg.rollout.block_size or 'default'}: "
+                    f"{b_runs[v][-1]['seconds']:.2f} s, {b_runs[v][-1]['completion_tokens']} tokens")
+        for g in groups:
+            g.shutdown()
         bound_after = machine_gflops()
         loads["after_b"] = os.getloadavg()[0]
 
-    ray_s, bare_s, phase = summarize(ray_runs), summarize(bare_runs), summarize(b_runs)
+    ray_s, bare_s = summarize(ray_runs), summarize(bare_runs)
+    phases = [summarize(runs) for runs in b_runs]
+    phase = phases[0]   # the config's default: the goal's row
     ratio = ray_s["tokens_per_s"] / bare_s["tokens_per_s"]
     gf = {d: max(bound_before[d], bound_after[d]) for d in bound_before}  # best measured
     bound_tps = {d: g * 1e9 / (2 * params) for d, g in gf.items()}
@@ -208,11 +223,15 @@ def main(argv: list[str] | None = None) -> None:
         {"path": "RolloutWorker in Ray (1 worker)", **ray_s},
         {"path": "bare vllm.LLM.generate", **bare_s},
     ]
-    rows_b = [{"path": f"rollout phase, {args.workers} workers", **phase,
+    default_block = engine_args(cfg1.rollout, False)["block_size"]
+    rows_b = [{"path": f"rollout phase, {args.workers} workers, block size "
+                       + (f"{default_block} (default)" if b is None else str(b)),
+               "block_size": b or default_block, **ph,
                "bound_fp32": bound_tps["float32"], "bound_bf16": bound_tps["bfloat16"],
-               "of_fp32": phase["tokens_per_s"] / bound_tps["float32"],
-               "of_bf16": phase["tokens_per_s"] / bound_tps["bfloat16"],
-               "proc_of_fp32": phase["processed_per_s"] / bound_tps["float32"]}]
+               "of_fp32": ph["tokens_per_s"] / bound_tps["float32"],
+               "of_bf16": ph["tokens_per_s"] / bound_tps["bfloat16"],
+               "proc_of_fp32": ph["processed_per_s"] / bound_tps["float32"],
+               "vs_default": ph["tokens_per_s"] / phase["tokens_per_s"]} for b, ph in zip(variants, phases)]
     text = "\n".join([
         f"rollout: {MODEL.name} ({params / 1e6:.1f}M params, {args.dtype}), {args.prompts} prompts x n={args.n} x "
         f"<= {args.max_tokens} tokens, temperature {args.temperature}, {reps} timed call(s) per side",
@@ -233,7 +252,10 @@ def main(argv: list[str] | None = None) -> None:
                        ("tokens_per_s", "completion tok/s", ".1f"),
                        ("bound_fp32", "bound fp32", ".1f"), ("of_fp32", "of fp32 bound", ".1%"),
                        ("bound_bf16", "bound bf16", ".1f"), ("of_bf16", "of bf16 bound", ".1%"),
-                       ("proc_of_fp32", "prompt+compl of fp32", ".1%")]),
+                       ("proc_of_fp32", "prompt+compl of fp32", ".1%"),
+                       ("vs_default", "tok/s x default's", ".2f")]),
+        "block size: rollout.block_size, the KV-cache block (tokens); a prompt's n completions share its whole "
+        "blocks and each recomputes its last, partial one",
         f"achieved/bound ({args.dtype} engine vs {args.dtype} bound): "
         f"{phase['tokens_per_s'] / bound_tps[args.dtype]:.1%} (goal >= {GOAL_BOUND:.0%})",
         f"matmul GFLOP/s before/after (b): fp32 {bound_before['float32']:.1f}/{bound_after['float32']:.1f}, "
@@ -246,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     write("rollout", {"args": vars(args), "reps": reps, "parameters": params, "gflops": gf,
                       "gflops_before": bound_before, "gflops_after": bound_after, "loadavg": loads, "nice": nice,
                       "bound_tokens_per_s": bound_tps, "a": {"ray": ray_s, "bare": bare_s, "ratio": ratio},
-                      "b": rows_b[0], "goals": goals}, text)
+                      "b": rows_b[0], "b_block_sizes": rows_b, "goals": goals}, text)
 
 
 if __name__ == "__main__":

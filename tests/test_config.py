@@ -72,6 +72,21 @@ def test_out_of_range_and_missing_file(tmp_path):
         load_config(None, {"train.max_staleness": 9})
 
 
+def test_block_size_is_a_multiple_of_16_and_32_on_cpu():
+    from toolexpander.actors.rollout import engine_args
+
+    with pytest.raises(ConfigError, match=r"rollout\.block_size: .*multiple of 16 .*got 40"):
+        load_config(None, {"rollout.block_size": 40})
+    default = load_config(None).rollout
+    assert default.block_size is None
+    assert engine_args(default, on_gpu=False) == {"block_size": 32}   # vLLM's CPU default is 128
+    assert engine_args(default, on_gpu=True) == {}                     # vLLM's own default
+    sixteen = load_config(None, {"rollout.block_size": 48}).rollout
+    assert engine_args(sixteen, on_gpu=True) == {"block_size": 48}
+    with pytest.raises(ValueError, match=r"rollout\.block_size: a CPU engine needs a multiple of 32, got 48"):
+        engine_args(sixteen, on_gpu=False)
+
+
 def test_resolved_dump_round_trips(tmp_path):
     cfg = load_config(None, {"train.steps": 5, "rollout.max_tokens": 32})
     dump_config(cfg, tmp_path / "config.json")

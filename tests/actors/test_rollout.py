@@ -7,7 +7,7 @@ import torch
 from toolexpander.actors.group import RolloutGroup, WorkerDied
 from toolexpander.config import Config
 from toolexpander.rewards import ZERO
-from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, PromptRequest
+from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, PromptRequest, WeightChunks
 
 
 def make_cfg(model, workers=1, n=10, max_tokens=12, temperature=1.0):
@@ -68,6 +68,12 @@ def test_scorer_exception_is_logged_with_the_task_id_and_counted(monkeypatch, ca
         scored = worker._score(request, ["fine", "boom", "boom"])
     assert len(scored.errors) == 2 and scored.rewards[1:] == [ZERO, ZERO]
     assert request.task.id in caplog.text and "ZeroDivisionError" in caplog.text and "2 of 3" in caplog.text
+
+
+def test_cpu_engines_use_small_kv_blocks(group):
+    """rollout.block_size unset: 32-token blocks on CPU (vLLM's CPU default is 128), so that each of a
+    prompt's n completions recomputes at most 31 prompt tokens past the shared blocks."""
+    assert [i["block_size"] for i in group.ready()] == [32, 32]
 
 
 def test_same_seed_same_samples(group, train_tasks):
@@ -146,10 +152,17 @@ def test_weight_push_changes_output_and_restores_exactly(group, train_tasks, tin
     group.push(1, ray.put(perturbed))
     assert _greedy(group, reqs) != before
     assert {w["policy_version"] for w in group.ready()} == {1}
+    after = _greedy(group, reqs)
     group.push(2, ray.put([(k, v.numpy()) for k, v in original.items()]))
     assert _greedy(group, reqs) == before
     table, _, _ = group.generate(reqs, step_seed=0, greedy=True, max_tokens=4)
     assert set(table.column("policy_version").to_pylist()) == {2}
+    # The perturbed weights again, in chunks that split every layer (one tensor each, last first: the
+    # learner never cuts a layer, vllm_ext.CpuRepackingLoader packs a layer again when more of it comes).
+    group.push(3, WeightChunks([ray.put([named]) for named in perturbed[::-1]]))
+    assert _greedy(group, reqs) == after
+    group.push(4, ray.put([(k, v.numpy()) for k, v in original.items()]))
+    assert _greedy(group, reqs) == before
 
 
 def _model_dir(path, source, tensors: dict, **config) -> None:

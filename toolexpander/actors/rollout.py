@@ -18,7 +18,7 @@ from toolexpander.config import RewardConfig, RolloutConfig
 from toolexpander.models import check_model_dir
 from toolexpander.prompt import prompt_ids
 from toolexpander.rewards import GroupScore, score_group
-from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, PromptRequest, RolloutStats, light_view
+from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, PromptRequest, RolloutStats, WeightChunks, light_view
 
 log = logging.getLogger(__name__)
 RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
@@ -52,6 +52,18 @@ def engine_env(worker_index: int, cfg: RolloutConfig, on_gpu: bool) -> dict[str,
     return env
 
 
+CPU_BLOCK_SIZE = 32   # the smallest the CPU attention kernels take (vLLM's CPU default is 128)
+
+
+def engine_args(cfg: RolloutConfig, on_gpu: bool) -> dict:
+    """vLLM engine arguments from the rollout config that also set up benchmarks' bare engines.
+    block_size: see RolloutConfig.block_size (unset on GPU: vLLM's default)."""
+    size = cfg.block_size if cfg.block_size is not None else (None if on_gpu else CPU_BLOCK_SIZE)
+    if size is not None and not on_gpu and size % 32:
+        raise ValueError(f"rollout.block_size: a CPU engine needs a multiple of 32, got {size}")
+    return {"block_size": size} if size is not None else {}
+
+
 class RolloutWorker:
     """Wrapped with ray.remote by actors.group.RolloutGroup; usable in-process for tests and evals."""
 
@@ -82,6 +94,7 @@ class RolloutWorker:
                        # Seeded requests + chunked prefill crash on the CPU generator ("does not use
                        # offset"): prefill each prompt whole instead.
                        enable_chunked_prefill=on_gpu,
+                       **engine_args(self.cfg, on_gpu),
                        worker_extension_cls="toolexpander.actors.vllm_ext.WeightReceiver")
         self.tokenizer = self.llm.get_tokenizer()
         tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
@@ -89,7 +102,8 @@ class RolloutWorker:
         self.version = 0
 
     def info(self) -> dict:
-        return {"worker": self.index, "pid": os.getpid(), "policy_version": self.version}
+        return {"worker": self.index, "pid": os.getpid(), "policy_version": self.version,
+                "block_size": self.llm.llm_engine.vllm_config.cache_config.block_size}
 
     def _sampling_params(self, n: int, seed: int | None, greedy: bool, max_tokens: int | None):
         from vllm import SamplingParams
@@ -173,25 +187,35 @@ class RolloutWorker:
                         "%d: %r", len(scored.errors), len(texts), request.task.id, i, e, exc_info=e)
         return scored
 
-    def update_weights(self, version: int, named_tensors: Iterable[tuple[str, "object"]]) -> float:
+    def update_weights(self, version: int, named_tensors: Iterable[tuple[str, "object"]] | WeightChunks) -> float:
         """Load new parameters into the running engine (no restart); returns seconds taken.
-        Numpy arrays are read as learner.sync.to_wire wrote them, in the engine's dtype."""
+        Numpy arrays are read as learner.sync.to_wire wrote them, in the engine's dtype. WeightChunks:
+        each chunk is fetched and loaded in turn (the learner gathers the next one meanwhile)."""
+        import ray
+
+        start = time.perf_counter()
+        if isinstance(named_tensors, WeightChunks):
+            for k, ref in enumerate(named_tensors.refs):
+                self._load(ray.get(ref), first=k == 0, last=k == len(named_tensors) - 1)
+        else:
+            self._load(named_tensors, first=True, last=True)
+        self.llm.reset_prefix_cache()  # cached KV was computed by the old weights
+        self.version = version
+        return time.perf_counter() - start
+
+    def _load(self, named_tensors, first: bool, last: bool) -> None:
         import warnings
 
         import torch
 
         from toolexpander.learner.sync import from_wire
 
-        start = time.perf_counter()
         with warnings.catch_warnings():  # arrays from the object store are read-only; vLLM copies them
             warnings.simplefilter("ignore", UserWarning)
             tensors = [(name, from_wire(w, self.dtype) if not isinstance(w, torch.Tensor) else w)
                        for name, w in named_tensors]
         # the extension's loader, not vLLM's load_weights: on CPU every layer's GEMM weights are packed again
-        self.llm.collective_rpc("load_pushed_weights", args=(tensors,))
-        self.llm.reset_prefix_cache()  # cached KV was computed by the old weights
-        self.version = version
-        return time.perf_counter() - start
+        self.llm.collective_rpc("load_pushed_weights", args=(tensors, first, last))
 
 
     def init_weight_group(self, backend: str, host: str, port: int, rank_offset: int, world_size: int,
