@@ -102,10 +102,7 @@ class FakeLearner:
     def step(self, table: pa.Table, step_seed: int = 0, train_step: int | None = None, padding: int = 0) -> dict:
         return {"learner/loss": 0.0, "learner/grad_norm": 0.0, "learner/skipped": 0.0, "learner/applied": 1.0}
 
-    def weight_meta(self):
-        return [("w", (1,))]
-
-    def named_weights(self, dtype: str = "float32", indices: list[int] | None = None):
+    def named_weights(self, dtype: str = "float32"):
         return [("w", np.zeros(1, np.float32))]
 
     def lr(self) -> float:

@@ -1,8 +1,6 @@
 """Weight push, learner -> every rollout worker, end to end, with 1 and 2 workers, by both transports:
-the object store (WeightSync's path on CPU: LearnerGroup.weight_chunks + RolloutGroup.push: gather in
-layer-aligned chunks, object store, load into vLLM chunk by chunk as they arrive, prefix-cache reset; and,
-side by side, the weights as one whole object, the path until 2026-12-06) and the gloo broadcast group
-(learner.weight_sync: gloo); beside a plain memcpy
+the object store (LearnerGroup.weights_ref() + RolloutGroup.push: gather, object store, load into vLLM,
+prefix-cache reset) and the gloo broadcast group (WeightSync, the CPU default); beside a plain memcpy
 of the same bytes, vLLM's own in-process reload_weights of a ready state dict and the loader the pushes
 use (vllm_ext.WeightReceiver.load_pushed_weights: on CPU, CpuRepackingLoader) on the same state dict.
 
@@ -39,18 +37,11 @@ def make_cfg(workers: int, sync: str = "object_store", dtype: str = "bfloat16"):
         "learner": {"zero_stage": 0, "cpus_per_rank": 1, "world_size": 1, "weight_sync": sync}})
 
 
-def push_once(learner, group, version: int, chunk_bytes: int | None) -> dict:
-    """One object-store push. chunk_bytes: as WeightSync pushes since 2026-12-06, the weights in
-    layer-aligned chunks that the workers load as they arrive while the learner gathers the next (the
-    gather overlaps the load: not timed apart). None: as before, one object of all the weights, which the
-    workers load once it is whole (the gather is waited for first, only to time it apart)."""
+def push_once(learner, group, version: int) -> dict:
+    """One object-store push (WeightSync's fallback); the gather is waited for first only to time it apart."""
     import ray
 
     start = time.perf_counter()
-    if chunk_bytes is not None:
-        worker_s = group.push(version, learner.weight_chunks(chunk_bytes))
-        end = time.perf_counter()
-        return {"total_s": end - start, "worker_load_s": worker_s, "transfer_s": end - start - worker_s}
     ref = learner.weights_ref()
     ray.wait([ref], fetch_local=False)
     gathered = time.perf_counter()
@@ -97,22 +88,18 @@ def main(argv: list[str] | None = None) -> None:
     with private_ray(num_cpus=max(cores(), args.workers + 1)):
         learner = LearnerGroup(cfg, str(MODEL), pad_id)
         group = RolloutGroup(cfg, str(MODEL))
-        chunk_bytes = cfg.learner.weight_sync_bucket_mb << 20
         for w in sorted({1, args.workers}):
             sub = copy.copy(group)              # the same group code over its first w workers
             sub.workers = group.workers[:w]
-            runs = {chunk_bytes: [], None: []}  # chunked (WeightSync's) and whole, alternating who goes first
+            runs = []
             for rep in range(args.warmup + args.reps):
-                for chunks in ([chunk_bytes, None] if rep % 2 == 0 else [None, chunk_bytes]):
-                    version += 1
-                    run = push_once(learner, sub, version, chunks)
-                    if rep >= args.warmup:
-                        runs[chunks].append(run)
-            for chunks, label in ((chunk_bytes, f"{cfg.learner.weight_sync_bucket_mb} MiB layer chunks"),
-                                  (None, "whole (until 2026-12-06)")):
-                rows.append({"what": f"object store push, {w} worker{'s' * (w > 1)}, {label}",
-                             **median_of(runs[chunks]), "each": " ".join(f"{r['total_s']:.2f}" for r in runs[chunks])})
-                log(rows[-1]["what"] + f": {rows[-1]['total_s']:.3f} s")
+                version += 1
+                run = push_once(learner, sub, version)
+                if rep >= args.warmup:
+                    runs.append(run)
+            rows.append({"what": f"object store push, {w} worker{'s' * (w > 1)}", **median_of(runs),
+                         "each": " ".join(f"{r['total_s']:.2f}" for r in runs)})
+            log(rows[-1]["what"] + f": {rows[-1]['total_s']:.3f} s")
         for w in sorted({1, args.workers}):
             sub = copy.copy(group)
             sub.workers = group.workers[:w]
@@ -170,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
              {"what": "memcpy of all params (numpy)", "total_s": memcpy_s}]
     for r in rows:
         r["vs_memcpy"] = r["total_s"] / memcpy_s
-    pushes = [r for r in rows if " push, " in r["what"] and "whole" not in r["what"]]   # the paths training takes
+    pushes = [r for r in rows if " push, " in r["what"]]
     worst = max(r["total_s"] for r in pushes)
     text = "\n".join([
         f"weight push: {MODEL.name}, {len(names)} tensors, {nbytes / 2**20:.0f} MiB {args.dtype}; "
@@ -179,9 +166,9 @@ def main(argv: list[str] | None = None) -> None:
         table(rows, [("what", "what", ""), ("total_s", "seconds", ".3f"), ("gather_s", "gather", ".3f"),
                      ("transfer_s", "transfer+sched", ".3f"), ("worker_load_s", "worker load", ".3f"),
                      ("vs_memcpy", "x memcpy", ".1f"), ("each", "each timed push s", "")]),
-        "object store: gather = learner named_weights() into the object store (whole pushes only: chunked, it "
-        "overlaps the load); worker load = from_numpy + load_pushed_weights + prefix-cache reset in the slowest "
-        "worker (chunked: with the waits for the chunks); transfer+sched = the rest (dispatch, arg fetch)",
+        "object store: gather = learner named_weights() into the object store; worker load = from_numpy + "
+        "load_pushed_weights + prefix-cache reset in the slowest worker; transfer+sched = the rest (dispatch, "
+        "arg fetch)",
         "gloo: WeightSync.push (64 MiB buckets broadcast from the learner, load_pushed_weights + cache reset), "
         "timed whole",
         f"slowest push {worst:.3f} s (goal <= {GOAL_S} s: {'met' if worst <= GOAL_S else 'MISSED'}); "

@@ -114,18 +114,6 @@ class PromptRequest(Frozen):
     group_id: int = Field(ge=0)   # unique within a training step; rows of one group share it
 
 
-class WeightChunks:
-    """A weight push in layer-aligned chunks (learner.sync.plan_layer_chunks): ObjectRefs, each of
-    [(name, array)], in order. Passed inside this object so that Ray does not resolve the refs before the
-    call starts: a rollout worker loads each chunk as it arrives while the learner still gathers the next."""
-
-    def __init__(self, refs: list):
-        self.refs = list(refs)
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-
 class RolloutStats(Frozen):
     """RolloutWorker -> driver: what one generate call cost."""
 

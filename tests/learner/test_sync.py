@@ -4,7 +4,7 @@ object store, checked against what the learner's own transformers model generate
 import pytest
 import torch
 
-from toolexpander.learner.sync import layer_key, plan_buckets, plan_layer_chunks
+from toolexpander.learner.sync import plan_buckets
 
 
 def test_plan_buckets_exact():
@@ -12,23 +12,6 @@ def test_plan_buckets_exact():
     assert plan_buckets(meta, 32) == [[0, 1], [2], [3, 4]]
     assert plan_buckets(meta, 1 << 20) == [[0, 1, 2, 3, 4]]
     assert plan_buckets(meta, 1) == [[0], [1], [2], [3], [4]]
-
-
-def test_layer_chunks_never_split_a_layer():
-    assert layer_key("model.layers.12.mlp.up_proj.weight") == "model.layers.12"
-    assert layer_key("transformer.h.0.attn.c_attn.bias") == "transformer.h.0"
-    assert layer_key("model.embed_tokens.weight") == "model.embed_tokens.weight"
-    meta = [("model.embed_tokens.weight", (6,)),           # 24 bytes in float32, 12 in bfloat16
-            ("model.layers.0.q.weight", (2,)), ("model.layers.0.k.weight", (2,)),   # layer 0: 16 bytes
-            ("model.layers.1.q.weight", (3,)),                                       # layer 1: 12 bytes...
-            ("model.norm.weight", (1,)),
-            ("model.layers.1.k.weight", (1,))]                                       # ...+ 4, out of order
-    # Layers in order of their first parameter; a layer's parameters stay together, even out of order.
-    assert plan_layer_chunks(meta, 32) == [[0], [1, 2, 3, 5], [4]]
-    assert plan_layer_chunks(meta, 40) == [[0, 1, 2], [3, 5, 4]]
-    assert plan_layer_chunks(meta, 1) == [[0], [1, 2], [3, 5], [4]]        # a layer over the size: alone
-    assert plan_layer_chunks(meta, 24, "bfloat16") == [[0, 1, 2], [3, 5, 4]]
-    assert sorted(i for c in plan_layer_chunks(meta, 8) for i in c) == list(range(len(meta)))
 
 
 def teacher_forced(model, row) -> torch.Tensor:

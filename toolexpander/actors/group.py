@@ -20,7 +20,7 @@ from toolexpander.actors.rollout import RolloutWorker
 from toolexpander.config import Config
 from toolexpander.learner.shards import shard_tables
 from toolexpander.rollouts import LOST, Rollouts, RowsLost, get_each
-from toolexpander.types import PromptRequest, RolloutStats, WeightChunks
+from toolexpander.types import PromptRequest, RolloutStats
 
 
 class WorkerDied(RuntimeError):
@@ -201,9 +201,8 @@ class RolloutGroup:
         Fetches them (a copy on the driver's node), so it is called on the failure path only."""
         if self.carried is None:
             return
-        weights = self.carried[1]
         try:
-            ray.get(weights.refs if isinstance(weights, WeightChunks) else weights, timeout=self.timeout_s)
+            ray.get(self.carried[1], timeout=self.timeout_s)
         except LOST as e:
             raise WorkerDied("learner rank", 0, e) from None
         except ray.exceptions.GetTimeoutError:   # not known to be lost: the caller goes on as before
@@ -211,8 +210,7 @@ class RolloutGroup:
                           f"{self.timeout_s:g} s (cluster.call_timeout_s) to check them", stacklevel=2)
 
     def push(self, version: int, weights_ref) -> float:
-        """Load `weights_ref` (an ObjectRef of [(name, array)], or WeightChunks) into every worker; slowest
-        worker's seconds."""
+        """Load `weights_ref` (an ObjectRef of [(name, array)]) into every worker; slowest worker's seconds."""
         seconds = _get([w.update_weights.remote(version, weights_ref) for w in self.workers], "rollout worker",
                        self.timeout_s)
         self.carried, self.held = (version, weights_ref), {i: version for i in range(len(self.workers))}
@@ -274,24 +272,6 @@ class LearnerGroup:
         _get(refs[1:], "learner rank", self.timeout_s)
         return refs[0]
 
-    def weight_chunks(self, chunk_bytes: int) -> WeightChunks:
-        """Rank 0's full weights as weights_ref, in layer-aligned chunks of at most chunk_bytes
-        (learner.sync.plan_layer_chunks), one call per chunk: each chunk's ref is ready as soon as its
-        own gather is done, so the engines load the first chunks while the rank gathers the rest.
-        Returns at once with one rank; with more it waits for their part of the gathers."""
-        from toolexpander.learner.sync import plan_layer_chunks
-
-        if getattr(self, "_chunk_plan", None) is None or self._chunk_plan[0] != chunk_bytes:
-            meta = _get([self.ranks[0].weight_meta.remote()], "learner rank", self.timeout_s)[0]
-            self._chunk_plan = (chunk_bytes, plan_layer_chunks(meta, chunk_bytes, self.dtype))
-        refs, others = [], []
-        for indices in self._chunk_plan[1]:
-            calls = [r.named_weights.remote(self.dtype, indices) for r in self.ranks]
-            refs.append(calls[0])
-            others += calls[1:]
-        _get(others, "learner rank", self.timeout_s)
-        return WeightChunks(refs)
-
     def shutdown(self) -> None:
         for r in self.ranks:
             ray.kill(r, no_restart=True)
@@ -336,7 +316,7 @@ class WeightSync:
         """Object store: gather `version`'s weights from the learner now (it is idle between steps),
         to be loaded into the engines by land() once they are idle. Returns the gather's seconds."""
         start = time.perf_counter()
-        ref = self.learner.weight_chunks(self.bucket_bytes)
+        ref = self.learner.weights_ref()
         with self._lock:
             self.staged[version] = ref
         return time.perf_counter() - start
@@ -412,7 +392,7 @@ class WeightSync:
     def push(self, version: int) -> float:
         """Seconds until every worker holds `version` (gather, transfer, load, cache reset)."""
         if self.mode == "object_store":
-            landing = (version, self.learner.weight_chunks(self.bucket_bytes))
+            landing = (version, self.learner.weights_ref())
             seconds = self.rollout.push(*landing)   # always: also after a heal, at the same version
             with self._lock:
                 self.staged[version] = landing[1]

@@ -18,7 +18,7 @@ from toolexpander.config import RewardConfig, RolloutConfig
 from toolexpander.models import check_model_dir
 from toolexpander.prompt import prompt_ids
 from toolexpander.rewards import GroupScore, score_group
-from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, PromptRequest, RolloutStats, WeightChunks, light_view
+from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, PromptRequest, RolloutStats, light_view
 
 log = logging.getLogger(__name__)
 RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
@@ -187,35 +187,25 @@ class RolloutWorker:
                         "%d: %r", len(scored.errors), len(texts), request.task.id, i, e, exc_info=e)
         return scored
 
-    def update_weights(self, version: int, named_tensors: Iterable[tuple[str, "object"]] | WeightChunks) -> float:
+    def update_weights(self, version: int, named_tensors: Iterable[tuple[str, "object"]]) -> float:
         """Load new parameters into the running engine (no restart); returns seconds taken.
-        Numpy arrays are read as learner.sync.to_wire wrote them, in the engine's dtype. WeightChunks:
-        each chunk is fetched and loaded in turn (the learner gathers the next one meanwhile)."""
-        import ray
-
-        start = time.perf_counter()
-        if isinstance(named_tensors, WeightChunks):
-            for k, ref in enumerate(named_tensors.refs):
-                self._load(ray.get(ref), first=k == 0, last=k == len(named_tensors) - 1)
-        else:
-            self._load(named_tensors, first=True, last=True)
-        self.llm.reset_prefix_cache()  # cached KV was computed by the old weights
-        self.version = version
-        return time.perf_counter() - start
-
-    def _load(self, named_tensors, first: bool, last: bool) -> None:
+        Numpy arrays are read as learner.sync.to_wire wrote them, in the engine's dtype."""
         import warnings
 
         import torch
 
         from toolexpander.learner.sync import from_wire
 
+        start = time.perf_counter()
         with warnings.catch_warnings():  # arrays from the object store are read-only; vLLM copies them
             warnings.simplefilter("ignore", UserWarning)
             tensors = [(name, from_wire(w, self.dtype) if not isinstance(w, torch.Tensor) else w)
                        for name, w in named_tensors]
         # the extension's loader, not vLLM's load_weights: on CPU every layer's GEMM weights are packed again
-        self.llm.collective_rpc("load_pushed_weights", args=(tensors, first, last))
+        self.llm.collective_rpc("load_pushed_weights", args=(tensors,))
+        self.llm.reset_prefix_cache()  # cached KV was computed by the old weights
+        self.version = version
+        return time.perf_counter() - start
 
 
     def init_weight_group(self, backend: str, host: str, port: int, rank_offset: int, world_size: int,

@@ -9,7 +9,7 @@ import logging
 
 import torch
 
-from toolexpander.learner.sync import layer_key, open_group, plan_buckets, receive
+from toolexpander.learner.sync import open_group, plan_buckets, receive
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ class CpuRepackingLoader:
 
         self.model = model
         self.linears: list[torch.nn.Module] = []     # their CPU GEMM weights are packed from .weight
-        self.keys: list[str] = []                    # each linear's layer (learner.sync.layer_key)
         self.embeddings: list[torch.nn.Module] = []  # the LM head: its GEMM weights are packed too
         head = getattr(model, "lm_head", None)       # (a tied head may be embed_tokens itself)
         for name, layer in model.named_modules():   # every layer checked before any is changed
@@ -63,7 +62,6 @@ class CpuRepackingLoader:
             elif type(method) is UnquantizedLinearMethod:
                 if not getattr(layer, "_cpu_skip_gemm_dispatch", False):   # those compute with F.linear
                     self.linears.append(layer)                             # on the .weight load_weights fills
-                    self.keys.append(layer_key(name))
             else:
                 raise NotImplementedError(f"{name}: {type(method).__name__} layers are reloaded by vLLM")
         for layer in self.linears:
@@ -73,50 +71,27 @@ class CpuRepackingLoader:
                 weight.weight_loader = _get_original_loader(weight)
                 layer.register_parameter("weight", weight)
         self.expected = {name for name, _ in model.named_parameters()}
-        self.begin()
-
-    def begin(self) -> None:
-        """Start a push; it arrives in one or more load() calls, the last with last=True."""
-        self.loaded: set[str] = set()
-        self.packed: set[int] = set()        # linears packed again from this push's weights
-        self.seen_keys: set[str] = set()     # layers of the chunks loaded so far
 
     @torch.no_grad()
-    def load(self, named, last: bool = True) -> None:
-        """Load (name, tensor) pairs: the whole push, or one chunk of it. A chunk holds every parameter of
-        the layers it touches (learner.sync.plan_layer_chunks), so their linears are packed at once, while
-        the next chunk is still on its way; should a later chunk bring more of a layer already packed, that
-        layer is packed again then. The last call checks that every engine parameter got a tensor,
-        packs the linears left and the LM head."""
+    def load(self, named) -> None:
         from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
-        named = list(named)
-        keys = {layer_key(name) for name, _ in named}
-        self.packed -= {i for i in self.packed if self.keys[i] in keys & self.seen_keys}
-        self.seen_keys |= keys
-        self.loaded |= set(self.model.load_weights(iter(named)) or ())
-        if last:
-            missing = self.expected - self.loaded
-            if missing:
-                self.begin()
-                raise RuntimeError(f"weight push: {len(missing)} parameters of the engine got no pushed tensor, "
-                                   f"e.g. {sorted(missing)[:3]}")
-        for i, layer in enumerate(self.linears):
-            if i not in self.packed and (last or self.keys[i] in keys):
-                dispatch_cpu_unquantized_gemm(layer, remove_weight=False)   # packed again from the new weight
-                self.packed.add(i)
-        if last:
-            for layer in self.embeddings:
-                layer.quant_method.process_weights_after_loading(layer)     # the head's pack, tied or not
-            self.begin()
+        loaded = self.model.load_weights(iter(named))
+        missing = self.expected - set(loaded or ())
+        if missing:
+            raise RuntimeError(f"weight push: {len(missing)} parameters of the engine got no pushed tensor, "
+                               f"e.g. {sorted(missing)[:3]}")
+        for layer in self.linears:
+            dispatch_cpu_unquantized_gemm(layer, remove_weight=False)   # packed again from the new weight
+        for layer in self.embeddings:
+            layer.quant_method.process_weights_after_loading(layer)     # the head's pack, tied or not
 
 
 class WeightReceiver:
-    def load_pushed_weights(self, named, first: bool = True, last: bool = True) -> None:
-        """Load (name, tensor) pairs, in the checkpoint's names, into the running engine: a whole push, or
-        one chunk of it (first / last say which). On CPU with CpuRepackingLoader (see there why), chunk by
-        chunk; on GPU, and for what it cannot load, vLLM's reload_weights (in place, with each layer's
-        processing: on GPU the kernels read the parameters themselves), once the last chunk is in."""
+    def load_pushed_weights(self, named) -> None:
+        """Load (name, tensor) pairs, in the checkpoint's names, into the running engine. On CPU with
+        CpuRepackingLoader (see there why); on GPU, and for what it cannot load, vLLM's reload_weights
+        (in place, with each layer's processing: on GPU the kernels read the parameters themselves)."""
         from vllm.platforms import current_platform
 
         if getattr(self, "_cpu_loader", None) is None:   # decided at the first push: a loader, or False
@@ -128,15 +103,8 @@ class WeightReceiver:
                     log.warning("weight pushes load with vLLM's reload_weights (%s); on CPU a tied LM head "
                                 "then keeps its start-up weights", e)
         if self._cpu_loader:
-            if first:
-                self._cpu_loader.begin()
-            self._cpu_loader.load(named, last)
-            return
-        if first:
-            self._reload_chunks = []
-        self._reload_chunks += list(named)
-        if last:
-            named, self._reload_chunks = self._reload_chunks, []
+            self._cpu_loader.load(named)
+        else:
             self.reload_weights(weights_iterator=iter(named))
 
     def init_weight_group(self, backend: str, host: str, port: int, rank_offset: int, world_size: int,

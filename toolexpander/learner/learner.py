@@ -388,18 +388,14 @@ class Learner:
     def nonfinite_streak(self) -> int:
         return self.nonfinite_in_row
 
-    def named_weights(self, dtype: str = "float32", indices: list[int] | None = None
-                      ) -> list[tuple[str, np.ndarray]] | None:
+    def named_weights(self, dtype: str = "float32") -> list[tuple[str, np.ndarray]] | None:
         """Full weights (HF names, numpy arrays in `dtype` as learner.sync.to_wire writes them) on
-        rank 0; None on other ranks. Every rank must call it (ZeRO-3 gathers the partitions).
-        `indices`: only these parameters (positions in named_parameters(), as weight_meta lists them)."""
+        rank 0; None on other ranks. Every rank must call it (ZeRO-3 gathers the partitions)."""
         import deepspeed
 
         from toolexpander.learner.sync import to_wire, wire_dtype
 
         params = list(self.engine.module.named_parameters())
-        if indices is not None:
-            params = [params[i] for i in indices]
         with deepspeed.zero.GatheredParameters([p for _, p in params], enabled=self.cfg.zero_stage == 3):
             if self.rank != 0:
                 return None

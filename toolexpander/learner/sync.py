@@ -47,48 +47,21 @@ def from_wire(array: np.ndarray, dtype: str) -> torch.Tensor:
     return t.view(torch.bfloat16) if wire_dtype(dtype) == torch.bfloat16 else t
 
 
-def _pack(meta: Meta, units: list[list[int]], limit: int, dtype: str) -> list[list[int]]:
-    """Consecutive units (lists of parameter indices) packed into groups of at most `limit` bytes in
-    `dtype`; a unit larger than `limit` is a group of its own."""
-    itemsize = wire_dtype(dtype).itemsize
-    groups, current, size = [], [], 0
-    for unit in units:
-        nbytes = itemsize * sum(int(torch.Size(meta[i][1]).numel()) for i in unit)
-        if current and size + nbytes > limit:
-            groups.append(current)
-            current, size = [], 0
-        current.extend(unit)
-        size += nbytes
-    if current:
-        groups.append(current)
-    return groups
-
-
 def plan_buckets(meta: Meta, bucket_bytes: int, dtype: str = "float32") -> list[list[int]]:
     """Split parameter indices into consecutive buckets of at most bucket_bytes bytes in `dtype`
     (a parameter larger than a bucket gets a bucket of its own)."""
-    return _pack(meta, [[i] for i in range(len(meta))], bucket_bytes, dtype)
-
-
-def layer_key(name: str) -> str:
-    """The decoder layer a parameter belongs to: its name up to its first numeric component
-    ("model.layers.3.mlp.up_proj.weight" -> "model.layers.3"); a name without one is its own key."""
-    parts = name.split(".")
-    for i, part in enumerate(parts):
-        if part.isdigit():
-            return ".".join(parts[:i + 1])
-    return name
-
-
-def plan_layer_chunks(meta: Meta, chunk_bytes: int, dtype: str = "float32") -> list[list[int]]:
-    """Parameter indices in chunks of at most chunk_bytes bytes in `dtype` that never split a layer
-    (layer_key): every parameter of a layer is in one chunk, so a receiver can finish a layer's processing
-    as soon as its chunk has landed, while the next is still on its way. Layers in order of their first
-    parameter; a layer larger than chunk_bytes is a chunk of its own."""
-    layers: dict[str, list[int]] = {}
-    for i, (name, _) in enumerate(meta):
-        layers.setdefault(layer_key(name), []).append(i)
-    return _pack(meta, list(layers.values()), chunk_bytes, dtype)
+    itemsize = wire_dtype(dtype).itemsize
+    buckets, current, size = [], [], 0
+    for i, (_, shape) in enumerate(meta):
+        nbytes = itemsize * int(torch.Size(shape).numel())
+        if current and size + nbytes > bucket_bytes:
+            buckets.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += nbytes
+    if current:
+        buckets.append(current)
+    return buckets
 
 
 def open_group(backend: str, host: str, port: int, rank: int, world_size: int, device=None,
