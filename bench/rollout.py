@@ -52,15 +52,16 @@ def machine_gflops() -> dict[str, float]:
             for d in ("float32", "bfloat16")}
 
 
-def make_cfg(args, workers: int, block_size: int | None = None):
-    """block_size None: the config's default (toolexpander's, not vLLM's)."""
+def make_cfg(args, workers: int, block_size: int | None = None, eager: bool = True):
+    """block_size None: the config's default (toolexpander's, not vLLM's); eager False: rollout.enforce_eager
+    false (vLLM compiles the model at engine start)."""
     from toolexpander.config import Config
 
     return Config.model_validate({
         "model": {"path": str(MODEL), "prepare": None, "dtype": args.dtype},
         "rollout": {"num_workers": workers, "n": args.n, "max_tokens": args.max_tokens,
                     "temperature": args.temperature, "max_model_len": 2048, "cpu_kvcache_gb": 1,
-                    "cpus_per_worker": 1, "seed": 0, "enforce_eager": True, "block_size": block_size}})
+                    "cpus_per_worker": 1, "seed": 0, "enforce_eager": eager, "block_size": block_size}})
 
 
 def requests(chunk, first_group: int):
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block-sizes", type=int, nargs="*", default=[128],
                     help="(b): also run the phase with these KV-cache block sizes (rollout.block_size), side by "
                          "side with the config's default, alternating per repetition; 128 is vLLM's CPU default")
+    ap.add_argument("--compiled", action="store_true",
+                    help="(b): also run the phase with rollout.enforce_eager false (vLLM compiles the model at start)")
     args = ap.parse_args(argv)
     reps = args.reps or (1 if args.prompts <= 4 else 3)
 
@@ -155,7 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
 
     loads = {"start": os.getloadavg()[0]}
-    variants = [None] + [b for b in args.block_sizes if b != engine_args(cfg1.rollout, False)["block_size"]]
+    default_block = engine_args(cfg1.rollout, False)["block_size"]
+    # (b)'s settings as (block size, eager): the config's default first
+    variants = ([(None, True)] + [(b, True) for b in args.block_sizes if b != default_block]
+                + [(None, False)] * args.compiled)
     with private_ray(num_cpus=max(args.workers, cores()) * len(variants)):
         # (a) worker in Ray vs bare vLLM in this process, alternating who goes first. At most two
         # engines live at a time (each holds ~3 GB on CPU).
@@ -197,8 +203,12 @@ def main(argv: list[str] | None = None) -> None:
         # per block size (the config's default first), the same prompts and seeds, alternating who goes
         # first; a group's engines idle while the other generates.
         bound_before = machine_gflops()
-        groups = [RolloutGroup(make_cfg(args, args.workers, b), str(MODEL)) for b in variants]
-        pids = [[i["pid"] for i in g.ready()] for g in groups]
+        groups, pids, up_s = [], [], []
+        for b, eager in variants:
+            start = time.perf_counter()
+            groups.append(RolloutGroup(make_cfg(args, args.workers, b, eager), str(MODEL)))
+            pids.append([i["pid"] for i in groups[-1].ready()])
+            up_s.append(time.perf_counter() - start)
         for g, p in zip(groups, pids):
             run_group(g, warm, 0, p)
         b_runs = [[] for _ in variants]
@@ -206,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
             order = list(range(len(variants)))
             for v in (order if k % 2 == 0 else order[::-1]):
                 b_runs[v].append(run_group(groups[v], chunk, 100 + k, pids[v]))
-                log(f"(b) rep {k}, block size {groups[v].cfg.rollout.block_size or 'default'}: "
+                log(f"(b) rep {k}, {variants[v]}: "
                     f"{b_runs[v][-1]['seconds']:.2f} s, {b_runs[v][-1]['completion_tokens']} tokens")
         for g in groups:
             g.shutdown()
@@ -223,15 +233,15 @@ def main(argv: list[str] | None = None) -> None:
         {"path": "RolloutWorker in Ray (1 worker)", **ray_s},
         {"path": "bare vllm.LLM.generate", **bare_s},
     ]
-    default_block = engine_args(cfg1.rollout, False)["block_size"]
     rows_b = [{"path": f"rollout phase, {args.workers} workers, block size "
-                       + (f"{default_block} (default)" if b is None else str(b)),
-               "block_size": b or default_block, **ph,
+                       + (f"{default_block} (default)" if b is None else str(b)) + ("" if eager else ", compiled"),
+               "block_size": b or default_block, "enforce_eager": eager, "up_s": up, **ph,
                "bound_fp32": bound_tps["float32"], "bound_bf16": bound_tps["bfloat16"],
                "of_fp32": ph["tokens_per_s"] / bound_tps["float32"],
                "of_bf16": ph["tokens_per_s"] / bound_tps["bfloat16"],
                "proc_of_fp32": ph["processed_per_s"] / bound_tps["float32"],
-               "vs_default": ph["tokens_per_s"] / phase["tokens_per_s"]} for b, ph in zip(variants, phases)]
+               "vs_default": ph["tokens_per_s"] / phase["tokens_per_s"]}
+              for (b, eager), up, ph in zip(variants, up_s, phases)]
     text = "\n".join([
         f"rollout: {MODEL.name} ({params / 1e6:.1f}M params, {args.dtype}), {args.prompts} prompts x n={args.n} x "
         f"<= {args.max_tokens} tokens, temperature {args.temperature}, {reps} timed call(s) per side",
@@ -253,9 +263,10 @@ def main(argv: list[str] | None = None) -> None:
                        ("bound_fp32", "bound fp32", ".1f"), ("of_fp32", "of fp32 bound", ".1%"),
                        ("bound_bf16", "bound bf16", ".1f"), ("of_bf16", "of bf16 bound", ".1%"),
                        ("proc_of_fp32", "prompt+compl of fp32", ".1%"),
-                       ("vs_default", "tok/s x default's", ".2f")]),
+                       ("vs_default", "tok/s x default's", ".2f"), ("up_s", "engines up s", ".0f")]),
         "block size: rollout.block_size, the KV-cache block (tokens); a prompt's n completions share its whole "
-        "blocks and each recomputes its last, partial one",
+        "blocks and each recomputes its last, partial one; compiled: rollout.enforce_eager false (vLLM compiles "
+        "the model when an engine starts: engines up s = RolloutGroup start until ready, both workers)",
         f"achieved/bound ({args.dtype} engine vs {args.dtype} bound): "
         f"{phase['tokens_per_s'] / bound_tps[args.dtype]:.1%} (goal >= {GOAL_BOUND:.0%})",
         f"matmul GFLOP/s before/after (b): fp32 {bound_before['float32']:.1f}/{bound_after['float32']:.1f}, "

@@ -26,7 +26,7 @@ from bench.common import REPO, RESULTS, goal, machine, table
 # name -> (short flags, full flags); each runs as `python -m bench.<module> FLAGS`.
 BENCHES = {
     "sampler_scale": (["--sizes", "10000", "100000", "1000000", "--steps", "10"], []),
-    "rollout": (["--prompts", "4", "--n", "10", "--max-tokens", "64", "--dtype", "bfloat16", "--reps", "3"], ["--dtype", "bfloat16"]),
+    "rollout": (["--prompts", "4", "--n", "10", "--max-tokens", "64", "--dtype", "bfloat16", "--reps", "3", "--compiled"], ["--dtype", "bfloat16", "--compiled"]),
     "weight_push": (["--reps", "3"], []),
     "mismatch": (["--prompts", "4", "--n", "10", "--max-tokens", "64"], []),
     "learner": (["--groups", "2", "--n", "4", "--prompt-len", "256", "--completion-len", "32", "--bf16-heads", "fp32",

@@ -10,11 +10,11 @@ from toolexpander.rewards import ZERO
 from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, PromptRequest
 
 
-def make_cfg(model, workers=1, n=10, max_tokens=12, temperature=1.0):
+def make_cfg(model, workers=1, n=10, max_tokens=12, temperature=1.0, eager=True):
     return Config.model_validate({
         "model": {"path": str(model), "prepare": None},
         "rollout": {"num_workers": workers, "n": n, "max_tokens": max_tokens, "max_model_len": 2048,
-                    "cpus_per_worker": 1, "temperature": temperature},
+                    "cpus_per_worker": 1, "temperature": temperature, "enforce_eager": eager},
         "learner": {"cpus_per_rank": 1},
     })
 
@@ -235,6 +235,24 @@ def test_a_pushed_untied_lm_head_is_loaded(ray_local, train_tasks, tiny_model, t
     try:
         (tmp_path / "score").mkdir()
         gaps = _push_and_score(one, train_tasks, 1, pushed, tmp_path / "untied", tmp_path / "score")
+        assert gaps["pushed"] < 1e-3 and gaps["started"] > 1e-2, gaps
+    finally:
+        one.shutdown()
+
+
+def test_a_compiled_cpu_engine_takes_pushes(ray_local, train_tasks, tiny_model, tmp_path):
+    """rollout.enforce_eager false: vLLM compiles the model when the engine starts. A push repacks every
+    layer's GEMM weights (vllm_ext.CpuRepackingLoader); the compiled forward must compute with the new
+    ones, not with what it captured at start-up: the logprobs after a push of perturbed weights are a
+    transformers forward's of those weights (fp32: < 1e-3)."""
+    from safetensors.torch import load_file
+
+    original = load_file(str(tiny_model / "model.safetensors"))
+    gen = torch.Generator().manual_seed(3)
+    pushed = {k: v + 0.5 * torch.randn(v.shape, generator=gen) for k, v in original.items()}
+    one = RolloutGroup(make_cfg(tiny_model, workers=1, temperature=T, eager=False), str(tiny_model))
+    try:
+        gaps = _push_and_score(one, train_tasks, 1, pushed, tiny_model, tmp_path)
         assert gaps["pushed"] < 1e-3 and gaps["started"] > 1e-2, gaps
     finally:
         one.shutdown()
