@@ -1,9 +1,11 @@
 """Rollout throughput: (a) RolloutWorker in a Ray actor (RolloutGroup, 1 worker) vs bare
 `vllm.LLM.generate` in this process, on the same prompts, model, sampling params, seeds and env;
-(b) the whole rollout phase on one worker per core vs the machine's matmul compute bound.
+(b) the whole rollout phase on one worker per core vs the machine's matmul compute bound, with the
+config's defaults and, side by side on the same prompts, other KV-cache block sizes (--block-sizes,
+vLLM's CPU default 128 unless told otherwise) and a compiled engine (--compiled: enforce_eager false).
 
-    python -m bench.rollout --prompts 4 --n 10 --max-tokens 64     # short (run_all)
-    python -m bench.rollout                                        # full: 16 prompts, 3 reps
+    python -m bench.rollout --prompts 4 --n 10 --max-tokens 64 --reps 3 --compiled   # short (run_all)
+    python -m bench.rollout --compiled                                               # full: 16 prompts, 3 reps
 
 The worker's time includes everything it does per call: rendering the chat template, vLLM, the
 reward scoring of every completion and building the Arrow batch; the driver's time adds Ray's
