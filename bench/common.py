@@ -152,6 +152,29 @@ def _gflops_here(dtype: str, threads: int, size: int, seconds: float) -> float:
     return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
 
 
+def _read_gibs_here(threads: int, mib: int, reps: int) -> float:
+    """Memory read rate: a float32 sum over `mib` MiB (far beyond the caches), best of `reps`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.ones((mib << 20) // 4, dtype=torch.float32)
+    x.sum()
+    best = math.inf
+    for _ in range(reps):
+        start = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - start)
+    return mib / 1024 / best
+
+
+def read_gibs(threads: int | None = None, mib: int = 512, reps: int = 5) -> float:
+    """GiB/s that `threads` threads read from memory, in a fresh process (see gflops)."""
+    out = subprocess.run([sys.executable, "-m", "bench.common", "read", "--threads", str(threads or cores()),
+                          "--mib", str(mib), "--reps", str(reps)],
+                         cwd=REPO, check=True, capture_output=True, text=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["gibs"])
+
+
 def gflops(dtype: str = "float32", threads: int | None = None, size: int = 1024, seconds: float = 3.0) -> float:
     """size x size matmul GFLOP/s with `threads` threads, in a fresh process (an in-process vLLM
     engine pins this process to one core, which would halve the bound)."""
@@ -201,10 +224,16 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--threads", type=int, default=cores())
     g.add_argument("--size", type=int, default=1024)
     g.add_argument("--seconds", type=float, default=3.0)
+    r = sub.add_parser("read")
+    r.add_argument("--threads", type=int, default=cores())
+    r.add_argument("--mib", type=int, default=512)
+    r.add_argument("--reps", type=int, default=5)
     sub.add_parser("machine")
     args = ap.parse_args(argv)
     if args.cmd == "gflops":
         print(json.dumps({"gflops": _gflops_here(args.dtype, args.threads, args.size, args.seconds)}))
+    elif args.cmd == "read":
+        print(json.dumps({"gibs": _read_gibs_here(args.threads, args.mib, args.reps)}))
     else:
         print(json.dumps(machine(), indent=2))
 

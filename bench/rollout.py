@@ -16,6 +16,9 @@ goes first so that load drift on a shared machine hits both.
 Bound: tokens/s = GFLOP/s / (2 x parameters), matmul GFLOP/s measured in the same run, before and
 after (b), on all cores (the best of threads = cores and cores x 1 thread, and of the two times);
 attention FLOPs are not counted (so achieved/bound understates utilisation).
+Roofline (b'): at small batches a decode step costs at least one read of all the engine's weights, so
+the phase can be slower than its matmuls allow whatever the engine does; the memory read rate is
+measured in the same run, and the table says how much of the matmul bound these settings allow.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import os
 import time
 from pathlib import Path
 
-from bench.common import MODEL, TRAIN_DATA, cores, gflops, goal, log, parameters, private_ray, table, write
+from bench.common import (MODEL, TRAIN_DATA, cores, gflops, goal, log, parameters, private_ray, read_gibs, table,
+                          write)
 
 GOAL_RATIO = 0.9      # worker-in-Ray tokens/s over bare vLLM tokens/s
 GOAL_BOUND = 0.50     # rollout phase tokens/s over the compute bound of the engine dtype (bf16 in run_all)
@@ -81,6 +85,27 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def decode_steps(tbl, stats, workers: int) -> int:
+    """Decode steps of one RolloutGroup.generate call summed over its engines, each engine's at least
+    its longest completion (one token per sequence per step). Rows belong to the worker RolloutGroup
+    deals their request to (request i to worker i % workers; group ids here are request indices),
+    checked against each worker's own completion-token count."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(tbl["completion_ids"]).to_numpy()
+    owner = tbl["group_id"].to_numpy() % workers
+    tokens = {s.worker: s.completion_tokens for s in stats}
+    steps = 0
+    for w in range(workers):
+        mine = lengths[owner == w]
+        if mine.size:
+            if int(mine.sum()) != tokens.get(w):
+                raise RuntimeError(f"worker {w}: {int(mine.sum())} completion tokens by group id, {tokens.get(w)} "
+                                   "by its stats: RolloutGroup no longer deals request i to worker i % workers")
+            steps += int(mine.max())
+    return steps
+
+
 def run_group(group, chunk, step_seed: int, pids: list[int]) -> dict:
     """One RolloutGroup.generate call, timed at the driver; `pids` are the workers' processes."""
     reqs = requests(chunk, 0)
@@ -90,7 +115,8 @@ def run_group(group, chunk, step_seed: int, pids: list[int]) -> dict:
     assert not lost and tbl.num_rows == len(reqs) * group.cfg.rollout.n
     return {"seconds": seconds, "completion_tokens": sum(s.completion_tokens for s in stats),
             "prompt_tokens": sum(s.prompt_tokens for s in stats),
-            "worker_seconds": max(s.seconds for s in stats), "cpu_s": cpu_seconds(pids) - cpu}
+            "worker_seconds": max(s.seconds for s in stats), "cpu_s": cpu_seconds(pids) - cpu,
+            "decode_steps": decode_steps(tbl, stats, len(group.workers))}
 
 
 def run_bare(llm, cfg, chunk, step_seed: int, nice: int) -> dict:
@@ -116,6 +142,16 @@ def run_bare(llm, cfg, chunk, step_seed: int, nice: int) -> dict:
             "prompt_tokens": sum(len(ids) for _, ids in chunk), "cpu_s": cpu}
 
 
+def roofline(phase: dict, weight_bytes: int, gibs: float, gflops_: float, params: int, bound_tps: float) -> dict:
+    """The phase's lower bound on time: its matmuls at the measured rate, or reading every weight once
+    per decode step at the measured memory rate, whichever is longer (attention and everything else free)."""
+    matmul_s = (phase["completion_tokens"] + phase["prompt_tokens"]) * 2 * params / (gflops_ * 1e9)
+    read_s = phase["decode_steps"] * weight_bytes / (gibs * 2**30)
+    roof = phase["completion_tokens"] / max(matmul_s, read_s)
+    return {"matmul_s": matmul_s, "read_s": read_s, "roofline_tps": roof, "roofline_of_bound": roof / bound_tps,
+            "of_roofline": phase["tokens_per_s"] / roof}
+
+
 def summarize(runs: list[dict]) -> dict:
     tokens = sum(r["completion_tokens"] for r in runs)
     prompt = sum(r["prompt_tokens"] for r in runs)
@@ -124,6 +160,7 @@ def summarize(runs: list[dict]) -> dict:
             "cores_used": sum(r["cpu_s"] for r in runs) / seconds,
             "tokens_per_s": tokens / seconds, "processed_per_s": (tokens + prompt) / seconds,
             "rep_seconds": [round(r["seconds"], 3) for r in runs],
+            "decode_steps": sum(r.get("decode_steps", 0) for r in runs),
             "worker_seconds": sum(r.get("worker_seconds", 0.0) for r in runs) or None}
 
 
@@ -204,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         # (b) the whole rollout phase on one worker per core, between two bound measurements; one group
         # per block size (the config's default first), the same prompts and seeds, alternating who goes
         # first; a group's engines idle while the other generates.
-        bound_before = machine_gflops()
+        bound_before, read_before = machine_gflops(), read_gibs()
         groups, pids, up_s = [], [], []
         for b, eager in variants:
             start = time.perf_counter()
@@ -222,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{b_runs[v][-1]['seconds']:.2f} s, {b_runs[v][-1]['completion_tokens']} tokens")
         for g in groups:
             g.shutdown()
-        bound_after = machine_gflops()
+        bound_after, read_after = machine_gflops(), read_gibs()
         loads["after_b"] = os.getloadavg()[0]
 
     ray_s, bare_s = summarize(ray_runs), summarize(bare_runs)
@@ -231,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     ratio = ray_s["tokens_per_s"] / bare_s["tokens_per_s"]
     gf = {d: max(bound_before[d], bound_after[d]) for d in bound_before}  # best measured
     bound_tps = {d: g * 1e9 / (2 * params) for d, g in gf.items()}
+    gibs = max(read_before, read_after)
+    weight_bytes = params * (2 if args.dtype == "bfloat16" else 4)
     rows_a = [
         {"path": "RolloutWorker in Ray (1 worker)", **ray_s},
         {"path": "bare vllm.LLM.generate", **bare_s},
@@ -242,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
                "of_fp32": ph["tokens_per_s"] / bound_tps["float32"],
                "of_bf16": ph["tokens_per_s"] / bound_tps["bfloat16"],
                "proc_of_fp32": ph["processed_per_s"] / bound_tps["float32"],
-               "vs_default": ph["tokens_per_s"] / phase["tokens_per_s"]}
+               "vs_default": ph["tokens_per_s"] / phase["tokens_per_s"],
+               **roofline(ph, weight_bytes, gibs, gf[args.dtype], params, bound_tps[args.dtype])}
               for (b, eager), up, ph in zip(variants, up_s, phases)]
     text = "\n".join([
         f"rollout: {MODEL.name} ({params / 1e6:.1f}M params, {args.dtype}), {args.prompts} prompts x n={args.n} x "
@@ -269,8 +309,22 @@ def main(argv: list[str] | None = None) -> None:
         "block size: rollout.block_size, the KV-cache block (tokens); a prompt's n completions share its whole "
         "blocks and each recomputes its last, partial one; compiled: rollout.enforce_eager false (vLLM compiles "
         "the model when an engine starts: engines up s = RolloutGroup start until ready, both workers)",
+        "",
+        f"(b') what these settings allow: an engine whose only costs are its matmuls ({args.dtype}, "
+        f"{gf[args.dtype]:.1f} GFLOP/s: prompt + completion tokens x 2 x params) and reading its weights "
+        f"({weight_bytes / 2**20:.0f} MiB) once per decode step at {gibs:.1f} GiB/s (float32 sum over 512 MiB on "
+        f"{cores()} threads, best before/after (b): {read_before:.1f}/{read_after:.1f}); decode steps = each "
+        "engine's longest completion per call, summed; roofline tok/s = completion tokens / max(matmul s, weight-read s)",
+        table(rows_b, [("path", "path", ""), ("decode_steps", "decode steps", "d"),
+                       ("matmul_s", "matmul s", ".2f"), ("read_s", "weight-read s", ".2f"),
+                       ("seconds", "seconds", ".2f"), ("roofline_tps", "roofline tok/s", ".1f"),
+                       ("roofline_of_bound", f"roofline of {args.dtype} bound", ".1%"),
+                       ("of_roofline", "achieved of roofline", ".1%")]),
         f"achieved/bound ({args.dtype} engine vs {args.dtype} bound): "
-        f"{phase['tokens_per_s'] / bound_tps[args.dtype]:.1%} (goal >= {GOAL_BOUND:.0%})",
+        f"{phase['tokens_per_s'] / bound_tps[args.dtype]:.1%} (goal >= {GOAL_BOUND:.0%}); at these settings the "
+        f"roofline is {rows_b[0]['roofline_of_bound']:.1%} of that bound "
+        f"({'the goal is above it' if rows_b[0]['roofline_of_bound'] < GOAL_BOUND else 'the goal is below it'}), and "
+        f"the phase runs at {rows_b[0]['of_roofline']:.1%} of the roofline",
         f"matmul GFLOP/s before/after (b): fp32 {bound_before['float32']:.1f}/{bound_after['float32']:.1f}, "
         f"bf16 {bound_before['bfloat16']:.1f}/{bound_after['bfloat16']:.1f}; "
         "1-min load average start/after (a)/after (b): " + "/".join(f"{v:.1f}" for v in loads.values()) + f"; wall {time.perf_counter() - t_start:.0f} s",
@@ -279,7 +333,8 @@ def main(argv: list[str] | None = None) -> None:
              goal(f"rollout: phase tokens/s / {args.dtype} compute bound",
                   phase["tokens_per_s"] / bound_tps[args.dtype], GOAL_BOUND, True)]
     write("rollout", {"args": vars(args), "reps": reps, "parameters": params, "gflops": gf,
-                      "gflops_before": bound_before, "gflops_after": bound_after, "loadavg": loads, "nice": nice,
+                      "gflops_before": bound_before, "gflops_after": bound_after,
+                      "read_gibs": {"before": read_before, "after": read_after}, "loadavg": loads, "nice": nice,
                       "bound_tokens_per_s": bound_tps, "a": {"ray": ray_s, "bare": bare_s, "ratio": ratio},
                       "b": rows_b[0], "b_block_sizes": rows_b, "goals": goals}, text)
 
