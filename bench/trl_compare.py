@@ -152,7 +152,9 @@ def run_torch(steps: int, dtype: str, ours: dict) -> dict:
     """Our learner's work in plain torch (bench.learner.TorchStep: per group forward with the shared prompt,
     loss, backward; then clip and AdamW), on the groups ours trained, step for step (its --save-rollouts
     dumps), in this process with as many threads as the learner rank takes: the learner's cost at PyTorch
-    eager's own speed on this machine, whatever the trainer around it. The first step is not timed."""
+    eager's own speed on this machine, whatever the trainer around it. The first step is not timed; the
+    time is TorchStep's train_s (its no-grad pass for old logprobs, which ours skips with one update, is not
+    counted)."""
     import pyarrow.parquet as pq
     import torch
     from transformers import AutoTokenizer
@@ -174,7 +176,8 @@ def run_torch(steps: int, dtype: str, ours: dict) -> dict:
     step_s = median_after_first(times)
     return {"side": "torch", "dtype": dtype, "steps": len(times), "step_times": times, "step_s": step_s,
             "completions_per_step": PROMPTS * N, "completions_per_s": PROMPTS * N / step_s,
-            "prompt_len_mean": ours["prompt_len_mean"], "wall_s": None, "threads": torch.get_num_threads()}
+            "prompt_len_mean": ours["prompt_len_mean"], "wall_s": None, "threads": torch.get_num_threads(),
+            "ours_run_dir": ours["run_dir"]}
 
 
 def compare() -> None:
@@ -187,6 +190,10 @@ def compare() -> None:
             print(f"{path} missing: run `python -m bench.trl_compare --side {side}` first")
             return
         sides[side] = json.loads(path.read_text())["result"]
+    if "torch" in sides and sides["torch"].get("ours_run_dir") != sides["ours"].get("run_dir"):
+        print("trl_compare_torch.json trained the groups of another run of ours: left out "
+              "(`python -m bench.trl_compare --side torch` times this one's)")
+        del sides["torch"]
     ratio = sides["ours"]["completions_per_s"] / sides["trl"]["completions_per_s"]
     rows = [{"system": "TRL GRPOTrainer (transformers generate, CPU)", **sides["trl"]},
             {"system": "toolexpander local (2 vLLM workers + DeepSpeed)", **sides["ours"]}]

@@ -29,8 +29,8 @@ def compared(tmp_path, monkeypatch):
 
 def test_the_torch_side_bounds_what_a_faster_trainer_could_reach(compared):
     out = compared({"trl": _side("trl", 20.0, prompts="the tasks ours drew"),
-                    "ours": _side("ours", 5.0, rollout_s=2.0, learner_s=3.0, push_s=0.0),
-                    "torch": _side("torch", 4.0, threads=2)})
+                    "ours": _side("ours", 5.0, rollout_s=2.0, learner_s=3.0, push_s=0.0, run_dir="runs/a"),
+                    "torch": _side("torch", 4.0, threads=2, ours_run_dir="runs/a")})
     assert out["payload"]["ratio"] == pytest.approx(4.0)
     assert "ratio ours/TRL: 4.00x (goal >= 10x: MISSED)" in out["text"]
     assert "plain torch fwd+bwd+AdamW on ours' groups (no rollout)" in out["text"]
@@ -41,4 +41,12 @@ def test_the_torch_side_bounds_what_a_faster_trainer_could_reach(compared):
 def test_results_from_before_the_torch_side_still_compare(compared):
     out = compared({"trl": _side("trl", 20.0), "ours": _side("ours", 2.0, rollout_s=1.0, learner_s=1.0, push_s=0.0)})
     assert "ratio ours/TRL: 10.00x (goal >= 10x: met)" in out["text"]
+    assert "plain torch" not in out["text"]
+
+
+def test_a_torch_side_of_another_run_of_ours_is_left_out(compared):
+    out = compared({"trl": _side("trl", 20.0),
+                    "ours": _side("ours", 5.0, rollout_s=2.0, learner_s=3.0, push_s=0.0, run_dir="runs/b"),
+                    "torch": _side("torch", 4.0, threads=2, ours_run_dir="runs/a")})
+    assert "ratio ours/TRL: 4.00x" in out["text"]
     assert "plain torch" not in out["text"]
