@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import time
 from pathlib import Path
@@ -142,10 +143,22 @@ def run_bare(llm, cfg, chunk, step_seed: int, nice: int) -> dict:
             "prompt_tokens": sum(len(ids) for _, ids in chunk), "cpu_s": cpu}
 
 
-def roofline(phase: dict, weight_bytes: int, gibs: float, gflops_: float, params: int, bound_tps: float) -> dict:
-    """The phase's lower bound on time: its matmuls at the measured rate, or reading every weight once
-    per decode step at the measured memory rate, whichever is longer (attention and everything else free)."""
-    matmul_s = (phase["completion_tokens"] + phase["prompt_tokens"]) * 2 * params / (gflops_ * 1e9)
+def matmul_weights(params: int, model_dir: Path = MODEL) -> tuple[int, int]:
+    """(the decoder layers' weights, the LM head's) of a causal LM with `params` parameters: every token
+    runs the layers, only a completion token (and a prompt's last) the head; an untied input embedding
+    is a lookup, not a matmul."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    head = cfg["vocab_size"] * cfg["hidden_size"]
+    return params - head * (1 if cfg.get("tie_word_embeddings") else 2), head
+
+
+def roofline(phase: dict, weight_bytes: int, gibs: float, gflops_: float, layers: int, head: int,
+             bound_tps: float) -> dict:
+    """The phase's lower bound on time: its matmuls at the measured rate (2 x (layers + head) per completion
+    token, 2 x layers per prompt token), or reading the weights (`weight_bytes`) once per decode step at the
+    measured memory rate, whichever is longer (attention and everything else free)."""
+    flops = 2 * (phase["completion_tokens"] * (layers + head) + phase["prompt_tokens"] * layers)
+    matmul_s = flops / (gflops_ * 1e9)
     read_s = phase["decode_steps"] * weight_bytes / (gibs * 2**30)
     roof = phase["completion_tokens"] / max(matmul_s, read_s)
     return {"matmul_s": matmul_s, "read_s": read_s, "roofline_tps": roof, "roofline_of_bound": roof / bound_tps,
@@ -269,7 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     gf = {d: max(bound_before[d], bound_after[d]) for d in bound_before}  # best measured
     bound_tps = {d: g * 1e9 / (2 * params) for d, g in gf.items()}
     gibs = max(read_before, read_after)
-    weight_bytes = params * (2 if args.dtype == "bfloat16" else 4)
+    layers, head = matmul_weights(params)
+    weight_bytes = (layers + head) * (2 if args.dtype == "bfloat16" else 4)
     rows_a = [
         {"path": "RolloutWorker in Ray (1 worker)", **ray_s},
         {"path": "bare vllm.LLM.generate", **bare_s},
@@ -282,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
                "of_bf16": ph["tokens_per_s"] / bound_tps["bfloat16"],
                "proc_of_fp32": ph["processed_per_s"] / bound_tps["float32"],
                "vs_default": ph["tokens_per_s"] / phase["tokens_per_s"],
-               **roofline(ph, weight_bytes, gibs, gf[args.dtype], params, bound_tps[args.dtype])}
+               **roofline(ph, weight_bytes, gibs, gf[args.dtype], layers, head, bound_tps[args.dtype])}
               for (b, eager), up, ph in zip(variants, up_s, phases)]
     text = "\n".join([
         f"rollout: {MODEL.name} ({params / 1e6:.1f}M params, {args.dtype}), {args.prompts} prompts x n={args.n} x "
@@ -311,10 +325,12 @@ def main(argv: list[str] | None = None) -> None:
         "the model when an engine starts: engines up s = RolloutGroup start until ready, both workers)",
         "",
         f"(b') what these settings allow: an engine whose only costs are its matmuls ({args.dtype}, "
-        f"{gf[args.dtype]:.1f} GFLOP/s: prompt + completion tokens x 2 x params) and reading its weights "
+        f"{gf[args.dtype]:.1f} GFLOP/s: 2 x (layers + LM head) weights per completion token, 2 x layers per prompt "
+        f"token) and reading its weights "
         f"({weight_bytes / 2**20:.0f} MiB) once per decode step at {gibs:.1f} GiB/s (float32 sum over 512 MiB on "
         f"{cores()} threads, best before/after (b): {read_before:.1f}/{read_after:.1f}); decode steps = each "
-        "engine's longest completion per call, summed; roofline tok/s = completion tokens / max(matmul s, weight-read s)",
+        "engine's longest completion per call, summed; roofline tok/s = completion tokens / "
+        "max(matmul s, weight-read s)",
         table(rows_b, [("path", "path", ""), ("decode_steps", "decode steps", "d"),
                        ("matmul_s", "matmul s", ".2f"), ("read_s", "weight-read s", ".2f"),
                        ("seconds", "seconds", ".2f"), ("roofline_tps", "roofline tok/s", ".1f"),

@@ -218,7 +218,8 @@ def compare() -> None:
         f"prompts: TRL trained on {sides['trl'].get('prompts', 'the first training tasks that fit')}",
         f"ratio ours/TRL: {ratio:.2f}x (goal >= {GOAL_X:g}x: {'met' if ratio >= GOAL_X else 'MISSED'})",
     ] + ([f"plain torch: the same groups' forward, backward and AdamW alone take {sides['torch']['step_s']:.2f} s/step "
-          f"({sides['torch']['threads']} threads, {sides['torch']['dtype']} autocast, shared prompt, first step untimed): "
+          f"({sides['torch']['threads']} threads, {sides['torch']['dtype']} autocast, shared prompt, "
+          "first step untimed): "
           f"with a free rollout and a learner at PyTorch eager's speed a step would be "
           f"{sides['trl']['step_s'] / sides['torch']['step_s']:.2f}x TRL's; {GOAL_X:g}x needs "
           f"{sides['trl']['step_s'] / GOAL_X:.2f} s/step for rollout and learner together"]

@@ -113,17 +113,17 @@ class RolloutConfig(Section):
     node_resource: str | None = Field(None, min_length=1, description=NODE_RESOURCE.format(role="rollout"))
     enforce_eager: bool = Field(
         True, description="false: vLLM compiles the model when an engine starts (CUDA graphs on GPU). On CPU it "
-                          "measured 0.98x and 1.11x the tokens/s of eager in two runs, within that machine's run-to-run "
-                          "noise (bench/rollout's compiled row, 2026-12-06, a 2-core Intel Xeon), its engines up in "
-                          "78-102 s against 12-15 s eager")
+                          "measured 0.98x, 1.11x and 1.41x the tokens/s of eager in three runs on a machine whose "
+                          "speed moves that much between runs (bench/rollout's compiled row, 2026-12-06, a 2-core "
+                          "Intel Xeon), its engines up in 78-102 s against 12-15 s eager")
     block_size: int | None = Field(
         None, ge=16, le=1024,
         description="KV-cache block size in tokens, a multiple of 16 (of 32 on CPU); None: 32 on CPU, vLLM's "
                     "default on GPU. The n completions of a prompt share its KV cache (prefix caching) in whole "
                     "blocks only: each completion computes the prompt's last, partial block again, n times per "
                     "prompt. vLLM's CPU default is 128 tokens; at 32 the CPU rollout phase of 4 prompts x n=10 x "
-                    "64 tokens ran 1.09x, 1.21x and 1.18x as many tokens/s in three runs (bench/rollout's block-size rows, "
-                    "2026-12-06, a 2-core Intel Xeon)")
+                    "64 tokens ran 1.09x, 1.21x, 1.18x and 1.03x as many tokens/s in four runs (bench/rollout's "
+                    "block-size rows, 2026-12-06, a 2-core Intel Xeon)")
 
     @field_validator("block_size")
     @classmethod
