@@ -167,21 +167,23 @@ def _read_gibs_here(threads: int, mib: int, reps: int) -> float:
     return mib / 1024 / best
 
 
-def read_gibs(threads: int | None = None, mib: int = 512, reps: int = 5) -> float:
-    """GiB/s that `threads` threads read from memory, in a fresh process (see gflops)."""
-    out = subprocess.run([sys.executable, "-m", "bench.common", "read", "--threads", str(threads or cores()),
-                          "--mib", str(mib), "--reps", str(reps)],
+def _fresh_process(cmd: str, key: str, **flags) -> float:
+    """`python -m bench.common CMD --flag value ...` in a fresh process (an in-process vLLM engine pins
+    this process to one core, which would halve a rate measured here); its JSON's `key`."""
+    argv = [a for name, value in flags.items() for a in (f"--{name}", str(value))]
+    out = subprocess.run([sys.executable, "-m", "bench.common", cmd, *argv],
                          cwd=REPO, check=True, capture_output=True, text=True)
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["gibs"])
+    return float(json.loads(out.stdout.strip().splitlines()[-1])[key])
+
+
+def read_gibs(threads: int | None = None, mib: int = 512, reps: int = 5) -> float:
+    """GiB/s that `threads` threads read from memory, in a fresh process."""
+    return _fresh_process("read", "gibs", threads=threads or cores(), mib=mib, reps=reps)
 
 
 def gflops(dtype: str = "float32", threads: int | None = None, size: int = 1024, seconds: float = 3.0) -> float:
-    """size x size matmul GFLOP/s with `threads` threads, in a fresh process (an in-process vLLM
-    engine pins this process to one core, which would halve the bound)."""
-    out = subprocess.run([sys.executable, "-m", "bench.common", "gflops", "--dtype", dtype,
-                          "--threads", str(threads or cores()), "--size", str(size), "--seconds", str(seconds)],
-                         cwd=REPO, check=True, capture_output=True, text=True)
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["gflops"])
+    """size x size matmul GFLOP/s with `threads` threads, in a fresh process."""
+    return _fresh_process("gflops", "gflops", dtype=dtype, threads=threads or cores(), size=size, seconds=seconds)
 
 
 GPU_PAGE = REPO / "bench" / "GPU.md"
