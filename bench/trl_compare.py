@@ -229,6 +229,14 @@ def compare() -> None:
           text)
 
 
+OURS_JSON = RESULTS / "trl_compare_ours.json"
+
+
+def ours_result() -> dict | None:
+    """The last run of ours (`--side ours`), or None."""
+    return json.loads(OURS_JSON.read_text())["result"] if OURS_JSON.exists() else None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--side", choices=["trl", "ours", "torch", "both", "compare"], default="both",
@@ -241,13 +249,11 @@ def main(argv: list[str] | None = None) -> None:
         if side == "ours":
             result = run_ours(args.steps, args.dtype)
         elif side == "torch":
-            ours = RESULTS / "trl_compare_ours.json"
-            if not ours.exists():
-                raise SystemExit(f"{ours} missing: run `python -m bench.trl_compare --side ours` first")
-            result = run_torch(args.steps, args.dtype, json.loads(ours.read_text())["result"])
+            if ours_result() is None:
+                raise SystemExit(f"{OURS_JSON} missing: run `python -m bench.trl_compare --side ours` first")
+            result = run_torch(args.steps, args.dtype, ours_result())
         else:
-            ours = RESULTS / "trl_compare_ours.json"
-            drawn = (json.loads(ours.read_text())["result"].get("task_ids") or []) if ours.exists() else []
+            drawn = (ours_result() or {}).get("task_ids") or []
             # TRL trains, step for step, the prompts ours drew; without a run of ours (None) its own first ones.
             result = run_trl(args.steps, args.dtype, drawn[: PROMPTS * args.steps] or None)
         RESULTS.mkdir(parents=True, exist_ok=True)
