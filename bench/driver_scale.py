@@ -12,7 +12,9 @@ RolloutGroup.generate_refs (split, fan out with the carried weights, light views
 LearnerGroup.step / weights_ref, WeightSync over the object store and Trainer.train_step, which we
 call directly.
 Overhead share = (step time - delay) / step time: what the driver adds to a step whose rollout
-takes `delay` and whose learner and push take nothing.
+takes `delay` and whose learner and push take nothing. Beside it, in the same run and over the same
+actors, Ray's floor: the same fan-out of calls that only sleep (ray_floor), what a driver calling each
+worker pays before any row is built or read.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import ray
 from bench.common import REPO, TRAIN_DATA, cores, goal, log, private_ray, table, write
 from toolexpander.actors.group import LearnerGroup, RolloutGroup, WeightSync
 from toolexpander.rollouts import fetch_rows
-from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, RolloutStats, light_view
+from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, RolloutStats, light_view_ipc
 
 GOAL_SHARE = 0.05
 
@@ -82,11 +84,17 @@ class FakeRolloutWorker:
         if weights is not None:
             self.update_weights(version, weights)
         batch, stats = self.generate(requests, step_seed, **kwargs)
-        return (light_view(batch), stats), batch
+        return (light_view_ipc(batch), stats), batch
 
     def update_weights(self, version: int, named_tensors) -> float:
         self.version = version
         return 0.0
+
+    def idle(self, requests, delay: float):
+        """Ray's floor for a generate call: the same arguments in, `delay` asleep, nothing built or sent
+        back (two results, like generate_split)."""
+        time.sleep(delay)
+        return None, None
 
 
 class FakeLearner:
@@ -177,6 +185,23 @@ def timed_steps(trainer, steps: int, label: str) -> list[tuple[float, dict]]:
     return out
 
 
+def ray_floor(workers: list, requests: list, delay: float, steps: int) -> list[float]:
+    """Seconds beyond `delay` of `steps` bare fan-outs (after a warm-up one): every worker's idle() called
+    with its shard of `requests` (dealt as RolloutGroup deals them), one wait, one get, as generate_refs
+    does. What any driver that calls each worker pays on this machine, before building or reading a row."""
+    out = []
+    for k in range(steps + 1):
+        start = time.perf_counter()
+        calls = [w.idle.options(num_returns=2).remote(requests[i::len(workers)], delay)
+                 for i, w in enumerate(workers)]
+        metas = [meta for meta, _ in calls]
+        ray.wait(metas, num_returns=len(metas))
+        ray.get(metas)
+        if k:
+            out.append(time.perf_counter() - start - delay)
+    return out
+
+
 def close_simulated(trainer) -> None:
     for prefetch in trainer.ahead:
         prefetch.join()
@@ -209,6 +234,9 @@ def simulate(workers: int, args, tasks) -> dict:
               "push": m["time/weight_push_total_s"], "rows": m["rollout/groups"] * args.n,
               "cpu": m["bench/driver_cpu_s"]}
              for wall, m in timed_steps(trainer, args.steps, f"{workers} workers")]
+    requests = ray.get(trainer.sampler.next_batch.remote(cfg.sampler.batch_prompts))
+    floor = ray_floor(trainer.rollout.workers, requests, args.delay, args.steps)
+    log(f"{workers} workers, Ray's floor: " + ", ".join(f"{f:.3f}" for f in floor) + " s beyond the delay")
     close_simulated(trainer)
     med = {k: statistics.median(s[k] for s in steps) for k in steps[0]}
     d = args.delay
@@ -216,6 +244,8 @@ def simulate(workers: int, args, tasks) -> dict:
             "generate": med["rollout"] - d, "learner": med["learner"], "push": med["push"],
             "sampler": med["wall"] - med["rollout"] - med["learner"] - med["push"],
             "overhead": med["wall"] - d, "step": med["wall"], "share": (med["wall"] - d) / med["wall"],
+            "floor": statistics.median(floor), "floor_steps": floor,
+            "floor_share": statistics.median(floor) / (d + statistics.median(floor)),
             "driver_cpu": med["cpu"], "cpu_share": med["cpu"] / med["wall"]}
 
 
@@ -231,10 +261,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     runs = simulate_each(simulate, args.workers, args)
-    parts = [("generate", "rollout.generate_refs beyond the delay (fan-out, light views, sort)"),
+    parts = [("generate", "rollout phase beyond the delay (sampler next_batch and record, fan-out, light views)"),
              ("learner", "learner step (the rank fetches its shard's rows by reference)"),
              ("push", "weights staged (weights_ref; the next generate calls carry them)"),
-             ("sampler", "sampler next_batch + record + end_step, metrics, filtering"),
+             ("sampler", "sampler end_step, metrics, filtering"),
              ("overhead", "total overhead (step - delay)"), ("step", "step"),
              ("driver_cpu", "driver process CPU time (its own work, all threads)")]
     rows = [{"part": label, **{f"s{r['workers']}": r[key] for r in runs},
@@ -251,6 +281,11 @@ def main(argv: list[str] | None = None) -> None:
         *[f"{r['workers']} workers: overhead share (step - delay) / step {r['share']:.1%} (goal <= {GOAL_SHARE:.0%}: "
           f"{'met' if r['share'] <= GOAL_SHARE else 'MISSED'}); actors up in {r['actors_up_s']:.0f} s; steps "
           + ", ".join(f"{s['wall']:.3f}" for s in r["steps"]) for r in runs],
+        *[f"{r['workers']} workers: Ray's floor (the same calls with the same shards to the same actors, each only "
+          f"asleep for the delay, one wait and one get; median of {args.steps} after a warm-up) {r['floor']:.3f} s "
+          f"beyond the delay, {r['floor_share']:.1%} of such a step; the rollout phase's overhead above is "
+          f"{r['generate'] / r['floor']:.1f}x it, the whole overhead {r['overhead'] / r['floor']:.1f}x"
+          for r in runs],
         *[f"{r['workers']} workers: driver CPU time / step {r['cpu_share']:.1%} (the simulated workers share this "
           f"machine's {cores()} cores with the driver: their CPU time delays the answers and counts in the overhead "
           "above, which a cluster's rollout nodes would not add)" for r in runs],

@@ -21,6 +21,25 @@ def config(tmp_path, **train):
         "logging": {"output_dir": str(tmp_path / "run")}})
 
 
+def test_a_light_view_travels_as_one_ipc_stream_and_reads_back_whole():
+    """What a rollout worker sends the driver (types.light_view_ipc) reads back as light_view's table:
+    the same schema (nulls and the extra columns included) and the same values."""
+    from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, light_view, light_view_ipc, read_light
+
+    rows = [dict(group_id=g, task_id=f"t{g}", subtask="single", demo_round=g % 2, num_demos=g, policy_version=7,
+                 prompt_ids=list(range(3 + g)), completion_ids=[2] * g, logprobs=[-0.5] * g,
+                 finish_reason=None if g == 2 else "stop", text="<tool_call>" if g else "no call",
+                 reward_total=float(g), **{f"reward_{d}": 0.25 * g for d in REWARD_DIMS}) for g in range(3)]
+    batch = pa.RecordBatch.from_pylist(rows, schema=ROLLOUT_SCHEMA)
+    data = light_view_ipc(batch)
+    assert isinstance(data, bytes)
+    light = read_light(data)
+    assert light.equals(light_view(batch), check_metadata=True)
+    assert light.column("prompt_len").to_pylist() == [3, 4, 5]
+    assert light.column("has_tool_call").to_pylist() == [False, True, True]
+    assert light.column("finish_reason").to_pylist() == ["stop", "stop", None]
+
+
 def lost_ref(value):
     """An ObjectRef of `value` whose owner (an actor that put it) then died: lost, as with its node.
     Returns once Ray knows (it tells the driver asynchronously)."""
@@ -46,6 +65,24 @@ def lost_ref(value):
             return lost
         time.sleep(0.1)
     raise AssertionError("Ray never reported the object lost")
+
+
+def test_rays_floor_times_bare_calls_beyond_their_delay(ray_local, train_tasks):
+    """bench.driver_scale's baseline: `steps` bare fan-outs after a warm-up, each timed from the first
+    call to the last answer, less the delay every call sleeps (so within [0, delay) for two idle workers;
+    not subtracting it, or not waiting for the answers, falls outside)."""
+    import ray
+
+    from bench.driver_scale import FakeRolloutWorker, ray_floor
+    from toolexpander.types import PromptRequest
+
+    worker_cls = ray.remote(FakeRolloutWorker).options(num_cpus=0)
+    workers = [worker_cls.remote(i, 0.0, 4, 4, 8, 4, seed=i) for i in range(2)]
+    requests = [PromptRequest(task=t, demo_round=0, group_id=g) for g, t in enumerate(train_tasks[:3])]
+    floor = ray_floor(workers, requests, 0.3, steps=2)
+    assert len(floor) == 2 and all(0.0 <= f < 0.3 for f in floor), floor
+    for w in workers:
+        ray.kill(w)
 
 
 def test_the_driver_holds_light_views_and_refs_and_fetches_rows_in_request_order(ray_local, train_tasks, tmp_path):

@@ -165,3 +165,20 @@ def light_view(batch: pa.RecordBatch | pa.Table) -> pa.Table:
     for f, column in zip(LIGHT_EXTRA, extra):
         light = light.append_column(f, column)
     return light
+
+
+def light_view_ipc(batch: pa.RecordBatch | pa.Table) -> bytes:
+    """light_view as one Arrow IPC stream: how a rollout worker sends it to the driver (read_light reads
+    it). Ray pickles a pa.Table buffer by buffer, which for a view of a few dozen rows costs more than
+    the rows: by hand (2026-12-06, 2-core Xeon) 0.28 ms to pickle and 0.17 ms to unpickle a 20-row view
+    against 0.03 ms each way as IPC; at 64 workers the step's fan-out measured ~50 ms shorter."""
+    light = light_view(batch)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, light.schema) as writer:
+        writer.write_table(light)
+    return sink.getvalue().to_pybytes()
+
+
+def read_light(data: bytes) -> pa.Table:
+    """The light view light_view_ipc wrote."""
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()

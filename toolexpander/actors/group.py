@@ -20,7 +20,7 @@ from toolexpander.actors.rollout import RolloutWorker
 from toolexpander.config import Config
 from toolexpander.learner.shards import shard_tables
 from toolexpander.rollouts import LOST, Rollouts, RowsLost, get_each
-from toolexpander.types import PromptRequest, RolloutStats
+from toolexpander.types import PromptRequest, RolloutStats, read_light
 
 
 class WorkerDied(RuntimeError):
@@ -171,7 +171,7 @@ class RolloutGroup:
                 lost.append((i, shards[i]))
                 continue
             light, stat = answers[meta]
-            lights.append(light)
+            lights.append(read_light(light))
             refs.append(full)
             answered.append(shards[i])
             stats.append(stat)

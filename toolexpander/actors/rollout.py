@@ -18,7 +18,7 @@ from toolexpander.config import RewardConfig, RolloutConfig
 from toolexpander.models import check_model_dir
 from toolexpander.prompt import prompt_ids
 from toolexpander.rewards import GroupScore, score_group
-from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, PromptRequest, RolloutStats, light_view
+from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, PromptRequest, RolloutStats, light_view_ipc
 
 log = logging.getLogger(__name__)
 RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
@@ -125,14 +125,15 @@ class RolloutWorker:
             demos.pop()
 
     def generate_split(self, requests: list[PromptRequest], step_seed: int = 0, version: int | None = None,
-                       weights=None, **kwargs) -> tuple[tuple[pa.Table, RolloutStats], pa.RecordBatch]:
-        """generate() as two results (call it with .options(num_returns=2)): (the batch's light view,
-        stats) for the driver, and the full batch, which stays in this node's object store until the
-        learner ranks fetch their rows (rollouts.Rollouts). With `weights` (policy `version`, carried
-        by RolloutGroup over the object store) they are loaded first (stats.land_s)."""
+                       weights=None, **kwargs) -> tuple[tuple[bytes, RolloutStats], pa.RecordBatch]:
+        """generate() as two results (call it with .options(num_returns=2)): (the batch's light view as
+        Arrow IPC bytes (types.light_view_ipc), stats) for the driver, and the full batch, which stays in
+        this node's object store until the learner ranks fetch their rows (rollouts.Rollouts). With
+        `weights` (policy `version`, carried by RolloutGroup over the object store) they are loaded
+        first (stats.land_s)."""
         land_s = self.update_weights(version, weights) if weights is not None else 0.0
         batch, stats = self.generate(requests, step_seed, **kwargs)
-        return (light_view(batch), stats.model_copy(update={"land_s": land_s})), batch
+        return (light_view_ipc(batch), stats.model_copy(update={"land_s": land_s})), batch
 
     def generate(self, requests: list[PromptRequest], step_seed: int = 0, greedy: bool = False,
                  n: int | None = None, max_tokens: int | None = None) -> tuple[pa.RecordBatch, RolloutStats]:
