@@ -189,11 +189,11 @@ def ray_floor(workers: list, requests: list, delay: float, steps: int) -> list[f
     """Seconds beyond `delay` of `steps` bare fan-outs (after a warm-up one): every worker's idle() called
     with its shard of `requests` (dealt as RolloutGroup deals them), one wait, one get, as generate_refs
     does. What any driver that calls each worker pays on this machine, before building or reading a row."""
+    shards = [requests[i::len(workers)] for i in range(len(workers))]
     out = []
     for k in range(steps + 1):
         start = time.perf_counter()
-        calls = [w.idle.options(num_returns=2).remote(requests[i::len(workers)], delay)
-                 for i, w in enumerate(workers)]
+        calls = [w.idle.options(num_returns=2).remote(shard, delay) for w, shard in zip(workers, shards) if shard]
         metas = [meta for meta, _ in calls]
         ray.wait(metas, num_returns=len(metas))
         ray.get(metas)

@@ -2,10 +2,13 @@
 
 Each rollout worker's answer to one generate call is a *part*: its full Arrow batch (types.ROLLOUT_SCHEMA:
 token lists, logprobs, text) stays in the object store of the worker's node as one ObjectRef, and the
-driver gets only its light view (types.light_view: the scalar columns, token counts, has_tool_call) plus
-each row's place in the part ("part", "row"). The sampler, the metrics and the shard dealing need no more;
-each learner rank fetches the parts its own shard names and assembles its rows (learner.shards.assemble).
-So the token lists never pass through the driver.
+driver gets only its light view (types.light_view: the scalar columns, token counts, has_tool_call; sent
+as one Arrow IPC stream, types.light_view_ipc) plus each row's place in the part ("part", "row"). The
+sampler, the metrics and the shard dealing need no more; each learner rank fetches the parts its own shard
+names and assembles its rows (learner.shards.assemble). So the driver never reads the token lists. (Ray
+itself returns a result under 100 KiB, max_direct_call_object_size, inline to its caller: a small part is
+held in the driver's memory until a rank fetches it from there; forcing such parts into the object store
+measured slower, bench/RESULTS.md's analysis of 2026-12-06.)
 
 A part that died with its node before it was fetched raises RowsLost naming it; the trainer then
 generates that part's requests again and retries what needed the rows (retry_lost, Trainer._regenerate).

@@ -171,7 +171,8 @@ def light_view_ipc(batch: pa.RecordBatch | pa.Table) -> bytes:
     """light_view as one Arrow IPC stream: how a rollout worker sends it to the driver (read_light reads
     it). Ray pickles a pa.Table buffer by buffer, which for a view of a few dozen rows costs more than
     the rows: by hand (2026-12-06, 2-core Xeon) 0.28 ms to pickle and 0.17 ms to unpickle a 20-row view
-    against 0.03 ms each way as IPC; at 64 workers the step's fan-out measured ~50 ms shorter."""
+    against 0.03 ms each way as IPC; at 64 simulated workers the rollout phase's overhead measured 18-66 ms
+    lower in each of four side-by-side pairs (bench/RESULTS.md's analysis)."""
     light = light_view(batch)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, light.schema) as writer:

@@ -128,9 +128,9 @@ class RolloutWorker:
                        weights=None, **kwargs) -> tuple[tuple[bytes, RolloutStats], pa.RecordBatch]:
         """generate() as two results (call it with .options(num_returns=2)): (the batch's light view as
         Arrow IPC bytes (types.light_view_ipc), stats) for the driver, and the full batch, which stays in
-        this node's object store until the learner ranks fetch their rows (rollouts.Rollouts). With
-        `weights` (policy `version`, carried by RolloutGroup over the object store) they are loaded
-        first (stats.land_s)."""
+        this node's object store (if over 100 KiB; Ray returns a smaller one inline to the driver) until
+        the learner ranks fetch their rows (rollouts.Rollouts). With `weights` (policy `version`,
+        carried by RolloutGroup over the object store) they are loaded first (stats.land_s)."""
         land_s = self.update_weights(version, weights) if weights is not None else 0.0
         batch, stats = self.generate(requests, step_seed, **kwargs)
         return (light_view_ipc(batch), stats.model_copy(update={"land_s": land_s})), batch
