@@ -28,7 +28,7 @@ import pyarrow as pa
 import ray
 
 from bench.common import REPO, TRAIN_DATA, cores, goal, log, private_ray, table, write
-from toolexpander.actors.group import LearnerGroup, RolloutGroup, WeightSync
+from toolexpander.actors.group import LearnerGroup, RolloutGroup, WeightSync, deal
 from toolexpander.rollouts import fetch_rows
 from toolexpander.types import REWARD_DIMS, ROLLOUT_SCHEMA, RolloutStats, light_view_ipc
 
@@ -189,7 +189,7 @@ def ray_floor(workers: list, requests: list, delay: float, steps: int) -> list[f
     """Seconds beyond `delay` of `steps` bare fan-outs (after a warm-up one): every worker's idle() called
     with its shard of `requests` (dealt as RolloutGroup deals them), one wait, one get, as generate_refs
     does. What any driver that calls each worker pays on this machine, before building or reading a row."""
-    shards = [requests[i::len(workers)] for i in range(len(workers))]
+    shards = deal(requests, len(workers))
     out = []
     for k in range(steps + 1):
         start = time.perf_counter()
@@ -239,13 +239,12 @@ def simulate(workers: int, args, tasks) -> dict:
     log(f"{workers} workers, Ray's floor: " + ", ".join(f"{f:.3f}" for f in floor) + " s beyond the delay")
     close_simulated(trainer)
     med = {k: statistics.median(s[k] for s in steps) for k in steps[0]}
-    d = args.delay
+    d, floor_s = args.delay, statistics.median(floor)
     return {"workers": workers, "rows": int(steps[0]["rows"]), "actors_up_s": started_s, "steps": steps,
             "generate": med["rollout"] - d, "learner": med["learner"], "push": med["push"],
             "sampler": med["wall"] - med["rollout"] - med["learner"] - med["push"],
             "overhead": med["wall"] - d, "step": med["wall"], "share": (med["wall"] - d) / med["wall"],
-            "floor": statistics.median(floor), "floor_steps": floor,
-            "floor_share": statistics.median(floor) / (d + statistics.median(floor)),
+            "floor": floor_s, "floor_steps": floor, "floor_share": floor_s / (d + floor_s),
             "driver_cpu": med["cpu"], "cpu_share": med["cpu"] / med["wall"]}
 
 

@@ -89,8 +89,8 @@ def cpu_seconds(pids: list[int]) -> float:
 def decode_steps(tbl, stats, workers: int) -> int:
     """Decode steps of one RolloutGroup.generate call summed over its engines, each engine's at least
     its longest completion (one token per sequence per step). Rows belong to the worker RolloutGroup
-    deals their request to (request i to worker i % workers; group ids here are request indices),
-    checked against each worker's own completion-token count."""
+    deals their request to (actors.group.deal: request i to worker i % workers; group ids here are
+    request indices), checked against each worker's own completion-token count."""
     import pyarrow.compute as pc
 
     lengths = pc.list_value_length(tbl["completion_ids"]).to_numpy()

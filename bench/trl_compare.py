@@ -249,9 +249,10 @@ def main(argv: list[str] | None = None) -> None:
         if side == "ours":
             result = run_ours(args.steps, args.dtype)
         elif side == "torch":
-            if ours_result() is None:
+            ours = ours_result()
+            if ours is None:
                 raise SystemExit(f"{OURS_JSON} missing: run `python -m bench.trl_compare --side ours` first")
-            result = run_torch(args.steps, args.dtype, ours_result())
+            result = run_torch(args.steps, args.dtype, ours)
         else:
             drawn = (ours_result() or {}).get("task_ids") or []
             # TRL trains, step for step, the prompts ours drew; without a run of ours (None) its own first ones.

@@ -86,6 +86,11 @@ def wait_placed(pg, role: str, bundles: list[dict], timeout_s: float) -> None:
             f"{ray.available_resources()}") from None
 
 
+def deal(requests: list, workers: int) -> list[list]:
+    """Each worker's shard of a generate call: request i to worker i % workers."""
+    return [requests[i::workers] for i in range(workers)]
+
+
 class PlacementTimeout(RuntimeError):
     pass
 
@@ -151,7 +156,7 @@ class RolloutGroup:
         On a dead worker (or one whose result was lost with its node), the rows of the live ones come
         back and `lost` lists (worker, requests); a worker that has not answered within
         cluster.call_timeout_s is killed and counted lost the same way."""
-        shards = [requests[i::len(self.workers)] for i in range(len(self.workers))]
+        shards = deal(requests, len(self.workers))
         carried = self.carried
         calls = [(i, *w.generate_split.options(num_returns=2).remote(shard, step_seed, *self._weights_for(i, carried), **kwargs))
                  for i, (w, shard) in enumerate(zip(self.workers, shards)) if shard]
